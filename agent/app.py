@@ -1,0 +1,293 @@
+"""The supervisor: builds the pipeline from a config, runs it, swaps configs, shuts down cleanly.
+
+    sources ─► collector (decode + policy) ─► batcher (encode) ─► store ─► forwarder ─► sink
+
+Everything runs on one asyncio loop in one thread, so "between frames" is simply between two
+`Collector.process` calls: a config swap replaces the collectors there, atomically, and a
+rejected config changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sqlite3
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from cantools.database import Database
+
+from agent import __version__
+from agent.batcher import Batcher
+from agent.can.source import BusSource, FrameSource, ReplaySource, bus_kwargs, resolve_interface
+from agent.codec import codec_for
+from agent.collect.collector import BusCounters, Collector
+from agent.config import AgentConfig, BusConfig
+from agent.decode import FrameDecoder, load_databases
+from agent.health import RateMeter, write_status
+from agent.model import Batch
+from agent.store import Store, StoreFullError
+from agent.uplink import Sink
+from agent.uplink.factory import make_sink
+from agent.uplink.forwarder import Forwarder
+
+log = structlog.get_logger()
+
+SPILL_MAX_BYTES = 16 * 1024 * 1024
+FINAL_DRAIN_S = 5.0
+
+
+@dataclass(slots=True)
+class Pipeline:
+    """What one config builds: a collector per bus, and the scaling table the encoder needs."""
+
+    config: AgentConfig
+    collectors: dict[str, Collector]
+    scaling: dict[tuple[str, str], tuple[float, float]]
+
+
+def load_bus_databases(cfg: AgentConfig, bus: BusConfig) -> Database:
+    return load_databases([cfg.resolve(p) for p in bus.databases])
+
+
+def build_pipeline(cfg: AgentConfig, add: Callable, counters: dict[str, BusCounters]) -> Pipeline:
+    """Decoders and collectors for every bus; raises DatabaseError before anything is swapped."""
+    collectors: dict[str, Collector] = {}
+    scaling: dict[tuple[str, str], tuple[float, float]] = {}
+    for bus in cfg.buses:
+        db = load_bus_databases(cfg, bus)
+        decoder = FrameDecoder(db)
+        for dec in decoder.messages:
+            for sig, sc in dec.scaling.items():
+                scaling[(dec.name, sig)] = sc
+        collectors[bus.name] = Collector(bus.name, decoder, cfg.collection, add,
+                                         counters.setdefault(bus.name, BusCounters()))
+    return Pipeline(cfg, collectors, scaling)
+
+
+class Agent:
+    """One running agent: owns the store, the sink, the sources and the current pipeline."""
+
+    def __init__(self, cfg: AgentConfig, *, sink: Sink | None = None, progress: bool = False) -> None:
+        self.cfg = cfg
+        self.state_dir = cfg.resolve(cfg.state_dir)
+        self.started = time.time()
+        self.counters: dict[str, BusCounters] = {}
+        self.store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
+                           max_batches=cfg.store.max_batches, synchronous=cfg.store.synchronous,
+                           ttl_s=cfg.store.ttl_s)
+        self.sink = sink or make_sink(cfg)
+        self.forwarder = Forwarder(self.store, self.sink, retry_initial_s=cfg.sink.retry_initial_s,
+                                   retry_max_s=cfg.sink.retry_max_s)
+        self.batcher = Batcher(cfg.batching, codec_for(cfg.encoding.format,
+                                                       timestamp_resolution=cfg.encoding.timestamp_resolution,
+                                                       level=cfg.encoding.compression_level),
+                               vehicle=cfg.vehicle_id, on_batch=self._store_batch)
+        self.pipeline = build_pipeline(cfg, self.batcher.add, self.counters)
+        self.batcher.scaling = dict(self.pipeline.scaling)
+        self.sources: dict[str, FrameSource] = {}
+        self.spill: deque[Batch] = deque()
+        self.spill_bytes = 0
+        self.spill_dropped = 0
+        self.store_error: str | None = None
+        self.progress = progress
+        self.config_version = 0
+        self._frame_rate = RateMeter()
+        self._tasks: list[asyncio.Task] = []
+        self.stop = asyncio.Event()
+
+    # ---------------------------------------------------------------- store path
+    def _store_batch(self, batch: Batch) -> None:
+        """The batcher's output: commit to the store, or keep it in a bounded memory spill."""
+        if self.spill:
+            self._retry_spill()
+        if self.spill:
+            self._to_spill(batch)
+            return
+        try:
+            evicted = self.store.put(batch)
+        except (sqlite3.Error, OSError, StoreFullError) as exc:
+            self._store_failed(exc)
+            self._to_spill(batch)
+            return
+        self.store_error = None
+        for ev in evicted:
+            log.warning("store_evicted", batch_id=ev.id, priority=ev.priority.name, samples=ev.samples, bytes=ev.bytes)
+        self.forwarder.notify()
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self.store_error != str(exc):
+            log.error("store_write_failed", path=str(self.store.path), error=str(exc),
+                      action="keeping batches in memory until the store is writable")
+        self.store_error = str(exc)
+
+    def _to_spill(self, batch: Batch) -> None:
+        self.spill.append(batch)
+        self.spill_bytes += batch.size
+        while self.spill_bytes > SPILL_MAX_BYTES and len(self.spill) > 1:
+            old = self.spill.popleft()
+            self.spill_bytes -= old.size
+            self.spill_dropped += old.sample_count
+            log.error("spill_dropped", batch_id=old.id, samples=old.sample_count)
+
+    def _retry_spill(self) -> None:
+        while self.spill:
+            batch = self.spill[0]
+            try:
+                self.store.put(batch)
+            except (sqlite3.Error, OSError, StoreFullError) as exc:
+                self._store_failed(exc)
+                return
+            self.spill.popleft()
+            self.spill_bytes -= batch.size
+            self.forwarder.notify()
+        if self.store_error:
+            log.info("store_recovered", path=str(self.store.path))
+        self.store_error = None
+
+    # ---------------------------------------------------------------- sources
+    def _make_source(self, bus: BusConfig) -> tuple[FrameSource, bool]:
+        """The source of a bus, and whether the built-in simulator should feed it."""
+        if bus.replay:
+            return ReplaySource(bus.name, self.cfg.resolve(bus.replay), rate=bus.replay_rate), False
+        interface = resolve_interface(bus.interface, bus.channel)
+        simulate = bus.simulate if bus.simulate is not None else (bus.interface == "auto" and interface == "virtual")
+        if simulate and interface != "virtual":
+            interface = "virtual"
+        source = BusSource(bus.name, interface, bus.channel,
+                           **bus_kwargs(bus.bitrate, bus.data_bitrate, bus.fd, bus.options))
+        return source, simulate
+
+    async def _run_source(self, source: FrameSource) -> None:
+        try:
+            async for frames in source.frames(self.stop):
+                self.pipeline.collectors[source.bus].process(frames)
+        finally:
+            source.close()
+
+    async def _run_simulator(self, bus: BusConfig) -> None:
+        import can
+
+        from agent.can.simulator import run_simulator
+
+        sim_bus = can.Bus(interface="virtual", channel=bus.channel, receive_own_messages=False)
+        try:
+            await run_simulator(sim_bus, load_bus_databases(self.cfg, bus), stop=self.stop,
+                                seed=hash(bus.name) & 0xFFFF)
+        finally:
+            sim_bus.shutdown()
+
+    # ---------------------------------------------------------------- config swap
+    def apply_config(self, new: AgentConfig) -> None:
+        """Swap a validated config into the running pipeline between frames; raises before changing anything."""
+        pipeline = build_pipeline(new, self.batcher.add, self.counters)
+        codec = codec_for(new.encoding.format, timestamp_resolution=new.encoding.timestamp_resolution,
+                          level=new.encoding.compression_level)
+        for collector in self.pipeline.collectors.values():
+            collector.flush()
+        self.batcher.reconfigure(new.batching, codec, new.vehicle_id, pipeline.scaling)
+        self.pipeline = pipeline
+        self.cfg = new
+        self.config_version += 1
+        log.info("config_applied", version=self.config_version)
+
+    # ---------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        frames = sum(c.frames for c in self.counters.values())
+        return {
+            "updated": time.time(),
+            "agent": {"version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
+                      "started": self.started, "vehicle_id": self.cfg.vehicle_id,
+                      "config_version": self.config_version},
+            "frames_per_s": round(self._frame_rate.update(frames), 1),
+            "buses": {name: {**c.as_dict(), **(self.sources[name].status() if name in self.sources else {})}
+                      for name, c in self.counters.items()},
+            "pending_samples": self.batcher.pending_samples,
+            "batches_closed": self.batcher.batches_closed,
+            "store": {**self.store.stats().as_dict(), "path": str(self.store.path), "error": self.store_error,
+                      "spill": {"batches": len(self.spill), "bytes": self.spill_bytes,
+                                "dropped_samples": self.spill_dropped}},
+            "sink": {"type": self.sink.name, **self.forwarder.status.as_dict(), **self.sink.state()},
+        }
+
+    def _progress_line(self, doc: dict[str, Any]) -> str:
+        samples = sum(b["samples"] for b in doc["buses"].values())
+        st = doc["store"]
+        return (f"\r{doc['frames_per_s']:>8.0f} frames/s | samples kept {samples:>9} | batches stored "
+                f"{st['counters'].get('stored_batches', 0):>6} sent {st['counters'].get('sent_batches', 0):>6} | "
+                f"store depth {st['batches']:>4} ({st['bytes'] / 1024:.0f} KiB) | sink {doc['sink']['state']:<9}")
+
+    async def _housekeeping(self) -> None:
+        """Close aged batches, retry the spill, write the status file, draw the progress line."""
+        last_status = 0.0
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=0.25)
+            self.batcher.tick()
+            if self.spill:
+                self._retry_spill()
+            now = time.monotonic()
+            if now - last_status >= 1.0:
+                last_status = now
+                doc = self.status()
+                try:
+                    write_status(self.state_dir, doc)
+                except OSError as exc:
+                    log.warning("status_write_failed", error=str(exc))
+                if self.progress:
+                    sys.stderr.write(self._progress_line(doc))
+                    sys.stderr.flush()
+
+    # ---------------------------------------------------------------- run
+    async def run(self) -> None:
+        """Run until `stop` is set (SIGTERM/Ctrl-C) or every source ended (replays)."""
+        log.info("agent_start", version=__version__, vehicle_id=self.cfg.vehicle_id, sink=self.sink.name,
+                 store=str(self.store.path), buses=[b.name for b in self.cfg.buses])
+        source_tasks = []
+        for bus in self.cfg.buses:
+            source, simulate = self._make_source(bus)
+            self.sources[bus.name] = source
+            source_tasks.append(asyncio.create_task(self._run_source(source), name=f"source:{bus.name}"))
+            if simulate:
+                log.info("simulator_start", bus=bus.name, channel=bus.channel)
+                self._tasks.append(asyncio.create_task(self._run_simulator(bus), name=f"sim:{bus.name}"))
+        self._tasks += [asyncio.create_task(self.forwarder.run(self.stop), name="forwarder"),
+                        asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        try:
+            sources_done = asyncio.ensure_future(asyncio.gather(*source_tasks))
+            stopped = asyncio.ensure_future(self.stop.wait())
+            await asyncio.wait([sources_done, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if sources_done.done() and sources_done.exception():
+                raise sources_done.exception()
+            self.stop.set()
+            await asyncio.gather(*source_tasks, return_exceptions=True)
+            stopped.cancel()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Flush what memory holds into the store, give the sink a last chance, close everything."""
+        self.stop.set()
+        for collector in self.pipeline.collectors.values():
+            collector.flush()
+        self.batcher.flush()
+        if self.spill:
+            self._retry_spill()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        sent = await self.forwarder.drain(FINAL_DRAIN_S)
+        await self.forwarder.close()
+        doc = self.status()
+        with contextlib.suppress(OSError):
+            write_status(self.state_dir, doc)
+        if self.progress:
+            sys.stderr.write(self._progress_line(doc) + "\n")
+        self.store.close()
+        log.info("agent_stopped", final_sends=sent, store_depth=doc["store"]["batches"],
+                 spilled_lost=len(self.spill))

@@ -1,0 +1,125 @@
+"""Batching: kept samples in, encoded immutable batches out, one open batch per priority.
+
+A batch closes when it holds `max_samples`, when it is `max_age_s` old, or on flush. Its encoded
+size never exceeds `max_bytes` (IoT Hub's 256 KB message limit): an oversized encoding is split in
+halves and encoded again. The open batches are the in-memory window that a power loss can lose.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from agent.codec import Codec, Scaling
+from agent.config import BatchingConfig
+from agent.model import Batch, Priority
+
+log = structlog.get_logger()
+
+ColumnKey = tuple[str, str, str]
+
+
+class _OpenBatch:
+    __slots__ = ("columns", "count", "first_t", "last_t", "opened")
+
+    def __init__(self, now: float) -> None:
+        self.columns: dict[ColumnKey, tuple[list[float], list]] = {}
+        self.count = 0
+        self.first_t = float("inf")
+        self.last_t = float("-inf")
+        self.opened = now
+
+
+def new_batch_id() -> str:
+    """Unique and sortable by creation time: 12 hex digits of ms, then 20 random ones."""
+    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
+
+
+class Batcher:
+    """Groups samples by priority into batches and hands closed batches to `on_batch`."""
+
+    def __init__(self, cfg: BatchingConfig, codec: Codec, *, vehicle: str, on_batch: Callable[[Batch], None],
+                 scaling: Scaling | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.codec = codec
+        self.vehicle = vehicle
+        self.on_batch = on_batch
+        self.scaling = dict(scaling or {})
+        self.clock = clock
+        self.open: dict[Priority, _OpenBatch] = {}
+        self.batches_closed = 0
+
+    def reconfigure(self, cfg: BatchingConfig, codec: Codec, vehicle: str, scaling: Scaling) -> None:
+        """Take a new config: what is open is closed first under the old encoding, so nothing mixes."""
+        self.flush()
+        self.cfg, self.codec, self.vehicle, self.scaling = cfg, codec, vehicle, dict(scaling)
+
+    def add(self, priority: Priority, key: ColumnKey, t: float, value: object) -> None:
+        """One kept sample (the collector's output)."""
+        ob = self.open.get(priority)
+        if ob is None:
+            ob = self.open[priority] = _OpenBatch(self.clock())
+        col = ob.columns.get(key)
+        if col is None:
+            col = ob.columns[key] = ([], [])
+        col[0].append(t)
+        col[1].append(value)
+        ob.count += 1
+        if t < ob.first_t:
+            ob.first_t = t
+        if t > ob.last_t:
+            ob.last_t = t
+        if ob.count >= self.cfg.max_samples:
+            self._close(priority)
+
+    @property
+    def pending_samples(self) -> int:
+        return sum(ob.count for ob in self.open.values())
+
+    def tick(self) -> None:
+        """Close batches that reached their maximum age (called by the pipeline's timer)."""
+        now = self.clock()
+        for prio, ob in list(self.open.items()):
+            if now - ob.opened >= self.cfg.max_age_s:
+                self._close(prio)
+
+    def flush(self) -> None:
+        for prio in list(self.open):
+            self._close(prio)
+
+    def _close(self, priority: Priority) -> None:
+        ob = self.open.pop(priority)
+        if ob.count:
+            for columns, payload in self._fit(ob.columns):
+                self._emit(priority, columns, payload)
+
+    def _fit(self, columns: dict[ColumnKey, tuple[list[float], list]]) -> list[tuple[dict, bytes]]:
+        """Encode, splitting the columns until each part fits within max_bytes."""
+        payload = self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling)
+        if len(payload) <= self.cfg.max_bytes:
+            return [(columns, payload)]
+        items = list(columns.items())
+        if len(items) > 1:
+            half = len(items) // 2
+            return self._fit(dict(items[:half])) + self._fit(dict(items[half:]))
+        key, (ts, vs) = items[0]
+        if len(ts) <= 1:
+            raise ValueError(f"a single sample of {key} encodes larger than batching.max_bytes")
+        half = len(ts) // 2
+        return self._fit({key: (ts[:half], vs[:half])}) + self._fit({key: (ts[half:], vs[half:])})
+
+    def _emit(self, priority: Priority, columns: dict[ColumnKey, tuple[list[float], list]], payload: bytes) -> None:
+        count = sum(len(ts) for ts, _ in columns.values())
+        first = min(min(ts) for ts, _ in columns.values())
+        last = max(max(ts) for ts, _ in columns.values())
+        batch = Batch(
+            id=new_batch_id(), priority=priority, encoding=self.codec.name,
+            content_type=self.codec.content_type, content_encoding=self.codec.content_encoding,
+            payload=payload, sample_count=count, first_t=first, last_t=last, created=time.time(),
+            vehicle=self.vehicle, buses=tuple(sorted({k[0] for k in columns})),
+        )
+        self.batches_closed += 1
+        self.on_batch(batch)

@@ -1,0 +1,301 @@
+"""`vehicle-agent`: run, decode, decode-batch, simulate, check-config, schema, status.
+
+Commands write their results to stdout (JSON lines where a program reads them) and their
+diagnostics to stderr as structlog events, so `decode ... | jq` always sees clean output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from agent import __version__
+from agent.config import DEFAULT_CONFIG, ConfigError, build_config, json_schema, load_config, read_yaml
+from agent.decode import DatabaseError, FrameDecoder, ShortFrameError, load_databases
+from agent.logs import configure_logging
+
+log = structlog.get_logger()
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _out(line: bytes | str) -> None:
+    if isinstance(line, bytes):
+        sys.stdout.buffer.write(line + b"\n")
+    else:
+        sys.stdout.write(line + "\n")
+
+
+def _load_config_or_exit(path: str | None) -> Any:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for err in exc.errors:
+            sys.stderr.write(f"{exc.source}: {err}\n")
+        raise SystemExit(EXIT_USAGE) from None
+
+
+# ------------------------------------------------------------------------------------------ run
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load_config_or_exit(args.config)
+    configure_logging(cfg.log_level)
+    from agent.app import Agent
+
+    async def main() -> None:
+        try:
+            agent = Agent(cfg, progress=sys.stderr.isatty() and not args.no_progress)
+        except DatabaseError as exc:
+            log.error("database_invalid", file=str(exc.path), line=exc.line, reason=exc.reason)
+            raise SystemExit(EXIT_USAGE) from None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, agent.stop.set)
+        await agent.run()
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------- decode
+def cmd_decode(args: argparse.Namespace) -> int:
+    configure_logging("info", "console")
+    from agent.can.logs import LogProblem, read_log
+
+    try:
+        decoder = FrameDecoder(load_databases(args.dbc))
+    except DatabaseError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    source: Any = sys.stdin if args.log in (None, "-") else Path(args.log)
+    if isinstance(source, Path) and not source.is_file():
+        sys.stderr.write(f"error: {source}: file not found\n")
+        return EXIT_USAGE
+    decoded = 0
+    unknown: Counter[int] = Counter()
+    short = bad = 0
+    for item in read_log(source):
+        if isinstance(item, LogProblem):
+            bad += 1
+            log.warning("bad_line", line=item.line, reason=item.reason, text=item.text)
+            continue
+        if item.is_error or item.is_remote:
+            continue
+        dec = decoder.get(item.id)
+        if dec is None:
+            unknown[item.id] += 1
+            continue
+        try:
+            values = dec.decode(item.data)
+        except ShortFrameError as exc:
+            short += 1
+            log.warning("short_frame", line=item.line, id=f"0x{item.id:X}", reason=str(exc))
+            continue
+        except Exception as exc:  # a payload cantools refuses (e.g. unknown multiplexer value)
+            bad += 1
+            log.warning("undecodable_frame", line=item.line, id=f"0x{item.id:X}", reason=str(exc))
+            continue
+        if args.labels:
+            values = {k: dec.label(k, v) for k, v in values.items()}
+        _out(orjson.dumps({"t": item.t, "bus": item.channel, "id": item.id, "message": dec.name, "signals": values}))
+        decoded += 1
+    sys.stdout.flush()
+    log.info("decode_done", decoded=decoded, unknown_frames=sum(unknown.values()), unknown_ids=len(unknown),
+             short_frames=short, bad_lines=bad,
+             unknown_id_list=[f"0x{i:X}" for i, _ in unknown.most_common(10)])
+    return EXIT_OK
+
+
+def cmd_decode_batch(args: argparse.Namespace) -> int:
+    """Print the samples of a stored/sent batch file (columnar or json), one JSON line each."""
+    from agent.codec import ColumnarCodec, JsonCodec
+
+    payload = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    codec = JsonCodec() if payload[:1] == b"{" else ColumnarCodec()
+    try:
+        header, samples = codec.decode(payload)
+    except (ValueError, KeyError, TypeError) as exc:
+        sys.stderr.write(f"error: {args.file}: {exc}\n")
+        return EXIT_USAGE
+    sys.stderr.write(f"{args.file}: {codec.name} batch, vehicle {header.get('vehicle')!r}, {len(samples)} samples\n")
+    for s in sorted(samples, key=lambda s: s.t):
+        _out(orjson.dumps({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value}))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------- simulate
+def cmd_simulate(args: argparse.Namespace) -> int:
+    configure_logging("info")
+    from agent.can.simulator import record_candump_log, run_simulator
+
+    try:
+        db = load_databases(args.dbc)
+    except DatabaseError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    if args.record:
+        n = record_candump_log(db, args.record, seconds=args.duration or 10.0, channel=args.channel,
+                               seed=args.seed)
+        log.info("simulate_recorded", file=args.record, frames=n)
+        return EXIT_OK
+    import can
+
+    from agent.can.source import resolve_interface
+
+    interface = resolve_interface(args.interface, args.channel)
+    try:
+        bus = can.Bus(interface=interface, channel=args.channel, fd=True) if interface == "socketcan" \
+            else can.Bus(interface=interface, channel=args.channel)
+    except (can.CanError, OSError, ValueError) as exc:
+        sys.stderr.write(f"error: cannot open {interface} channel {args.channel}: {exc}\n")
+        return EXIT_FAIL
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("simulate_start", interface=interface, channel=args.channel, rate=args.rate,
+                 messages=len(db.messages))
+        return await run_simulator(bus, db, rate=args.rate, duration=args.duration, stop=stop, seed=args.seed)
+
+    try:
+        sent = asyncio.run(main())
+    finally:
+        bus.shutdown()
+    log.info("simulate_done", frames=sent)
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------- config, schema
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = Path(args.file or DEFAULT_CONFIG)
+    try:
+        cfg = build_config(read_yaml(path), base_dir=path.parent.resolve(), source=str(path))
+        for i, bus in enumerate(cfg.buses):
+            for j, db in enumerate(bus.databases):
+                try:
+                    load_databases([cfg.resolve(db)])
+                except DatabaseError as exc:
+                    raise ConfigError([f"buses[{i}].databases[{j}]: {exc}"], str(path)) from None
+    except ConfigError as exc:
+        for err in exc.errors:
+            sys.stderr.write(f"{exc.source}: {err}\n")
+        return EXIT_USAGE
+    _out(f"{path}: OK ({len(cfg.buses)} buses, sink {cfg.sink.type}, encoding {cfg.encoding.format})")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    _out(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------- status
+def _fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.health import read_status, status_age
+
+    if args.state_dir:
+        state_dir = Path(args.state_dir)
+    else:
+        cfg = _load_config_or_exit(args.config)
+        state_dir = cfg.resolve(cfg.state_dir)
+    try:
+        doc = read_status(state_dir)
+    except FileNotFoundError:
+        sys.stderr.write(f"no status in {state_dir}: the agent has not run with this state directory\n")
+        return EXIT_FAIL
+    age = status_age(doc)
+    if args.check:
+        return EXIT_OK if age < args.max_age else EXIT_FAIL
+    if args.json:
+        _out(orjson.dumps({**doc, "status_age_s": round(age, 1)}, option=orjson.OPT_INDENT_2))
+        return EXIT_OK
+    a, st, sk = doc["agent"], doc["store"], doc["sink"]
+    running = "running" if age < 5 else f"not running (status {_fmt_age(age)} old)"
+    lines = [f"vehicle-agent {a['version']} pid {a['pid']} on {a['host']}: {running}",
+             f"vehicle {a['vehicle_id']}, config version {a['config_version']}, {doc['frames_per_s']:.0f} frames/s"]
+    for name, b in doc["buses"].items():
+        lines.append(f"  bus {name}: {b.get('state', '?')}, frames {b['frames']}, samples {b['samples']}, "
+                     f"unknown ids {b['unknown_ids']}, decode errors {b['decode_errors']}, error frames {b['error_frames']}")
+    lines.append(f"store: {st['batches']} batches, {st['samples']} samples, {st['bytes']} bytes, "
+                 f"oldest pending {_fmt_age(st['oldest_pending_age_s'])}" + (f", ERROR {st['error']}" if st.get("error") else ""))
+    for prio, d in st["by_priority"].items():
+        c = st["counters"]
+        lines.append(f"  {prio:<6}: {d['batches']} batches, {d['samples']} samples, {d['bytes']} bytes; "
+                     f"evicted {c.get(f'evicted_{prio}_batches', 0)} batches/{c.get(f'evicted_{prio}_samples', 0)} samples, "
+                     f"expired {c.get(f'expired_{prio}_batches', 0)} batches/{c.get(f'expired_{prio}_samples', 0)} samples")
+    if st["spill"]["batches"] or st["spill"]["dropped_samples"]:
+        lines.append(f"  memory spill: {st['spill']['batches']} batches, lost {st['spill']['dropped_samples']} samples")
+    last = sk.get("last_send")
+    lines.append(f"sink {sk['type']}: {sk['state']}, sent {sk.get('sent_batches', 0)} batches this run, "
+                 f"last send {_fmt_age(None if last is None else doc['updated'] - last)} ago"
+                 + (f", last error: {sk['last_error']}" if sk.get("last_error") else ""))
+    _out("\n".join(lines))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vehicle-agent", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"vehicle-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the agent (default config: $VEHICLE_AGENT_CONFIG or config/agent.yaml)")
+    r.add_argument("--config", help="config file")
+    r.add_argument("--no-progress", action="store_true", help="no live progress line on a TTY")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("decode", help="decode a candump -L / ASC / BLF log to JSON lines")
+    d.add_argument("--dbc", action="append", required=True, help="database file (repeat for several)")
+    d.add_argument("--labels", action="store_true", help="write enum signals as their label")
+    d.add_argument("log", nargs="?", help="log file (.log candump -L, .asc, .blf); stdin if absent or -")
+    d.set_defaults(func=cmd_decode)
+
+    db = sub.add_parser("decode-batch", help="print the samples of a batch file (columnar or json)")
+    db.add_argument("file", help="batch file, or - for stdin")
+    db.set_defaults(func=cmd_decode_batch)
+
+    s = sub.add_parser("simulate", help="send plausible drive traffic for every message of a database")
+    s.add_argument("--dbc", action="append", required=True, help="database file (repeat for several)")
+    s.add_argument("--channel", default="vcan0")
+    s.add_argument("--interface", default="auto", help="socketcan | virtual | any python-can interface (auto)")
+    s.add_argument("--rate", type=float, default=1.0, help="speed-up of simulated time (2 = twice real time)")
+    s.add_argument("--duration", type=float, default=None, help="simulated seconds (default: until Ctrl-C)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--record", metavar="LOG", help="write a candump -L log of --duration s instead of sending")
+    s.set_defaults(func=cmd_simulate)
+
+    c = sub.add_parser("check-config", help="validate a config; errors with their path, exit code 2")
+    c.add_argument("file", nargs="?", help="config file (default config/agent.yaml)")
+    c.set_defaults(func=cmd_check_config)
+
+    sc = sub.add_parser("schema", help="print the JSON Schema of the config (the twin's desired-properties contract)")
+    sc.set_defaults(func=cmd_schema)
+
+    st = sub.add_parser("status", help="show the running agent's status from its state directory")
+    st.add_argument("--config", help="config file (to find the state directory)")
+    st.add_argument("--state-dir", help="state directory (instead of --config)")
+    st.add_argument("--json", action="store_true", help="print the whole status document")
+    st.add_argument("--check", action="store_true", help="exit 0 if the status is fresh (health check)")
+    st.add_argument("--max-age", type=float, default=30.0, help="--check: seconds a status may be old")
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,112 @@
+"""Sampling policies: one small stateful filter per (bus, message, signal).
+
+Policies are resolved once per config (first matching rule wins, by exact name or glob, against
+the signal name or `Message.Signal`), so the per-frame cost is one call per wanted signal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+
+from agent.config import CollectionConfig, SignalPolicy
+
+Value = float | int
+Emit = tuple[float, Value] | None
+
+
+def resolve_policy(cfg: CollectionConfig, message: str, signal: str) -> SignalPolicy:
+    """The first rule whose `match` fits the signal name or 'Message.Signal'; else the default."""
+    qualified = f"{message}.{signal}"
+    for rule in cfg.signals:
+        if fnmatchcase(signal, rule.match) or fnmatchcase(qualified, rule.match):
+            return rule
+    return cfg.default
+
+
+class Filter:
+    """Decides, per offered value, whether (and which) sample to emit. `flush` returns a held sample."""
+
+    __slots__ = ()
+
+    def offer(self, t: float, v: Value) -> Emit:
+        return (t, v)
+
+    def flush(self) -> Emit:
+        return None
+
+
+class KeepAll(Filter):
+    __slots__ = ()
+
+
+class OnChange(Filter):
+    """Keeps a value when it differs from the last kept one by more than the deadband."""
+
+    __slots__ = ("deadband", "last")
+
+    def __init__(self, deadband: float) -> None:
+        self.deadband = deadband
+        self.last: Value | None = None
+
+    def offer(self, t: float, v: Value) -> Emit:
+        last = self.last
+        if last is not None and (v == last if not self.deadband else abs(v - last) <= self.deadband):
+            return None
+        self.last = v
+        return (t, v)
+
+
+class MinInterval(Filter):
+    """Keeps at most one value per interval (the first one of it)."""
+
+    __slots__ = ("interval", "next_t")
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval = interval_s
+        self.next_t = float("-inf")
+
+    def offer(self, t: float, v: Value) -> Emit:
+        if t < self.next_t:
+            return None
+        self.next_t = t + self.interval
+        return (t, v)
+
+
+class Period(Filter):
+    """Downsampling: the latest value of each period, emitted when the next period starts."""
+
+    __slots__ = ("period", "end", "held")
+
+    def __init__(self, period_s: float) -> None:
+        self.period = period_s
+        self.end = float("-inf")
+        self.held: tuple[float, Value] | None = None
+
+    def offer(self, t: float, v: Value) -> Emit:
+        out = None
+        if t >= self.end:
+            out = self.held
+            self.end = (t // self.period + 1) * self.period
+        self.held = (t, v)
+        return out
+
+    def flush(self) -> Emit:
+        held, self.held = self.held, None
+        return held
+
+
+def make_filter(policy: SignalPolicy) -> Callable[[], Filter] | None:
+    """A factory of fresh filters for a policy, or None when the policy excludes the signal."""
+    match policy.policy:
+        case "exclude":
+            return None
+        case "all":
+            return KeepAll
+        case "on_change":
+            return lambda: OnChange(policy.deadband)
+        case "min_interval":
+            return lambda: MinInterval(policy.min_interval_ms / 1000)
+        case "period":
+            return lambda: Period(policy.period_ms / 1000)
+    raise ValueError(f"unknown policy {policy.policy!r}")

@@ -1,0 +1,294 @@
+"""The agent's configuration: one immutable, validated object.
+
+The same models validate the YAML file, environment overrides and (later) the device twin's
+desired properties, so `vehicle-agent schema` is the contract for all three. Every error names
+its path (`buses[1].databases[0]: file not found: ...`) because a telematics engineer fixes a
+config by reading the error, not the code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.model import Priority
+
+DEFAULT_CONFIG = Path("config/agent.yaml")
+ENV_PREFIX = "VEHICLE_AGENT_"
+IOTHUB_MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with one human-readable line per problem."""
+
+    def __init__(self, errors: list[str], source: str = "config") -> None:
+        self.errors = errors
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BusConfig(_Model):
+    """One CAN bus: where frames come from and which databases decode them."""
+
+    name: str = Field(description="Bus name used in samples, status and topics, e.g. 'powertrain'.")
+    interface: str = Field(
+        "auto",
+        description="python-can interface: socketcan, virtual, pcan, kvaser, ... or 'auto' "
+        "(socketcan if the channel exists on this machine, else virtual with the built-in simulator).",
+    )
+    channel: str = Field("vcan0", description="python-can channel, e.g. can0, vcan0.")
+    bitrate: int | None = Field(None, gt=0, description="Nominal bitrate (interfaces that set it).")
+    data_bitrate: int | None = Field(None, gt=0, description="CAN FD data bitrate.")
+    fd: bool = Field(False, description="Open the bus in CAN FD mode.")
+    databases: list[str] = Field(
+        min_length=1, description="Database files for this bus (anything cantools loads: dbc, kcd, arxml, sym)."
+    )
+    replay: str | None = Field(
+        None, description="Read frames from this log (candump .log, .asc, .blf) instead of a live bus."
+    )
+    replay_rate: float = Field(
+        0.0, ge=0, description="Replay speed: 1.0 = real time, 0 = as fast as possible."
+    )
+    simulate: bool | None = Field(
+        None,
+        description="Run the built-in vehicle simulator on this bus's virtual channel "
+        "(default: only when interface 'auto' falls back to virtual).",
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Extra python-can Bus() keyword arguments.")
+
+
+PolicyKind = Literal["all", "on_change", "min_interval", "period", "exclude"]
+
+
+class SignalPolicy(_Model):
+    """How samples of the matched signals are kept."""
+
+    match: str = Field("*", description="Signal name or glob (`Wheel*`); also matches 'Message.Signal'.")
+    policy: PolicyKind = Field("all", description="all | on_change | min_interval | period | exclude.")
+    deadband: float = Field(0.0, ge=0, description="on_change: keep only changes larger than this (absolute).")
+    min_interval_ms: int = Field(0, ge=0, description="min_interval: at most one sample per interval.")
+    period_ms: int = Field(0, ge=0, description="period: the latest value once per period (downsampling).")
+    priority: Literal["low", "normal", "high"] = Field("normal", description="Upload priority of these samples.")
+
+    @model_validator(mode="after")
+    def _needs_its_parameter(self) -> SignalPolicy:
+        if self.policy == "min_interval" and self.min_interval_ms <= 0:
+            raise ValueError("policy min_interval needs min_interval_ms > 0")
+        if self.policy == "period" and self.period_ms <= 0:
+            raise ValueError("policy period needs period_ms > 0")
+        return self
+
+    @property
+    def priority_level(self) -> Priority:
+        return Priority[self.priority]
+
+
+class CollectionConfig(_Model):
+    """Which signals are kept and how; the first matching rule wins."""
+
+    default: SignalPolicy = Field(default_factory=lambda: SignalPolicy(policy="all"))
+    signals: list[SignalPolicy] = Field(default_factory=list)
+    labels: bool = Field(False, description="Send enum signals as their label string instead of the number.")
+
+
+class BatchingConfig(_Model):
+    """When a batch is closed. max_age_s also bounds what a power loss can lose (the in-memory window)."""
+
+    max_samples: int = Field(20000, gt=0)
+    max_age_s: float = Field(10.0, gt=0, le=3600)
+    max_bytes: int = Field(
+        IOTHUB_MAX_MESSAGE_BYTES - 4096, gt=1024, le=IOTHUB_MAX_MESSAGE_BYTES,
+        description="Upper bound of an encoded batch (IoT Hub's message limit is 256 KB).",
+    )
+
+
+class EncodingConfig(_Model):
+    """How a batch is written on the wire."""
+
+    format: Literal["columnar", "json"] = Field("columnar", description="columnar (msgpack+zstd) or json.")
+    timestamp_resolution: Literal["ms", "us"] = Field("ms", description="Timestamp resolution of columnar.")
+    compression_level: int = Field(3, ge=1, le=19, description="zstd level for columnar.")
+
+
+class StoreConfig(_Model):
+    """The durable store-and-forward queue (SQLite, WAL)."""
+
+    path: str = Field("store.db", description="SQLite file; relative paths are under state_dir.")
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Byte limit of stored batches.")
+    max_batches: int | None = Field(None, gt=0, description="Optional batch-count limit.")
+    synchronous: Literal["NORMAL", "FULL"] = Field("NORMAL", description="SQLite synchronous setting.")
+    ttl_s: dict[str, float] = Field(
+        default_factory=lambda: {"low": 86400.0, "normal": 7 * 86400.0, "high": 30 * 86400.0},
+        description="Time-to-live of a stored batch per priority, seconds.",
+    )
+
+
+class SinkConfig(_Model):
+    """Where batches go. `file` writes an outbox folder; the cloud sinks have their own sections."""
+
+    type: Literal["file"] = Field("file", description="file (local outbox).")
+    path: str = Field("outbox", description="file sink: outbox folder; relative paths are under state_dir.")
+    decoded: bool = Field(True, description="file sink: write one JSON line per sample instead of the raw batch.")
+    retry_initial_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+
+
+class AgentConfig(_Model):
+    """The whole agent configuration (the YAML file, and the twin's desired properties)."""
+
+    vehicle_id: str = Field("demo-car", description="This vehicle's id, in every batch.")
+    state_dir: str = Field("state", description="Folder for the store, status file and outbox.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    buses: list[BusConfig] = Field(min_length=1)
+    collection: CollectionConfig = Field(default_factory=CollectionConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    encoding: EncodingConfig = Field(default_factory=EncodingConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    sink: SinkConfig = Field(default_factory=SinkConfig)
+    base_dir: Annotated[str, Field(exclude=True, description="Folder relative paths resolve against.")] = "."
+
+    @field_validator("buses")
+    @classmethod
+    def _unique_bus_names(cls, buses: list[BusConfig]) -> list[BusConfig]:
+        names = [b.name for b in buses]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"bus names must be unique, repeated: {', '.join(dupes)}")
+        return buses
+
+    def resolve(self, path: str) -> Path:
+        """A config path made absolute against the config file's folder."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def state_path(self, path: str) -> Path:
+        """A path made absolute against the state directory."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else self.resolve(self.state_dir) / p
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def validation_errors(exc: ValidationError) -> list[str]:
+    """pydantic errors as `path: message` lines."""
+    lines = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{_format_loc(err['loc'])}: {msg}")
+    return lines
+
+
+def _check_files(cfg: AgentConfig) -> list[str]:
+    errors = []
+    for i, bus in enumerate(cfg.buses):
+        for j, db in enumerate(bus.databases):
+            path = cfg.resolve(db)
+            if not path.is_file():
+                errors.append(f"buses[{i}].databases[{j}]: file not found: {path}")
+        if bus.replay and not cfg.resolve(bus.replay).is_file():
+            errors.append(f"buses[{i}].replay: file not found: {cfg.resolve(bus.replay)}")
+    return errors
+
+
+def build_config(data: Mapping[str, Any], *, base_dir: str | Path = ".", source: str = "config") -> AgentConfig:
+    """Validate a mapping into an AgentConfig, or raise ConfigError listing every problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"], source)
+    try:
+        cfg = AgentConfig.model_validate({**data, "base_dir": str(base_dir)})
+    except ValidationError as exc:
+        raise ConfigError(validation_errors(exc), source) from None
+    errors = _check_files(cfg)
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """`VEHICLE_AGENT_VEHICLE_ID`, `VEHICLE_AGENT_STATE_DIR`, `VEHICLE_AGENT_LOG_LEVEL`, `VEHICLE_AGENT_SINK`,
+    and any nested key as `VEHICLE_AGENT__batching__max_age_s=5` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    simple = {"VEHICLE_ID": ("vehicle_id",), "STATE_DIR": ("state_dir",), "LOG_LEVEL": ("log_level",),
+              "SINK": ("sink", "type")}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX):]
+        if rest in simple:
+            path = simple[rest]
+        elif rest.startswith("_") and len(rest) > 1:
+            path = tuple(p.lower() for p in rest[1:].split("__") if p)
+        else:
+            continue
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(value) if rest.startswith("_") else value
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """A new mapping: `patch` laid over `base`, nested mappings merged, None deleting a key (twin semantics)."""
+    out = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a syntax error names the file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {path}"], str(path)) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}YAML syntax error: {problem}"], str(path)) from None
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """The config from a YAML file (default: $VEHICLE_AGENT_CONFIG or config/agent.yaml) plus environment."""
+    env = os.environ if env is None else env
+    path = Path(path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"], str(path))
+    data = deep_merge(data, _env_overrides(env))
+    return build_config(data, base_dir=path.parent.resolve(), source=str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config (also the twin's desired-properties contract)."""
+    schema = AgentConfig.model_json_schema()
+    schema["properties"].pop("base_dir", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "vehicle-agent configuration"
+    return schema

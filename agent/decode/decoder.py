@@ -1,0 +1,69 @@
+"""Per-frame-id decoders, built once per config so the hot path is one dict lookup and one call.
+
+cantools stays the reference decoder: every value we produce equals `Message.decode` with
+`decode_choices=False` (numbers, scaled, with offsets). Choice labels are looked up only where the
+user asked for labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from cantools.database import Database
+from cantools.database.can.message import Message
+
+Value = float | int | str
+
+
+class ShortFrameError(ValueError):
+    """A frame shorter than its message's length in the database."""
+
+
+@dataclass(slots=True)
+class MessageDecoder:
+    """Decodes the payload of one message into {signal: value}."""
+
+    message: Message
+    name: str = ""
+    frame_id: int = 0
+    length: int = 0
+    signals: tuple[str, ...] = ()
+    scaling: dict[str, tuple[float, float]] = field(default_factory=dict)
+    choices: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        m = self.message
+        self.name, self.frame_id, self.length = m.name, m.frame_id, m.length
+        self.signals = tuple(s.name for s in m.signals)
+        self.scaling = {s.name: (s.scale, s.offset) for s in m.signals}
+        self.choices = {s.name: {int(k): str(v) for k, v in s.choices.items()} for s in m.signals if s.choices}
+
+    def decode(self, data: bytes) -> dict[str, float | int]:
+        """Scaled values of the signals present in `data` (for multiplexed messages: the active page)."""
+        if len(data) < self.length:
+            raise ShortFrameError(f"{self.name} needs {self.length} bytes, frame has {len(data)}")
+        return self.message.decode(data, decode_choices=False)
+
+    def label(self, signal: str, value: float | int) -> Value:
+        """The choice label of an enum value, or the value itself."""
+        table = self.choices.get(signal)
+        if table is None:
+            return value
+        return table.get(int(value), value)
+
+
+class FrameDecoder:
+    """All messages of a database by frame id; unknown ids return None."""
+
+    def __init__(self, db: Database, keep: Callable[[Message], bool] | None = None) -> None:
+        self.by_id: dict[int, MessageDecoder] = {
+            m.frame_id: MessageDecoder(m) for m in db.messages if keep is None or keep(m)
+        }
+
+    def get(self, frame_id: int) -> MessageDecoder | None:
+        return self.by_id.get(frame_id)
+
+    @property
+    def messages(self) -> Iterable[MessageDecoder]:
+        return self.by_id.values()

@@ -1,0 +1,53 @@
+"""Health: the status document, written atomically to the state directory every second.
+
+`vehicle-agent status` reads that file, so it works while the agent runs, from another process,
+without a socket; `status --check` is the container HEALTHCHECK (is the file fresh?).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+STATUS_FILE = "status.json"
+
+
+def write_status(state_dir: Path, doc: dict[str, Any]) -> None:
+    """Replace the status file atomically (readers never see half a document)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / STATUS_FILE
+    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    os.replace(tmp, path)
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    """The last status document; raises FileNotFoundError when the agent never ran here."""
+    return orjson.loads((state_dir / STATUS_FILE).read_bytes())
+
+
+def status_age(doc: dict[str, Any], now: float | None = None) -> float:
+    return (time.time() if now is None else now) - float(doc.get("updated", 0))
+
+
+class RateMeter:
+    """Per-second rate of a monotonically increasing counter, between two reads."""
+
+    __slots__ = ("last_value", "last_t", "rate")
+
+    def __init__(self) -> None:
+        self.last_value = 0
+        self.last_t = time.monotonic()
+        self.rate = 0.0
+
+    def update(self, value: int) -> float:
+        now = time.monotonic()
+        dt = now - self.last_t
+        if dt > 0:
+            self.rate = (value - self.last_value) / dt
+        self.last_value, self.last_t = value, now
+        return self.rate

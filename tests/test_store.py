@@ -1,0 +1,95 @@
+"""The SQLite store: committed batches survive a reopen, order by priority then age, bounded with counted evictions."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.model import Batch, Priority
+from agent.store import Store, StoreFullError
+
+
+def make_batch(i: int, priority: Priority = Priority.normal, size: int = 1000, created: float = 1000.0) -> Batch:
+    return Batch(id=f"b{i:04d}", priority=priority, encoding="columnar", content_type="x", content_encoding="zstd",
+                 payload=bytes([i % 256]) * size, sample_count=10 + i, first_t=created, last_t=created + 1,
+                 created=created, vehicle="car", buses=("pt", "ch"))
+
+
+def test_survives_reopen_and_acks_delete(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store(path, max_bytes=10**6) as s:
+        for i in range(3):
+            s.put(make_batch(i))
+    with Store(path, max_bytes=10**6) as s:
+        got = s.next_batches(10)
+        assert [b.id for b in got] == ["b0000", "b0001", "b0002"]
+        assert got[1] == make_batch(1)
+        assert s.ack("b0000") is True
+        assert s.ack("b0000") is False
+        st = s.stats()
+        assert st.batches == 2 and st.counters["sent_batches"] == 1 and st.counters["sent_samples"] == 10
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_priority_then_age(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db", max_bytes=10**6) as s:
+        s.put(make_batch(1, Priority.low))
+        s.put(make_batch(2, Priority.normal))
+        s.put(make_batch(3, Priority.high))
+        s.put(make_batch(4, Priority.normal))
+        s.put(make_batch(5, Priority.high))
+        assert [b.id for b in s.next_batches(10)] == ["b0003", "b0005", "b0002", "b0004", "b0001"]
+        assert [b.id for b in s.next_batches(2, exclude={"b0003"})] == ["b0005", "b0002"]
+
+
+def test_eviction_lowest_priority_oldest_first_and_counted(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db", max_bytes=5000) as s:
+        s.put(make_batch(1, Priority.high))
+        s.put(make_batch(2, Priority.low))
+        s.put(make_batch(3, Priority.normal))
+        s.put(make_batch(4, Priority.low))
+        s.put(make_batch(5, Priority.normal))
+        ev = s.put(make_batch(6, Priority.normal))
+        assert [e.id for e in ev] == ["b0002"]
+        ev = s.put(make_batch(7, Priority.high))
+        assert [e.id for e in ev] == ["b0004"]
+        ev = s.put(make_batch(8, Priority.normal))
+        assert [e.id for e in ev] == ["b0003"]
+        st = s.stats()
+        assert st.bytes <= 5000
+        assert st.counters["evicted_low_batches"] == 2
+        assert st.counters["evicted_low_samples"] == 12 + 14
+        assert st.counters["evicted_normal_batches"] == 1
+        assert "evicted_high_batches" not in st.counters
+        assert {b.id for b in s.next_batches(10)} == {"b0001", "b0005", "b0006", "b0007", "b0008"}
+
+
+def test_never_evicts_higher_priority_for_lower(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db", max_bytes=3000) as s:
+        for i in range(3):
+            s.put(make_batch(i, Priority.high))
+        with pytest.raises(StoreFullError):
+            s.put(make_batch(9, Priority.low))
+        assert s.stats().batches == 3
+        with pytest.raises(StoreFullError):
+            s.put(make_batch(10, Priority.low, size=4000))
+
+
+def test_batch_count_limit(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db", max_bytes=10**6, max_batches=2) as s:
+        for i in range(4):
+            s.put(make_batch(i))
+        assert [b.id for b in s.next_batches(10)] == ["b0002", "b0003"]
+
+
+def test_ttl_per_priority(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={"low": 100, "high": 1000}) as s:
+        s.put(make_batch(1, Priority.low, created=1000))
+        s.put(make_batch(2, Priority.high, created=1000))
+        s.put(make_batch(3, Priority.low, created=1150))
+        assert s.expire(now=1200) == 1
+        assert [b.id for b in s.next_batches(10)] == ["b0002", "b0003"]
+        assert s.stats().counters["expired_low_batches"] == 1
+        assert s.stats().as_dict(now=1200)["oldest_pending_age_s"] == 200
