@@ -17,8 +17,9 @@ import sqlite3
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -32,8 +33,10 @@ from agent.collect.collector import BusCounters, Collector
 from agent.config import AgentConfig, BusConfig
 from agent.decode import FrameDecoder, load_databases
 from agent.health import RateMeter, write_status
+from agent.logs import set_level
 from agent.model import Batch
 from agent.store import Store, StoreFullError
+from agent.twin.desired import DesiredState
 from agent.uplink import Sink
 from agent.uplink.factory import make_sink
 from agent.uplink.forwarder import Forwarder
@@ -75,7 +78,12 @@ def build_pipeline(cfg: AgentConfig, add: Callable, counters: dict[str, BusCount
 class Agent:
     """One running agent: owns the store, the sink, the sources and the current pipeline."""
 
-    def __init__(self, cfg: AgentConfig, *, sink: Sink | None = None, progress: bool = False) -> None:
+    def __init__(self, cfg: AgentConfig, *, base: Mapping[str, Any] | None = None, sink: Sink | None = None,
+                 progress: bool = False) -> None:
+        # The twin's last applied desired state wins over the file, so an offline start runs it.
+        self.desired = DesiredState(base if base is not None else cfg.model_dump(exclude={"base_dir"}),
+                                    Path(cfg.base_dir), cfg.resolve(cfg.state_dir), self.apply_config)
+        cfg = self.desired.load() or cfg
         self.cfg = cfg
         self.state_dir = cfg.resolve(cfg.state_dir)
         self.started = time.time()
@@ -93,6 +101,7 @@ class Agent:
         self.pipeline = build_pipeline(cfg, self.batcher.add, self.counters)
         self.batcher.scaling = dict(self.pipeline.scaling)
         self.sources: dict[str, FrameSource] = {}
+        self._bus_tasks: dict[str, tuple[asyncio.Event, list[asyncio.Task]]] = {}
         self.spill: deque[Batch] = deque()
         self.spill_bytes = 0
         self.spill_dropped = 0
@@ -101,6 +110,7 @@ class Agent:
         self.config_version = 0
         self._frame_rate = RateMeter()
         self._tasks: list[asyncio.Task] = []
+        self._running = False
         self.stop = asyncio.Event()
 
     # ---------------------------------------------------------------- store path
@@ -165,38 +175,74 @@ class Agent:
                            **bus_kwargs(bus.bitrate, bus.data_bitrate, bus.fd, bus.options))
         return source, simulate
 
-    async def _run_source(self, source: FrameSource) -> None:
+    async def _run_source(self, source: FrameSource, stop: asyncio.Event) -> None:
         try:
-            async for frames in source.frames(self.stop):
-                self.pipeline.collectors[source.bus].process(frames)
+            async for frames in source.frames(stop):
+                collector = self.pipeline.collectors.get(source.bus)
+                if collector is not None:
+                    collector.process(frames)
         finally:
             source.close()
 
-    async def _run_simulator(self, bus: BusConfig) -> None:
+    async def _run_simulator(self, bus: BusConfig, stop: asyncio.Event) -> None:
         import can
 
         from agent.can.simulator import run_simulator
 
         sim_bus = can.Bus(interface="virtual", channel=bus.channel, receive_own_messages=False)
         try:
-            await run_simulator(sim_bus, load_bus_databases(self.cfg, bus), stop=self.stop,
-                                seed=hash(bus.name) & 0xFFFF)
+            await run_simulator(sim_bus, load_bus_databases(self.cfg, bus), stop=stop,
+                                seed=sum(bus.name.encode()))
         finally:
             sim_bus.shutdown()
 
+    def _start_bus(self, bus: BusConfig) -> asyncio.Task:
+        """Start a bus's source (and its simulator); returns the source task."""
+        stop = asyncio.Event()
+        source, simulate = self._make_source(bus)
+        self.sources[bus.name] = source
+        tasks = [asyncio.create_task(self._run_source(source, stop), name=f"source:{bus.name}")]
+        if simulate:
+            log.info("simulator_start", bus=bus.name, channel=bus.channel)
+            tasks.append(asyncio.create_task(self._run_simulator(bus, stop), name=f"sim:{bus.name}"))
+        self._bus_tasks[bus.name] = (stop, tasks)
+        return tasks[0]
+
+    def _stop_bus(self, name: str) -> None:
+        stop, _ = self._bus_tasks.pop(name, (None, []))
+        if stop is not None:
+            stop.set()
+        self.sources.pop(name, None)
+
     # ---------------------------------------------------------------- config swap
     def apply_config(self, new: AgentConfig) -> None:
-        """Swap a validated config into the running pipeline between frames; raises before changing anything."""
+        """Swap a validated config into the running pipeline between frames; raises before changing anything.
+
+        Collectors are rebuilt (cheap, ~ms); sources restart only for buses whose bus settings changed,
+        so an unchanged bus loses no frames: they wait in its receive queue while the swap runs.
+        """
         pipeline = build_pipeline(new, self.batcher.add, self.counters)
         codec = codec_for(new.encoding.format, timestamp_resolution=new.encoding.timestamp_resolution,
                           level=new.encoding.compression_level)
         for collector in self.pipeline.collectors.values():
             collector.flush()
         self.batcher.reconfigure(new.batching, codec, new.vehicle_id, pipeline.scaling)
-        self.pipeline = pipeline
-        self.cfg = new
+        self.store.max_bytes, self.store.max_batches = new.store.max_bytes, new.store.max_batches
+        self.store.ttl_s = dict(new.store.ttl_s)
+        old_buses = {b.name: b for b in self.cfg.buses}
+        self.pipeline, self.cfg = pipeline, new
+        set_level(new.log_level)
+        if self._running:
+            for bus in new.buses:
+                old = old_buses.pop(bus.name, None)
+                if old is None or old.model_dump(exclude={"databases"}) != bus.model_dump(exclude={"databases"}):
+                    self._stop_bus(bus.name)
+                    self._start_bus(bus)
+            for name in old_buses:
+                self._stop_bus(name)
+                self.counters.pop(name, None)
         self.config_version += 1
-        log.info("config_applied", version=self.config_version)
+        log.info("config_applied", version=self.config_version, buses=[b.name for b in new.buses])
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
@@ -250,31 +296,32 @@ class Agent:
         """Run until `stop` is set (SIGTERM/Ctrl-C) or every source ended (replays)."""
         log.info("agent_start", version=__version__, vehicle_id=self.cfg.vehicle_id, sink=self.sink.name,
                  store=str(self.store.path), buses=[b.name for b in self.cfg.buses])
-        source_tasks = []
+        self._running = True
         for bus in self.cfg.buses:
-            source, simulate = self._make_source(bus)
-            self.sources[bus.name] = source
-            source_tasks.append(asyncio.create_task(self._run_source(source), name=f"source:{bus.name}"))
-            if simulate:
-                log.info("simulator_start", bus=bus.name, channel=bus.channel)
-                self._tasks.append(asyncio.create_task(self._run_simulator(bus), name=f"sim:{bus.name}"))
+            self._start_bus(bus)
         self._tasks += [asyncio.create_task(self.forwarder.run(self.stop), name="forwarder"),
                         asyncio.create_task(self._housekeeping(), name="housekeeping")]
         try:
-            sources_done = asyncio.ensure_future(asyncio.gather(*source_tasks))
-            stopped = asyncio.ensure_future(self.stop.wait())
-            await asyncio.wait([sources_done, stopped], return_when=asyncio.FIRST_COMPLETED)
-            if sources_done.done() and sources_done.exception():
-                raise sources_done.exception()
-            self.stop.set()
-            await asyncio.gather(*source_tasks, return_exceptions=True)
-            stopped.cancel()
+            while not self.stop.is_set():
+                sources = [tasks[0] for _, tasks in self._bus_tasks.values()]
+                if not sources or all(t.done() for t in sources):
+                    break  # every source ended (replays): finish like a SIGTERM
+                for task in sources:
+                    if task.done() and not task.cancelled() and task.exception():
+                        raise task.exception()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=0.5)
         finally:
             await self.shutdown()
 
     async def shutdown(self) -> None:
         """Flush what memory holds into the store, give the sink a last chance, close everything."""
         self.stop.set()
+        for name in list(self._bus_tasks):
+            stop, tasks = self._bus_tasks[name]
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._stop_bus(name)
         for collector in self.pipeline.collectors.values():
             collector.flush()
         self.batcher.flush()

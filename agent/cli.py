@@ -18,7 +18,15 @@ import orjson
 import structlog
 
 from agent import __version__
-from agent.config import DEFAULT_CONFIG, ConfigError, build_config, json_schema, load_config, read_yaml
+from agent.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    build_config,
+    config_path,
+    json_schema,
+    load_config_data,
+    read_yaml,
+)
 from agent.decode import DatabaseError, FrameDecoder, ShortFrameError, load_databases
 from agent.logs import configure_logging
 
@@ -35,8 +43,11 @@ def _out(line: bytes | str) -> None:
 
 
 def _load_config_or_exit(path: str | None) -> Any:
+    """(config, the file's mapping with env overrides) or exit 2 with one line per error."""
     try:
-        return load_config(path)
+        file = config_path(path)
+        data = load_config_data(file)
+        return build_config(data, base_dir=file.parent.resolve(), source=str(file)), data
     except ConfigError as exc:
         for err in exc.errors:
             sys.stderr.write(f"{exc.source}: {err}\n")
@@ -45,13 +56,13 @@ def _load_config_or_exit(path: str | None) -> Any:
 
 # ------------------------------------------------------------------------------------------ run
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load_config_or_exit(args.config)
+    cfg, data = _load_config_or_exit(args.config)
     configure_logging(cfg.log_level)
     from agent.app import Agent
 
     async def main() -> None:
         try:
-            agent = Agent(cfg, progress=sys.stderr.isatty() and not args.no_progress)
+            agent = Agent(cfg, base=data, progress=sys.stderr.isatty() and not args.no_progress)
         except DatabaseError as exc:
             log.error("database_invalid", file=str(exc.path), line=exc.line, reason=exc.reason)
             raise SystemExit(EXIT_USAGE) from None
@@ -211,7 +222,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.state_dir:
         state_dir = Path(args.state_dir)
     else:
-        cfg = _load_config_or_exit(args.config)
+        cfg, _ = _load_config_or_exit(args.config)
         state_dir = cfg.resolve(cfg.state_dir)
     try:
         doc = read_status(state_dir)

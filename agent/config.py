@@ -274,15 +274,24 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError([f"{where}YAML syntax error: {problem}"], str(path)) from None
 
 
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
-    """The config from a YAML file (default: $VEHICLE_AGENT_CONFIG or config/agent.yaml) plus environment."""
+def config_path(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The config file to use: the argument, else $VEHICLE_AGENT_CONFIG, else config/agent.yaml."""
     env = os.environ if env is None else env
-    path = Path(path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
+    return Path(path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config_data(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The config file as a mapping with environment overrides laid over it (not yet validated)."""
     data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"], str(path))
-    data = deep_merge(data, _env_overrides(env))
-    return build_config(data, base_dir=path.parent.resolve(), source=str(path))
+    return deep_merge(data, _env_overrides(os.environ if env is None else env))
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """The config from a YAML file (default: $VEHICLE_AGENT_CONFIG or config/agent.yaml) plus environment."""
+    path = config_path(path, env)
+    return build_config(load_config_data(path, env), base_dir=path.parent.resolve(), source=str(path))
 
 
 def json_schema() -> dict[str, Any]:

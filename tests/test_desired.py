@@ -1,0 +1,90 @@
+"""Desired state: validated as a whole, swapped live, acked per property, persisted for offline starts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import can
+import cantools
+import yaml
+
+from agent.app import Agent
+from agent.config import build_config
+from tests.conftest import DATA
+
+
+def _agent(tmp_path: Path, channel: str) -> tuple[Agent, dict]:
+    base = {"vehicle_id": "car", "state_dir": str(tmp_path / "state"),
+            "buses": [{"name": "pt", "interface": "virtual", "channel": channel, "databases": [str(DATA / "edge.dbc")]}],
+            "collection": {"default": {"policy": "all"}}, "batching": {"max_age_s": 0.2}}
+    return Agent(build_config(base, base_dir=tmp_path), base=base), base
+
+
+def test_patch_validation_ack_and_stale(tmp_path: Path) -> None:
+    agent, _ = _agent(tmp_path, "desired-unit")
+    d = agent.desired
+    ok = d.handle({"$version": 3, "collection": {"default": {"policy": "on_change"}}}, full=False)
+    assert ok == {"collection": {"value": {"default": {"policy": "on_change"}}, "ac": 200, "av": 3, "ad": "applied"}}
+    assert agent.cfg.collection.default.policy == "on_change"
+    bad = d.handle({"$version": 4, "batching": {"max_age_s": -1}, "log_level": "debug"}, full=False)
+    assert bad["batching"]["ac"] == 400 and "batching.max_age_s" in bad["batching"]["ad"]
+    assert bad["log_level"]["ac"] == 400  # all or nothing
+    assert agent.cfg.log_level == "info" and agent.cfg.batching.max_age_s == 0.2
+    assert d.handle({"$version": 2, "log_level": "debug"}, full=False) is None  # stale
+    denied = d.handle({"$version": 5, "vehicle_id": "other"}, full=False)
+    assert denied["vehicle_id"]["ac"] == 400 and "not writable" in denied["vehicle_id"]["ad"]
+    missing = d.handle({"$version": 6, "buses": [{"name": "pt", "databases": ["nope.dbc"]}]}, full=False)
+    assert missing["buses"]["ac"] == 400 and "file not found" in missing["buses"]["ad"]
+    agent.store.close()
+
+
+def test_persisted_desired_state_is_used_at_next_start(tmp_path: Path) -> None:
+    agent, base = _agent(tmp_path, "desired-persist")
+    agent.desired.handle({"$version": 7, "batching": {"max_samples": 123}}, full=True)
+    agent.store.close()
+    again = Agent(build_config(base, base_dir=tmp_path), base=base)
+    assert again.cfg.batching.max_samples == 123 and again.desired.version == 7
+    again.store.close()
+    (tmp_path / "state" / "desired.json").write_text("{not json")
+    third = Agent(build_config(base, base_dir=tmp_path), base=base)
+    assert third.cfg.batching.max_samples == 20000
+    third.store.close()
+
+
+async def test_live_swap_changes_what_is_collected_without_losing_frames(tmp_path: Path) -> None:
+    agent, _ = _agent(tmp_path, "desired-live")
+    eng = cantools.database.load_file(DATA / "edge.dbc").get_message_by_name("EngineData")
+    task = asyncio.create_task(agent.run())
+    sender = can.Bus(interface="virtual", channel="desired-live")
+
+    async def send(values: range) -> None:
+        for i in values:
+            sender.send(can.Message(arbitration_id=eng.frame_id, is_extended_id=False, data=eng.encode(
+                {"EngineSpeed": 1000 + i, "CoolantTemp": 90, "Torque": 0, "Gear": 3})))
+            if i % 10 == 0:
+                await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.sleep(0.3)
+        await send(range(0, 100))
+        for _ in range(200):  # until the source has drained those frames
+            if agent.counters["pt"].frames >= 100:
+                break
+            await asyncio.sleep(0.02)
+        ack = agent.desired.handle({"$version": 2, "collection": {"signals": [
+            {"match": "EngineSpeed", "policy": "exclude"}]}}, full=False)
+        assert ack["collection"]["ac"] == 200
+        await send(range(100, 200))
+        await asyncio.sleep(0.4)
+    finally:
+        sender.shutdown()
+        agent.stop.set()
+        await asyncio.wait_for(task, 30)
+    rows = []
+    for f in (tmp_path / "state" / "outbox").glob("*.jsonl"):
+        rows += [yaml.safe_load(x) for x in f.read_text().splitlines()]
+    speeds = sorted(r["value"] for r in rows if r["signal"] == "EngineSpeed")
+    assert speeds == [1000 + i for i in range(100)]
+    temps = [r for r in rows if r["signal"] == "CoolantTemp"]
+    assert len(temps) == 200  # still collected before and after the swap: no frame dropped
