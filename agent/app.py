@@ -92,6 +92,7 @@ class Agent:
                            max_batches=cfg.store.max_batches, synchronous=cfg.store.synchronous,
                            ttl_s=cfg.store.ttl_s)
         self.sink = sink or make_sink(cfg)
+        self.sink.attach(self)
         self.forwarder = Forwarder(self.store, self.sink, retry_initial_s=cfg.sink.retry_initial_s,
                                    retry_max_s=cfg.sink.retry_max_s)
         self.batcher = Batcher(cfg.batching, codec_for(cfg.encoding.format,
@@ -201,6 +202,8 @@ class Agent:
         stop = asyncio.Event()
         source, simulate = self._make_source(bus)
         self.sources[bus.name] = source
+        collector = self.pipeline.collectors.get(bus.name)
+        source.set_wanted_ids(collector.wanted_ids if collector else None)
         tasks = [asyncio.create_task(self._run_source(source, stop), name=f"source:{bus.name}")]
         if simulate:
             log.info("simulator_start", bus=bus.name, channel=bus.channel)
@@ -241,8 +244,26 @@ class Agent:
             for name in old_buses:
                 self._stop_bus(name)
                 self.counters.pop(name, None)
+            for name, source in self.sources.items():
+                source.set_wanted_ids(pipeline.collectors[name].wanted_ids)
         self.config_version += 1
         log.info("config_applied", version=self.config_version, buses=[b.name for b in new.buses])
+
+    # ---------------------------------------------------------------- control (twin, methods)
+    def handle_desired(self, doc: dict[str, Any], *, full: bool) -> dict[str, Any] | None:
+        return self.desired.handle(doc, full=full)
+
+    def flush_now(self) -> None:
+        for collector in self.pipeline.collectors.values():
+            collector.flush()
+        self.batcher.flush()
+        self.forwarder.notify()
+
+    def set_log_level(self, level: str, duration_s: float | None = None) -> None:
+        set_level(level)
+        log.info("log_level_set", level=level, duration_s=duration_s)
+        if duration_s:
+            asyncio.get_running_loop().call_later(duration_s, set_level, self.cfg.log_level)
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:

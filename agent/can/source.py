@@ -60,6 +60,10 @@ class FrameSource(ABC):
     def close(self) -> None:
         """Release the bus; never raises."""
 
+    def set_wanted_ids(self, ids: set[int] | None) -> None:
+        """The frame ids the collection config wants (None: all). Sources that can filter in the
+        kernel or hardware (SocketCAN) install a receive filter; others ignore it."""
+
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "last_error": self.last_error}
 
