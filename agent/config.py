@@ -132,10 +132,41 @@ class StoreConfig(_Model):
     )
 
 
+class IoTHubConfig(_Model):
+    """Azure IoT Hub (azure-iot-device). Only the *names* of env vars / files holding secrets live here."""
+
+    identity: Literal["device_connection_string", "module_connection_string", "edge", "x509"] = Field(
+        "device_connection_string",
+        description="device_connection_string | module_connection_string (from env/file), "
+        "edge (IoT Edge module environment), x509 (device certificate).")
+    connection_string_env: str = Field(
+        "VEHICLE_AGENT_IOTHUB_CONNECTION_STRING", description="Env var holding the connection string.")
+    connection_string_file_env: str = Field(
+        "VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE",
+        description="Env var naming a file that holds the connection string (read if the other is unset).")
+    connection_string_file: str | None = Field(None, description="File holding the connection string.")
+    hostname: str | None = Field(None, description="x509: IoT Hub host name, e.g. myhub.azure-devices.net.")
+    device_id: str | None = Field(None, description="x509: device id.")
+    x509_cert_file: str | None = Field(None, description="x509: PEM certificate file.")
+    x509_key_file: str | None = Field(None, description="x509: PEM private key file.")
+    x509_pass_phrase_env: str | None = Field(None, description="x509: env var holding the key pass phrase.")
+    gateway_hostname: str | None = Field(None, description="x509: gateway (edgeHub) to dial instead of the hub.")
+    server_verification_cert: str | None = Field(
+        None, description="PEM CA file to trust for the server (gateways, tests).")
+    output_name: str = Field("telemetry", description="edge/module identity: output name edgeHub routes pick up.")
+    reported_interval_s: float = Field(30.0, ge=0, description="At most one reported-properties update per interval.")
+    connect_timeout_s: float = Field(30.0, gt=0, description="Timeout of connect().")
+    send_timeout_s: float = Field(60.0, gt=0, description="Timeout of one send_message().")
+    twin_timeout_s: float = Field(20.0, gt=0, description="Timeout of get_twin() and reported patches.")
+    credential_retry_s: float = Field(300.0, gt=0, description="Retry interval after a credential error.")
+    keep_alive_s: int = Field(60, ge=5, description="MQTT keep-alive (a dead link shows after 2x this).")
+
+
 class SinkConfig(_Model):
     """Where batches go. `file` writes an outbox folder; the cloud sinks have their own sections."""
 
-    type: Literal["file"] = Field("file", description="file (local outbox).")
+    type: Literal["file", "iothub"] = Field("file", description="file (local outbox) or iothub (Azure IoT Hub).")
+    iothub: IoTHubConfig = Field(default_factory=IoTHubConfig, description="iothub sink settings.")
     path: str = Field("outbox", description="file sink: outbox folder; relative paths are under state_dir.")
     decoded: bool = Field(True, description="file sink: write one JSON line per sample instead of the raw batch.")
     retry_initial_s: float = Field(1.0, gt=0)

@@ -1,0 +1,110 @@
+"""Reported state for any twin transport: built from `Control.status()`, throttled, changes coalesced.
+
+IoT Hub limits twin updates per device (and MQTT brokers should not be flooded either), so the
+reporter publishes at most one patch per `interval_s`, holding only the top-level sections that
+changed since the last publish. The transport supplies only `publish(patch)`; acks of desired
+properties are not throttled (they are rare and the fleet waits for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger()
+
+SECRET_WORDS = ("key", "secret", "password", "token", "connection_string", "sas")
+
+
+def _without_secrets(doc: Any) -> Any:
+    """Drop any key that smells of a credential: the twin is readable by every fleet operator."""
+    if isinstance(doc, dict):
+        return {k: _without_secrets(v) for k, v in doc.items()
+                if not any(w in str(k).lower() for w in SECRET_WORDS)}
+    if isinstance(doc, list):
+        return [_without_secrets(v) for v in doc]
+    return doc
+
+
+def reported_doc(status: dict[str, Any]) -> dict[str, Any]:
+    """The reported properties of the agent: identity, applied config, buses, store and uplink."""
+    agent = status.get("agent", {})
+    store = status.get("store", {})
+    sink = status.get("sink", {})
+    buses = {}
+    for name, bus in status.get("buses", {}).items():
+        buses[name] = {k: bus[k] for k in ("frames_per_s", "frames", "error_frames", "unknown_ids",
+                                            "decode_errors", "samples", "state") if k in bus}
+    return _without_secrets({
+        "agent": {k: agent.get(k) for k in ("version", "started", "host", "vehicle_id")},
+        "config_version": agent.get("config_version"),
+        "frames_per_s": status.get("frames_per_s"),
+        "buses": buses,
+        "store": {k: store[k] for k in ("batches", "bytes", "oldest_pending_age_s", "evictions", "counters",
+                                        "error") if k in store},
+        "uplink": {k: sink[k] for k in ("type", "state", "connected", "last_send", "backoff_s", "last_error",
+                                        "sent_batches", "consecutive_failures") if k in sink},
+    })
+
+
+class Reporter:
+    """Publishes the reported doc's changed sections, at most once per `interval_s`."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]], publish: Callable[[dict[str, Any]], Awaitable[None]],
+                 *, interval_s: float = 30.0) -> None:
+        self.status = status
+        self.publish = publish
+        self.interval_s = interval_s
+        self.last: dict[str, Any] = {}
+        self.last_publish = 0.0
+        self.published = 0
+        self.wake = asyncio.Event()
+
+    def reset(self) -> None:
+        """After a reconnect: the twin may have missed updates, so send everything next time."""
+        self.last = {}
+        self.wake.set()
+
+    def changes(self) -> dict[str, Any]:
+        doc = reported_doc(self.status())
+        return {k: v for k, v in doc.items() if self.last.get(k) != v}
+
+    async def publish_due(self) -> bool:
+        """Publish the coalesced changes if the interval allows; True if something was sent."""
+        if time.monotonic() - self.last_publish < self.interval_s and self.last:
+            return False
+        patch = self.changes()
+        if not patch:
+            return False
+        await self.publish(patch)
+        self.last.update(patch)
+        self.last_publish = time.monotonic()
+        self.published += 1
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Loop until stop; publish failures are logged and retried at the next interval."""
+        while not stop.is_set():
+            try:
+                await self.publish_due()
+            except Exception as exc:  # noqa: BLE001 - the transport's errors vary; never kill the loop
+                log.warning("reported_publish_failed", error=str(exc) or type(exc).__name__)
+                self.last_publish = time.monotonic()
+            wait = max(1.0, self.interval_s - (time.monotonic() - self.last_publish)) if self.last else 1.0
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(stop, self.wake), timeout=wait)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,215 @@
+"""The `iothub` sink: Azure IoT Hub (or IoT Edge's edgeHub) through the real azure-iot-device SDK.
+
+One stored batch = one IoT Hub message: message_id is the batch id (the cloud drops duplicates of
+at-least-once delivery), content type/encoding are the batch's, and custom properties let a route
+filter without opening the body. `send` returns only after the hub's PUBACK; the SDK queues
+nothing while disconnected, so the store is the queue and the forwarder's backoff the retry.
+A wrong key is its own state (`credential_error`) with slow retries. Secrets come from env/files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from azure.iot.device import X509, Message
+from azure.iot.device import exceptions as sdk_errors
+from azure.iot.device.aio import IoTHubDeviceClient, IoTHubModuleClient
+
+from agent.config import IoTHubConfig
+from agent.model import Batch
+from agent.twin.iothub import TwinLink
+from agent.uplink.base import Sink, SinkError
+
+log = structlog.get_logger()
+
+SCHEMA_VERSION = "1"
+
+
+def message_for(batch: Batch) -> Message:
+    """The IoT Hub message of a batch, with the properties a route can filter on."""
+    msg = Message(batch.payload, message_id=batch.id, content_encoding=batch.content_encoding,
+                  content_type=batch.content_type)
+    msg.custom_properties.update({
+        "schema": SCHEMA_VERSION, "vehicle": batch.vehicle, "bus": ",".join(batch.buses),
+        "priority": batch.priority.name, "samples": str(batch.sample_count),
+        "first_t": f"{batch.first_t:.3f}", "last_t": f"{batch.last_t:.3f}", "encoding": batch.encoding,
+    })
+    return msg
+
+
+class IoTHubCredentialsMissing(SinkError):
+    """The configured identity has no secret where the config says it is."""
+
+
+def read_connection_string(cfg: IoTHubConfig, base_dir: Path, env: dict[str, str] | None = None) -> str:
+    """The connection string from its env var, else the file named by env or config. Never logged."""
+    env = dict(os.environ) if env is None else env
+    value = env.get(cfg.connection_string_env, "").strip()
+    if value:
+        return value
+    file = env.get(cfg.connection_string_file_env) or cfg.connection_string_file
+    if not file:
+        raise IoTHubCredentialsMissing(
+            f"iothub identity {cfg.identity}: set ${cfg.connection_string_env}, or "
+            f"${cfg.connection_string_file_env} / sink.iothub.connection_string_file to a file holding it")
+    path = Path(file) if Path(file).is_absolute() else base_dir / file
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise IoTHubCredentialsMissing(f"iothub connection string file {path}: {exc.strerror}") from None
+
+
+def make_client(cfg: IoTHubConfig, base_dir: Path) -> Any:
+    """The SDK client of the configured identity (not yet connected)."""
+    kwargs: dict[str, Any] = {"keep_alive": cfg.keep_alive_s}
+    if cfg.server_verification_cert:
+        path = Path(cfg.server_verification_cert)
+        path = path if path.is_absolute() else base_dir / path
+        try:
+            kwargs["server_verification_cert"] = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SinkError(f"iothub server_verification_cert {path}: {exc.strerror}") from None
+    try:
+        if cfg.identity == "edge":
+            return IoTHubModuleClient.create_from_edge_environment(keep_alive=cfg.keep_alive_s)
+        if cfg.identity == "x509":
+            missing = [k for k in ("hostname", "device_id", "x509_cert_file", "x509_key_file") if not getattr(cfg, k)]
+            if missing:
+                raise SinkError(f"iothub identity x509 needs sink.iothub.{', '.join(missing)}")
+            x509 = X509(cert_file=str(base_dir / cfg.x509_cert_file), key_file=str(base_dir / cfg.x509_key_file),
+                        pass_phrase=os.environ.get(cfg.x509_pass_phrase_env) if cfg.x509_pass_phrase_env else None)
+            if cfg.gateway_hostname:
+                kwargs["gateway_hostname"] = cfg.gateway_hostname
+            return IoTHubDeviceClient.create_from_x509_certificate(x509, cfg.hostname, cfg.device_id, **kwargs)
+        conn = read_connection_string(cfg, base_dir)
+        cls = IoTHubModuleClient if cfg.identity == "module_connection_string" else IoTHubDeviceClient
+        return cls.create_from_connection_string(conn, **kwargs)
+    except (ValueError, TypeError, OSError, sdk_errors.ClientError) as exc:
+        # The SDK's messages name the missing field, never the key itself.
+        raise SinkError(f"iothub identity {cfg.identity}: cannot create the client: {exc}") from None
+
+
+class IoTHubSink(Sink):
+    name = "iothub"
+
+    def __init__(self, cfg: IoTHubConfig, *, base_dir: Path | str = ".") -> None:
+        self.cfg = cfg
+        self.base_dir = Path(base_dir)
+        self.client: Any = None
+        self.twin: TwinLink | None = None
+        self.link_state = "disconnected"   # disconnected | connected | credential_error | failing
+        self.connects = 0
+        self.last_error: str | None = None
+        self.last_connect: float | None = None
+        self._reporter_stop = asyncio.Event()
+        self._reporter_task: asyncio.Task | None = None
+        self._reconcile_pending = False
+        self._lock = asyncio.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------- connection
+    async def open(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self.client is None:
+            self.client = make_client(self.cfg, self.base_dir)
+            self.client.on_connection_state_change = self._on_connection_change
+            if self.control is not None:
+                self.twin = TwinLink(self.client, self.control, self.loop, timeout_s=self.cfg.twin_timeout_s,
+                                     reported_interval_s=self.cfg.reported_interval_s)
+        await self._ensure_connected()
+        if self.twin is not None and self._reporter_task is None:
+            self._reporter_task = asyncio.create_task(self.twin.reporter.run(self._reporter_stop),
+                                                      name="iothub-reported")
+
+    def _on_connection_change(self) -> None:
+        """SDK thread: after the SDK's own reconnect, reconcile the twin on the agent loop."""
+        if self.loop is not None and self.client.connected:
+            self.loop.call_soon_threadsafe(self._schedule_reconcile)
+
+    def _schedule_reconcile(self) -> None:
+        if self.link_state == "connected" and not self._lock.locked():
+            self._reconcile_pending = True
+            asyncio.ensure_future(self._reconcile_after_reconnect())
+
+    async def _reconcile_after_reconnect(self) -> None:
+        async with self._lock:
+            if not self._reconcile_pending:
+                return
+            self._reconcile_pending = False
+            try:
+                await self.twin.reconcile() if self.twin else None
+                log.info("iothub_reconnected", connects=self.connects)
+            except Exception as exc:  # noqa: BLE001 - the next send reconnects and reconciles again
+                log.warning("twin_reconcile_failed", error=str(exc) or type(exc).__name__)
+
+    async def _ensure_connected(self) -> None:
+        async with self._lock:
+            if self.client.connected and self.link_state == "connected":
+                return
+            try:
+                if not self.client.connected:
+                    await asyncio.wait_for(self.client.connect(), self.cfg.connect_timeout_s)
+                if self.twin is not None:
+                    self.twin.install()
+                    await self.twin.reconcile()
+            except sdk_errors.CredentialError as exc:
+                self._failed("credential_error", exc)
+                log.error("iothub_credentials_rejected", identity=self.cfg.identity,
+                          error=type(exc).__name__, retry_in_s=self.cfg.credential_retry_s,
+                          action="check the device key / certificate; retrying slowly")
+                raise SinkError("iothub rejected the credentials (wrong key, expired or revoked identity)",
+                                retry_after=self.cfg.credential_retry_s) from None
+            except (TimeoutError, sdk_errors.ClientError, OSError) as exc:
+                self._failed("failing", exc)
+                raise SinkError(f"iothub connect failed: {self.last_error}") from None
+            self.link_state = "connected"
+            self.connects += 1
+            self.last_connect = time.time()
+            self.last_error = None
+            log.info("iothub_connected", identity=self.cfg.identity, connects=self.connects)
+
+    def _failed(self, state: str, exc: BaseException) -> None:
+        self.link_state = state
+        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    # ------------------------------------------------------------- send
+    async def send(self, batch: Batch) -> None:
+        if self.client is None:
+            await self.open()
+        elif not self.client.connected or self.link_state != "connected":
+            await self._ensure_connected()
+        msg = message_for(batch)
+        try:
+            if self.cfg.identity == "edge":
+                coro = self.client.send_message_to_output(msg, self.cfg.output_name)
+            else:
+                coro = self.client.send_message(msg)
+            await asyncio.wait_for(coro, self.cfg.send_timeout_s)
+        except sdk_errors.CredentialError as exc:
+            self._failed("credential_error", exc)
+            raise SinkError("iothub rejected the credentials", retry_after=self.cfg.credential_retry_s) from None
+        except (TimeoutError, sdk_errors.ClientError, OSError) as exc:
+            self._failed("failing", exc)
+            raise SinkError(f"iothub send of batch {batch.id} failed: {self.last_error}") from None
+
+    async def close(self) -> None:
+        self._reporter_stop.set()
+        if self._reporter_task is not None:
+            await asyncio.gather(self._reporter_task, return_exceptions=True)
+        if self.client is not None:
+            try:
+                await asyncio.wait_for(self.client.shutdown(), 10)
+            except Exception as exc:  # noqa: BLE001 - closing never raises
+                log.warning("iothub_shutdown_failed", error=str(exc) or type(exc).__name__)
+        self.link_state = "disconnected"
+
+    def state(self) -> dict[str, Any]:
+        return {"identity": self.cfg.identity, "link": self.link_state,
+                "connected": bool(self.client is not None and self.client.connected),
+                "connects": self.connects, "last_connect": self.last_connect, "link_error": self.last_error,
+                "desired_version": self.twin.desired_version if self.twin else None}
