@@ -43,7 +43,6 @@ from agent.uplink.forwarder import Forwarder
 
 log = structlog.get_logger()
 
-SPILL_MAX_BYTES = 16 * 1024 * 1024
 FINAL_DRAIN_S = 5.0
 
 
@@ -106,6 +105,7 @@ class Agent:
         self.spill: deque[Batch] = deque()
         self.spill_bytes = 0
         self.spill_dropped = 0
+        self.spill_dropped_batches = 0
         self.store_error: str | None = None
         self.progress = progress
         self.config_version = 0
@@ -142,11 +142,13 @@ class Agent:
     def _to_spill(self, batch: Batch) -> None:
         self.spill.append(batch)
         self.spill_bytes += batch.size
-        while self.spill_bytes > SPILL_MAX_BYTES and len(self.spill) > 1:
+        while self.spill_bytes > self.cfg.store.spill_max_bytes and len(self.spill) > 1:
             old = self.spill.popleft()
             self.spill_bytes -= old.size
             self.spill_dropped += old.sample_count
-            log.error("spill_dropped", batch_id=old.id, samples=old.sample_count)
+            self.spill_dropped_batches += 1
+            log.error("spill_dropped", batch_id=old.id, samples=old.sample_count, bytes=old.size,
+                      lost_samples_total=self.spill_dropped, reason="memory spill full (store.spill_max_bytes)")
 
     def _retry_spill(self) -> None:
         while self.spill:
@@ -278,11 +280,23 @@ class Agent:
                       for name, c in self.counters.items()},
             "pending_samples": self.batcher.pending_samples,
             "batches_closed": self.batcher.batches_closed,
-            "store": {**self.store.stats().as_dict(), "path": str(self.store.path), "error": self.store_error,
+            "store": {**self._store_stats(), "path": str(self.store.path), "error": self.store_error,
                       "spill": {"batches": len(self.spill), "bytes": self.spill_bytes,
-                                "dropped_samples": self.spill_dropped}},
+                                "max_bytes": self.cfg.store.spill_max_bytes,
+                                "dropped_batches": self.spill_dropped_batches,
+                                "dropped_samples": self.spill_dropped},
+                      "corrupt_moved_aside": [str(p) for p in self.store.quarantined]},
             "sink": {"type": self.sink.name, **self.forwarder.status.as_dict(), **self.sink.state()},
         }
+
+    def _store_stats(self) -> dict[str, Any]:
+        """Depth and counters; a store that cannot even be read shows as an error, not a crash."""
+        try:
+            return self.store.stats().as_dict()
+        except sqlite3.Error as exc:
+            self._store_failed(exc)
+            return {"batches": None, "samples": None, "bytes": None, "by_priority": {},
+                    "oldest_pending_age_s": None, "counters": {}}
 
     def _progress_line(self, doc: dict[str, Any]) -> str:
         samples = sum(b["samples"] for b in doc["buses"].values())

@@ -126,10 +126,26 @@ class StoreConfig(_Model):
     max_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Byte limit of stored batches.")
     max_batches: int | None = Field(None, gt=0, description="Optional batch-count limit.")
     synchronous: Literal["NORMAL", "FULL"] = Field("NORMAL", description="SQLite synchronous setting.")
+    spill_max_bytes: int = Field(
+        16 * 1024 * 1024, gt=0,
+        description="Memory spill while the store cannot be written (disk full, read-only, corrupt): batches "
+        "beyond this many bytes are dropped oldest first and counted as lost.",
+    )
     ttl_s: dict[str, float] = Field(
         default_factory=lambda: {"low": 86400.0, "normal": 7 * 86400.0, "high": 30 * 86400.0},
         description="Time-to-live of a stored batch per priority, seconds.",
     )
+
+
+class SinkFaultConfig(_Model):
+    """Testing/diagnostic only: make the file sink slow or unreliable to exercise retries and crash safety."""
+
+    fail_rate: float = Field(0.0, ge=0, le=1, description="Probability that a send fails (no acknowledgement).")
+    ack_delay_ms: int = Field(0, ge=0, description="Delay before each send is acknowledged (a slow uplink).")
+    seed: int | None = Field(None, description="Random seed for fail_rate (None: unpredictable).")
+    delivery_log: str | None = Field(
+        None, description="Append one JSON line per acknowledged send (id, samples, content hash) to this file; "
+        "relative paths are under state_dir. Resends append again, so duplicates are visible.")
 
 
 class SinkConfig(_Model):
@@ -138,6 +154,8 @@ class SinkConfig(_Model):
     type: Literal["file"] = Field("file", description="file (local outbox).")
     path: str = Field("outbox", description="file sink: outbox folder; relative paths are under state_dir.")
     decoded: bool = Field(True, description="file sink: write one JSON line per sample instead of the raw batch.")
+    fault: SinkFaultConfig | None = Field(
+        None, description="file sink, testing/diagnostic only: injected failures and slow acknowledgements.")
     retry_initial_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(60.0, gt=0)
 

@@ -8,6 +8,9 @@ Counters live in the same file and change in the same transaction as the rows th
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -15,7 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import structlog
+
 from agent.model import Batch, Priority
+
+log = structlog.get_logger()
+
+# SQLite result codes that mean "this file is not a usable database" (not "the disk is unhappy").
+CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+EXPECTED_COLUMNS = ("seq", "id", "priority", "created", "encoding", "content_type", "content_encoding",
+                    "sample_count", "first_t", "last_t", "vehicle", "buses", "size", "payload")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -56,6 +68,32 @@ class StoreFullError(Exception):
     """A batch larger than the whole store, or nothing left to evict below its priority."""
 
 
+class StoreCorruptError(sqlite3.DatabaseError):
+    """The file was not a usable store: it was moved aside and a fresh one started (the operation failed)."""
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    return isinstance(exc, StoreCorruptError) or (
+        isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in CORRUPT_CODES)
+
+
+def quarantine(path: Path, reason: str, now: float | None = None) -> Path:
+    """Move a corrupt database (and its -wal/-shm) aside under a timestamped name; returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            os.replace(src, f"{target}{suffix}")
+    log.error("store_corrupt_moved_aside", path=str(path), moved_to=str(target), reason=reason,
+              action="started a fresh store; the old file is kept for inspection")
+    return target
+
+
 @dataclass(slots=True)
 class StoreStats:
     """Depth and counters, as `vehicle-agent status` and the twin show them."""
@@ -91,6 +129,24 @@ def _row_to_batch(row: tuple) -> Batch:
                  vehicle=vehicle, buses=tuple(b for b in buses.split(",") if b))
 
 
+def _guarded(method):
+    """Turn SQLITE_CORRUPT/NOTADB during operation into: file moved aside, fresh store, StoreCorruptError."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, StoreCorruptError) or not self.recover_if_corrupt(exc):
+                raise
+            raise StoreCorruptError(f"store {self.path} was corrupt ({exc}); moved aside, fresh store started") from exc
+    return wrapper
+
+
+class _SchemaMismatch(sqlite3.DatabaseError):
+    """A valid SQLite file that is not our store (wrong columns) or fails its integrity check."""
+
+
 class Store:
     """A bounded, prioritised queue of batches in one SQLite file."""
 
@@ -100,14 +156,60 @@ class Store:
         self.max_bytes = max_bytes
         self.max_batches = max_batches
         self.ttl_s = dict(ttl_s or {})
+        self.synchronous = "FULL" if synchronous == "FULL" else "NORMAL"
+        self.quarantined: list[Path] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open()
+
+    def _open(self) -> None:
+        """Open (or create) the file; a file that is not a usable store is moved aside once, then retried."""
+        try:
+            self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not (is_corrupt(exc) or isinstance(exc, _SchemaMismatch)):
+                raise
+            with contextlib.suppress(Exception):
+                self.db.close()
+            self.quarantined.append(quarantine(self.path, str(exc)))
+            self._connect()
+            self._count_now(corrupt_files_moved=1)
+
+    def _connect(self) -> None:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={self.synchronous}")
         self.db.executescript(SCHEMA)
+        columns = tuple(r[1] for r in self.db.execute("PRAGMA table_info(batches)"))
+        if columns != EXPECTED_COLUMNS:
+            raise _SchemaMismatch(f"table batches has columns {columns}, expected {EXPECTED_COLUMNS}")
+        check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if check != "ok":
+            raise _SchemaMismatch(f"integrity check failed: {check}")
         self.total_bytes, self.total_batches = self.db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
+
+    def recover_if_corrupt(self, exc: BaseException) -> bool:
+        """After SQLITE_CORRUPT/NOTADB during operation: move the file aside, start fresh; True if it did."""
+        if not is_corrupt(exc):
+            return False
+        with contextlib.suppress(Exception):
+            self.db.close()
+        self.quarantined.append(quarantine(self.path, str(exc)))
+        self._open()
+        self._count_now(corrupt_files_moved=1)
+        return True
+
+    def reopen(self) -> None:
+        """A new connection to the same file (after the file system came back writable)."""
+        with contextlib.suppress(Exception):
+            self.db.close()
+        self._open()
+
+    def _count_now(self, **deltas: int) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self._count(**deltas)
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -118,12 +220,19 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _rollback(self) -> None:
+        """Roll back if a transaction is open; never masks the error that caused it."""
+        with contextlib.suppress(sqlite3.Error):
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+
     def _count(self, **deltas: int) -> None:
         self.db.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             [(k, v) for k, v in deltas.items() if v])
 
+    @_guarded
     def put(self, batch: Batch) -> list[Evicted]:
         """Commit a batch (durable when this returns); returns the batches evicted to make room."""
         if batch.size > self.max_bytes:
@@ -154,14 +263,16 @@ class Store:
             self._count(stored_batches=1, stored_samples=batch.sample_count, stored_bytes=batch.size)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
-            self.total_bytes, self.total_batches = self.db.execute(
-                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
+            self._rollback()
+            with contextlib.suppress(sqlite3.Error):
+                self.total_bytes, self.total_batches = self.db.execute(
+                    "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
             raise
         self.total_bytes += batch.size
         self.total_batches += 1
         return evicted
 
+    @_guarded
     def next_batches(self, limit: int = 1, exclude: set[str] | frozenset[str] = frozenset()) -> list[Batch]:
         """The next batches to send: highest priority first, then oldest first."""
         rows = self.db.execute(
@@ -169,6 +280,7 @@ class Store:
         ).fetchall()
         return [_row_to_batch(r) for r in rows if r[0] not in exclude][:limit]
 
+    @_guarded
     def ack(self, batch_id: str) -> bool:
         """The sink acknowledged the batch: delete it. False if it was already gone (evicted, expired)."""
         self.db.execute("BEGIN IMMEDIATE")
@@ -179,7 +291,7 @@ class Store:
                 self._count(sent_batches=1, sent_samples=row[0], sent_bytes=row[1])
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         if row is None:
             return False
@@ -187,6 +299,7 @@ class Store:
         self.total_batches -= 1
         return True
 
+    @_guarded
     def expire(self, now: float | None = None) -> int:
         """Drop batches older than their priority's time-to-live; returns how many."""
         now = time.time() if now is None else now
@@ -206,13 +319,14 @@ class Store:
                                    f"expired_{prio.name}_bytes": size})
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self._rollback()
                 raise
             self.total_bytes -= size
             self.total_batches -= n
             dropped += n
         return dropped
 
+    @_guarded
     def stats(self) -> StoreStats:
         depth = {p.name: {"batches": 0, "samples": 0, "bytes": 0} for p in Priority}
         for prio, n, samples, size in self.db.execute(

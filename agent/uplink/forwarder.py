@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -104,15 +105,20 @@ class Forwarder:
         last_expire = 0.0
         while not stop.is_set():
             now = time.time()
-            if now - last_expire > 10:
-                last_expire = now
-                dropped = self.store.expire(now)
-                if dropped:
-                    log.warning("store_expired", batches=dropped)
             try:
+                if now - last_expire > 10:
+                    last_expire = now
+                    dropped = self.store.expire(now)
+                    if dropped:
+                        log.warning("store_expired", batches=dropped)
                 sent = await self.send_one()
             except (SinkError, OSError) as exc:
                 await self._fail(stop, exc)
+                continue
+            except sqlite3.Error as exc:
+                # The store itself failed (read-only, full, corrupt and moved aside): not the sink's fault.
+                log.error("store_read_failed", path=str(self.store.path), error=str(exc))
+                await self._wait(stop, 1.0)
                 continue
             if not sent:
                 if self.status.state == "starting":
