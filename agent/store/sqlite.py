@@ -177,12 +177,12 @@ class Store:
     def _connect(self) -> None:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA busy_timeout=5000")
+        columns = tuple(r[1] for r in self.db.execute("PRAGMA table_info(batches)"))  # before changing the file
+        if columns and columns != EXPECTED_COLUMNS:
+            raise _SchemaMismatch(f"table batches has columns {columns}, expected {EXPECTED_COLUMNS}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={self.synchronous}")
         self.db.executescript(SCHEMA)
-        columns = tuple(r[1] for r in self.db.execute("PRAGMA table_info(batches)"))
-        if columns != EXPECTED_COLUMNS:
-            raise _SchemaMismatch(f"table batches has columns {columns}, expected {EXPECTED_COLUMNS}")
         check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if check != "ok":
             raise _SchemaMismatch(f"integrity check failed: {check}")

@@ -1,0 +1,145 @@
+"""The store when the disk misbehaves: corrupt files moved aside, disk full and read-only file systems.
+
+Disk full and read-only use a real, size-limited tmpfs mounted for the test (we run as root on CI);
+the test is skipped with a clear reason where mounting is not permitted.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.model import Priority
+from agent.store import Store, StoreCorruptError
+from tests.test_store import make_batch
+
+
+def _fill(path: Path, n: int = 3) -> None:
+    with Store(path, max_bytes=10**6) as s:
+        for i in range(n):
+            s.put(make_batch(i))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_schema"])
+def test_corrupt_file_is_moved_aside_and_a_fresh_store_starts(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "store.db"
+    if damage == "garbage":
+        path.write_bytes(os.urandom(8192))
+    elif damage == "truncated":
+        with Store(path, max_bytes=10**8) as s:
+            for i in range(200):
+                s.put(make_batch(i, size=4000))
+        data = path.read_bytes()
+        assert len(data) > 100_000
+        path.write_bytes(data[: len(data) // 3])
+    else:
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE batches (id TEXT, payload BLOB)")
+        db.execute("INSERT INTO batches VALUES ('x', x'00')")
+        db.commit()
+        db.close()
+    original = path.read_bytes()
+    with Store(path, max_bytes=10**6) as s:
+        assert len(s.quarantined) == 1
+        moved = s.quarantined[0]
+        assert moved.name.startswith("store.db.corrupt-") and moved.read_bytes() == original
+        assert s.stats().counters["corrupt_files_moved"] == 1 and s.stats().batches == 0
+        s.put(make_batch(1))  # the fresh store works
+    with Store(path, max_bytes=10**6) as s:  # and is not moved aside again on the next start
+        assert s.quarantined == [] and [b.id for b in s.next_batches(5)] == ["b0001"]
+
+
+def test_corruption_found_during_operation(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    s = Store(path, max_bytes=10**8)
+    for i in range(100):
+        s.put(make_batch(i, size=4000))
+    s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(path, "r+b") as fh:  # overwrite the table's pages behind SQLite's back
+        fh.seek(4096)
+        fh.write(os.urandom(200_000))
+    s.db.execute("PRAGMA shrink_memory")  # drop SQLite's page cache so it reads the damaged pages
+    with pytest.raises(StoreCorruptError):
+        for _ in range(3):
+            s.next_batches(200)
+            s.stats()
+            s.put(make_batch(900, size=4000))
+    assert len(s.quarantined) == 1
+    s.put(make_batch(901))
+    assert [b.id for b in s.next_batches(5)] == ["b0901"]
+    assert s.stats().counters["corrupt_files_moved"] == 1
+    s.close()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a disk that really fills up and can really be remounted read-only."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_disk(path: Path) -> None:
+    """Write a ballast file until the file system says ENOSPC."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        for chunk in (65536, 4096, 512):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.durability
+def test_disk_full_then_recovery_on_a_real_small_fs(small_fs: Path) -> None:
+    path = small_fs / "store.db"
+    s = Store(path, max_bytes=100 * 10**6)
+    for i in range(5):
+        s.put(make_batch(i, size=20_000))
+    fill_disk(small_fs / "ballast")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        for i in range(5, 200):
+            s.put(make_batch(i, size=20_000))
+    st = s.stats()
+    assert 5 <= st.batches < 200 and st.counters["stored_batches"] == st.batches  # counters match rows
+    os.remove(small_fs / "ballast")
+    s.put(make_batch(500, size=20_000))  # recovery: the same connection writes again
+    assert s.next_batches(1000)[-1].id == "b0500"
+    s.close()
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.durability
+def test_read_only_fs_then_recovery(small_fs: Path) -> None:
+    """A file system that turned read-only (what ext4 does on I/O errors): a clear error, data kept, recovery.
+
+    Linux refuses to remount a file system read-only while a file on it is open for writing, so the store
+    is closed first, as after an agent restart on a file system that came up read-only.
+    """
+    path = small_fs / "store.db"
+    with Store(path, max_bytes=10**6) as s:
+        s.put(make_batch(1, Priority.high))
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            Store(path, max_bytes=10**6).put(make_batch(2))
+        assert not list(small_fs.glob("*.corrupt-*"))  # a read-only disk is not mistaken for corruption
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+    with Store(path, max_bytes=10**6) as s:
+        s.put(make_batch(3))
+        assert [b.id for b in s.next_batches(5)] == ["b0001", "b0003"]
