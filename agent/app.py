@@ -106,6 +106,7 @@ class Agent:
         self.spill_bytes = 0
         self.spill_dropped = 0
         self.spill_dropped_batches = 0
+        self.too_large_dropped = 0
         self.store_error: str | None = None
         self.progress = progress
         self.config_version = 0
@@ -123,14 +124,27 @@ class Agent:
             self._to_spill(batch)
             return
         try:
-            evicted = self.store.put(batch)
-        except (sqlite3.Error, OSError, StoreFullError) as exc:
+            self._put(batch)
+        except (sqlite3.Error, OSError) as exc:
             self._store_failed(exc)
             self._to_spill(batch)
             return
+        if self.store_error:
+            log.info("store_recovered", path=str(self.store.path))
         self.store_error = None
+
+    def _put(self, batch: Batch) -> None:
+        """Commit one batch; log what it evicted. A batch larger than the whole store is dropped, loudly."""
+        try:
+            evicted = self.store.put(batch)
+        except StoreFullError as exc:
+            self.too_large_dropped += batch.sample_count
+            log.error("store_batch_too_large", batch_id=batch.id, bytes=batch.size, error=str(exc),
+                      fix="raise store.max_bytes above batching.max_bytes")
+            return
         for ev in evicted:
-            log.warning("store_evicted", batch_id=ev.id, priority=ev.priority.name, samples=ev.samples, bytes=ev.bytes)
+            log.warning("store_evicted", batch_id=ev.id, priority=ev.priority.name, samples=ev.samples, bytes=ev.bytes,
+                        reason="store full (store.max_bytes / store.max_batches)")
         self.forwarder.notify()
 
     def _store_failed(self, exc: Exception) -> None:
@@ -154,13 +168,12 @@ class Agent:
         while self.spill:
             batch = self.spill[0]
             try:
-                self.store.put(batch)
-            except (sqlite3.Error, OSError, StoreFullError) as exc:
+                self._put(batch)
+            except (sqlite3.Error, OSError) as exc:
                 self._store_failed(exc)
                 return
             self.spill.popleft()
             self.spill_bytes -= batch.size
-            self.forwarder.notify()
         if self.store_error:
             log.info("store_recovered", path=str(self.store.path))
         self.store_error = None

@@ -65,7 +65,7 @@ class Evicted(NamedTuple):
 
 
 class StoreFullError(Exception):
-    """A batch larger than the whole store, or nothing left to evict below its priority."""
+    """A batch larger than the whole store limit (a configuration error: store.max_bytes < batching.max_bytes)."""
 
 
 class StoreCorruptError(sqlite3.DatabaseError):
@@ -234,20 +234,29 @@ class Store:
 
     @_guarded
     def put(self, batch: Batch) -> list[Evicted]:
-        """Commit a batch (durable when this returns); returns the batches evicted to make room."""
+        """Commit a batch (durable when this returns); returns the batches evicted to make room.
+
+        If only higher-priority batches could make room, the incoming batch itself is evicted (counted, and
+        returned in the list) instead.
+        """
         if batch.size > self.max_bytes:
             raise StoreFullError(f"batch {batch.id} ({batch.size} B) is larger than the store limit")
         evicted: list[Evicted] = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            if not self._room_possible(batch):
+                # Everything stored outranks it: the incoming batch is the lowest-priority one, so it is
+                # the one evicted (counted, never stored); higher priority is never evicted for lower.
+                name = batch.priority.name
+                self._count(**{f"evicted_{name}_batches": 1, f"evicted_{name}_samples": batch.sample_count,
+                               f"evicted_{name}_bytes": batch.size})
+                self.db.execute("COMMIT")
+                return [Evicted(batch.id, batch.priority, batch.sample_count, batch.size)]
             while (self.total_bytes + batch.size > self.max_bytes
                    or (self.max_batches is not None and self.total_batches + 1 > self.max_batches)):
-                victim = self.db.execute(
+                seq, vid, prio, count, size = self.db.execute(
                     "SELECT seq, id, priority, sample_count, size FROM batches "
                     "WHERE priority <= ? ORDER BY priority, seq LIMIT 1", (int(batch.priority),)).fetchone()
-                if victim is None:
-                    raise StoreFullError(f"store full of batches above priority {batch.priority.name}")
-                seq, vid, prio, count, size = victim
                 self.db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
                 name = Priority(prio).name
                 self._count(**{f"evicted_{name}_batches": 1, f"evicted_{name}_samples": count,
@@ -271,6 +280,14 @@ class Store:
         self.total_bytes += batch.size
         self.total_batches += 1
         return evicted
+
+    def _room_possible(self, batch: Batch) -> bool:
+        """Whether evicting batches of its priority or lower can make room for it."""
+        n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches WHERE priority <= ?",
+                                  (int(batch.priority),)).fetchone()
+        if self.total_bytes - size + batch.size > self.max_bytes:
+            return False
+        return self.max_batches is None or self.total_batches - n + 1 <= self.max_batches
 
     @_guarded
     def next_batches(self, limit: int = 1, exclude: set[str] | frozenset[str] = frozenset()) -> list[Batch]:
