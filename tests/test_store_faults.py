@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.model import Priority
 from agent.store import Store, StoreCorruptError
+from tests.conftest import fill_disk
 from tests.test_store import make_batch
 
 
@@ -74,34 +74,6 @@ def test_corruption_found_during_operation(tmp_path: Path) -> None:
     assert [b.id for b in s.next_batches(5)] == ["b0901"]
     assert s.stats().counters["corrupt_files_moved"] == 1
     s.close()
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: a disk that really fills up and can really be remounted read-only."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill_disk(path: Path) -> None:
-    """Write a ballast file until the file system says ENOSPC."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        for chunk in (65536, 4096, 512):
-            try:
-                while True:
-                    os.write(fd, b"\0" * chunk)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.durability
