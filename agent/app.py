@@ -107,7 +107,7 @@ class Agent:
         self.spill_dropped = 0
         self.spill_dropped_batches = 0
         self.too_large_dropped = 0
-        self.store_error: str | None = None
+        self.store_error: str | None = self.store.open_error
         self.progress = progress
         self.config_version = 0
         self._frame_rate = RateMeter()

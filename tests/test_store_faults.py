@@ -107,11 +107,16 @@ def test_read_only_fs_then_recovery(small_fs: Path) -> None:
         s.put(make_batch(1, Priority.high))
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     try:
+        s = Store(path, max_bytes=10**6)  # does not raise: the agent must start and keep collecting
+        assert s.open_error and "store.db" in s.open_error
         with pytest.raises(sqlite3.OperationalError):
-            Store(path, max_bytes=10**6).put(make_batch(2))
+            s.put(make_batch(2))
+        with pytest.raises(sqlite3.OperationalError):
+            s.next_batches(1)
         assert not list(small_fs.glob("*.corrupt-*"))  # a read-only disk is not mistaken for corruption
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
-    with Store(path, max_bytes=10**6) as s:
-        s.put(make_batch(3))
-        assert [b.id for b in s.next_batches(5)] == ["b0001", "b0003"]
+    s.put(make_batch(3))  # the same object recovers once the file system is writable, no restart
+    assert s.open_error is None
+    assert [b.id for b in s.next_batches(5)] == ["b0001", "b0003"]
+    s.close()

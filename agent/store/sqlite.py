@@ -26,6 +26,7 @@ log = structlog.get_logger()
 
 # SQLite result codes that mean "this file is not a usable database" (not "the disk is unhappy").
 CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+SQLITE_READONLY = 8
 EXPECTED_COLUMNS = ("seq", "id", "priority", "created", "encoding", "content_type", "content_encoding",
                     "sample_count", "first_t", "last_t", "vehicle", "buses", "size", "payload")
 
@@ -135,8 +136,21 @@ def _guarded(method):
     @functools.wraps(method)
     def wrapper(self: Store, *args, **kwargs):
         try:
+            self._ensure_open()
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"cannot open store {self.path}: {exc}") from exc
+        try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_READONLY:
+                # A connection opened while the file system was read-only stays read-only: reopen once
+                # (read-write if the file system is writable again), else keep it closed and raise.
+                self._not_open(exc)
+                try:
+                    self._ensure_open()
+                except (sqlite3.Error, OSError):
+                    raise exc from None
+                return method(self, *args, **kwargs)
             if isinstance(exc, StoreCorruptError) or not self.recover_if_corrupt(exc):
                 raise
             raise StoreCorruptError(f"store {self.path} was corrupt ({exc}); moved aside, fresh store started") from exc
@@ -158,8 +172,34 @@ class Store:
         self.ttl_s = dict(ttl_s or {})
         self.synchronous = "FULL" if synchronous == "FULL" else "NORMAL"
         self.quarantined: list[Path] = []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._open()
+        self.db: sqlite3.Connection | None = None
+        self.open_error: str | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+        except (sqlite3.OperationalError, OSError) as exc:
+            # Read-only or full file system at start: the agent keeps collecting into its memory spill and
+            # every store call retries the open, so it recovers without a restart (and never crash-loops).
+            self._not_open(exc)
+
+    def _not_open(self, exc: BaseException) -> None:
+        with contextlib.suppress(Exception):
+            if self.db is not None:
+                self.db.close()
+        self.db = None
+        self.total_bytes = self.total_batches = 0
+        error = f"cannot write store {self.path}: {exc}"
+        if error != self.open_error:
+            log.error("store_unavailable", path=str(self.path), error=str(exc),
+                      action="keeping batches in memory; retrying")
+        self.open_error = error
+
+    def _ensure_open(self) -> None:
+        if self.db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+            self.open_error = None
+            log.info("store_opened", path=str(self.path), batches=self.total_batches)
 
     def _open(self) -> None:
         """Open (or create) the file; a file that is not a usable store is moved aside once, then retried."""
@@ -212,7 +252,8 @@ class Store:
         self.db.execute("COMMIT")
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
 
     def __enter__(self) -> Store:
         return self
