@@ -386,10 +386,23 @@ class Store:
 
     @_guarded
     def stats(self) -> StoreStats:
-        depth = {p.name: {"batches": 0, "samples": 0, "bytes": 0} for p in Priority}
-        for prio, n, samples, size in self.db.execute(
-                "SELECT priority, COUNT(*), SUM(sample_count), SUM(size) FROM batches GROUP BY priority"):
-            depth[Priority(prio).name] = {"batches": n, "samples": samples, "bytes": size}
-        oldest = self.db.execute("SELECT MIN(created) FROM batches").fetchone()[0]
-        counters = dict(self.db.execute("SELECT name, value FROM counters").fetchall())
-        return StoreStats(depth=depth, oldest_created=oldest, counters=counters)
+        return _stats(self.db)
+
+
+def _stats(db: sqlite3.Connection) -> StoreStats:
+    depth = {p.name: {"batches": 0, "samples": 0, "bytes": 0} for p in Priority}
+    for prio, n, samples, size in db.execute(
+            "SELECT priority, COUNT(*), SUM(sample_count), SUM(size) FROM batches GROUP BY priority"):
+        depth[Priority(prio).name] = {"batches": n, "samples": samples, "bytes": size}
+    oldest = db.execute("SELECT MIN(created) FROM batches").fetchone()[0]
+    counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    return StoreStats(depth=depth, oldest_created=oldest, counters=counters)
+
+
+def read_stats(path: str | Path) -> StoreStats:
+    """Depth and counters of a store file, read-only (for `vehicle-agent status` when the agent is stopped)."""
+    db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=5)
+    try:
+        return _stats(db)
+    finally:
+        db.close()
