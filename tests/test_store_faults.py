@@ -120,3 +120,31 @@ def test_read_only_fs_then_recovery(small_fs: Path) -> None:
     assert s.open_error is None
     assert [b.id for b in s.next_batches(5)] == ["b0001", "b0003"]
     s.close()
+
+
+def test_agent_starts_on_a_corrupt_store_and_says_so(tmp_path: Path) -> None:
+    """The real agent on a garbage store file: moved aside with a clear log line, fresh store, counted in status."""
+    import json
+
+    import yaml
+
+    from tests.conftest import DATA, run_cli
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "store.db").write_bytes(b"this is not a database" * 500)
+    config = tmp_path / "agent.yaml"
+    config.write_text(yaml.safe_dump({
+        "state_dir": str(state), "batching": {"max_age_s": 0.2},
+        "buses": [{"name": "pt", "databases": [str(DATA / "edge.dbc")], "replay": str(DATA / "edge.log")}]}))
+    moved = []
+    for _ in range(2):  # a second start finds a healthy store: no loop of moving files aside
+        res = run_cli("run", "--config", str(config))
+        assert res.returncode == 0, res.stderr[-2000:]
+        events = [json.loads(x) for x in res.stderr.splitlines() if x.startswith("{")]
+        moved.append([e for e in events if e["event"] == "store_corrupt_moved_aside"])
+    assert len(moved[0]) == 1 and moved[0][0]["moved_to"].startswith(str(state / "store.db.corrupt-"))
+    assert moved[1] == []
+    assert len(list(state.glob("store.db.corrupt-*"))) == 1
+    human = run_cli("status", "--config", str(config)).stdout
+    assert "corrupt store files moved aside: 1" in human
