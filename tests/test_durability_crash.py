@@ -123,6 +123,18 @@ def start_agent(config: Path, out: Path) -> subprocess.Popen:
                                 cwd=ROOT, env=env, stdout=fh, stderr=fh)
 
 
+def count_starts(agent_log: Path) -> int:
+    return agent_log.read_text().count('"agent_start"') if agent_log.exists() else 0
+
+
+def wait_for_start(agent_log: Path, before: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until this run logged agent_start (generous: the machine may be busy)."""
+    end = time.monotonic() + timeout
+    while count_starts(agent_log) <= before:
+        assert proc.poll() is None and time.monotonic() < end, agent_log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
 def test_sigkill_at_random_moments_loses_no_committed_batch(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("CRASH_SEED", "4242")))
     state = tmp_path / "state"
@@ -134,8 +146,13 @@ def test_sigkill_at_random_moments_loses_no_committed_batch(tmp_path: Path) -> N
     kills_with_pending = 0
     for _cycle in range(CYCLES):
         with obs:
+            starts = count_starts(agent_log)
             proc = start_agent(config, agent_log)
-            time.sleep(rng.uniform(0.8, 3.0))  # startup takes ~1 s: kills land in startup, batching and sending
+            if rng.random() < 0.2:
+                time.sleep(rng.uniform(0.1, 1.0))  # during startup (opening the store, first batches)
+            else:  # while running: batching, committing, sending, acknowledging
+                wait_for_start(agent_log, starts, proc)
+                time.sleep(rng.uniform(0.2, 2.0))
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
         assert proc.returncode == -signal.SIGKILL, agent_log.read_text()[-3000:]

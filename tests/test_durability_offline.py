@@ -128,8 +128,13 @@ async def test_hours_offline_bounded_exact_evictions_high_first(tmp_path: Path) 
 
     # The link returns: drain at full speed; every high batch ever stored goes first.
     sink.fail_rate = 0.0
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
     while await forwarder.send_one():
         pass
+    store.db.set_trace_callback(None)
+    reads = [q for q in statements if "payload" in q and q.lstrip().upper().startswith("SELECT")]
+    assert reads and all(q.rstrip().endswith("LIMIT 1") for q in reads)  # one batch in memory at a time
     sent = [json.loads(x) for x in (tmp_path / "deliveries.jsonl").read_text().splitlines()]
     prios = [d["priority"] for d in sent]
     assert prios == sorted(prios, key=lambda p: -Priority[p])
