@@ -43,7 +43,6 @@ from agent.uplink.forwarder import Forwarder
 
 log = structlog.get_logger()
 
-SPILL_MAX_BYTES = 16 * 1024 * 1024
 FINAL_DRAIN_S = 5.0
 
 
@@ -106,7 +105,9 @@ class Agent:
         self.spill: deque[Batch] = deque()
         self.spill_bytes = 0
         self.spill_dropped = 0
-        self.store_error: str | None = None
+        self.spill_dropped_batches = 0
+        self.too_large_dropped = 0
+        self.store_error: str | None = self.store.open_error
         self.progress = progress
         self.config_version = 0
         self._frame_rate = RateMeter()
@@ -123,14 +124,27 @@ class Agent:
             self._to_spill(batch)
             return
         try:
-            evicted = self.store.put(batch)
-        except (sqlite3.Error, OSError, StoreFullError) as exc:
+            self._put(batch)
+        except (sqlite3.Error, OSError) as exc:
             self._store_failed(exc)
             self._to_spill(batch)
             return
+        if self.store_error:
+            log.info("store_recovered", path=str(self.store.path))
         self.store_error = None
+
+    def _put(self, batch: Batch) -> None:
+        """Commit one batch; log what it evicted. A batch larger than the whole store is dropped, loudly."""
+        try:
+            evicted = self.store.put(batch)
+        except StoreFullError as exc:
+            self.too_large_dropped += batch.sample_count
+            log.error("store_batch_too_large", batch_id=batch.id, bytes=batch.size, error=str(exc),
+                      fix="raise store.max_bytes above batching.max_bytes")
+            return
         for ev in evicted:
-            log.warning("store_evicted", batch_id=ev.id, priority=ev.priority.name, samples=ev.samples, bytes=ev.bytes)
+            log.warning("store_evicted", batch_id=ev.id, priority=ev.priority.name, samples=ev.samples, bytes=ev.bytes,
+                        reason="store full (store.max_bytes / store.max_batches)")
         self.forwarder.notify()
 
     def _store_failed(self, exc: Exception) -> None:
@@ -142,23 +156,24 @@ class Agent:
     def _to_spill(self, batch: Batch) -> None:
         self.spill.append(batch)
         self.spill_bytes += batch.size
-        while self.spill_bytes > SPILL_MAX_BYTES and len(self.spill) > 1:
+        while self.spill_bytes > self.cfg.store.spill_max_bytes and len(self.spill) > 1:
             old = self.spill.popleft()
             self.spill_bytes -= old.size
             self.spill_dropped += old.sample_count
-            log.error("spill_dropped", batch_id=old.id, samples=old.sample_count)
+            self.spill_dropped_batches += 1
+            log.error("spill_dropped", batch_id=old.id, samples=old.sample_count, bytes=old.size,
+                      lost_samples_total=self.spill_dropped, reason="memory spill full (store.spill_max_bytes)")
 
     def _retry_spill(self) -> None:
         while self.spill:
             batch = self.spill[0]
             try:
-                self.store.put(batch)
-            except (sqlite3.Error, OSError, StoreFullError) as exc:
+                self._put(batch)
+            except (sqlite3.Error, OSError) as exc:
                 self._store_failed(exc)
                 return
             self.spill.popleft()
             self.spill_bytes -= batch.size
-            self.forwarder.notify()
         if self.store_error:
             log.info("store_recovered", path=str(self.store.path))
         self.store_error = None
@@ -278,11 +293,23 @@ class Agent:
                       for name, c in self.counters.items()},
             "pending_samples": self.batcher.pending_samples,
             "batches_closed": self.batcher.batches_closed,
-            "store": {**self.store.stats().as_dict(), "path": str(self.store.path), "error": self.store_error,
+            "store": {**self._store_stats(), "path": str(self.store.path), "error": self.store_error,
                       "spill": {"batches": len(self.spill), "bytes": self.spill_bytes,
-                                "dropped_samples": self.spill_dropped}},
+                                "max_bytes": self.cfg.store.spill_max_bytes,
+                                "dropped_batches": self.spill_dropped_batches,
+                                "dropped_samples": self.spill_dropped},
+                      "corrupt_moved_aside": [str(p) for p in self.store.quarantined]},
             "sink": {"type": self.sink.name, **self.forwarder.status.as_dict(), **self.sink.state()},
         }
+
+    def _store_stats(self) -> dict[str, Any]:
+        """Depth and counters; a store that cannot even be read shows as an error, not a crash."""
+        try:
+            return self.store.stats().as_dict()
+        except sqlite3.Error as exc:
+            self._store_failed(exc)
+            return {"batches": None, "samples": None, "bytes": None, "by_priority": {},
+                    "oldest_pending_age_s": None, "counters": {}}
 
     def _progress_line(self, doc: dict[str, Any]) -> str:
         samples = sum(b["samples"] for b in doc["buses"].values())

@@ -33,22 +33,24 @@ class _OpenBatch:
         self.opened = now
 
 
-def new_batch_id() -> str:
+def new_batch_id(now: float | None = None) -> str:
     """Unique and sortable by creation time: 12 hex digits of ms, then 20 random ones."""
-    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
+    return f"{int((time.time() if now is None else now) * 1000):012x}{uuid.uuid4().hex[:20]}"
 
 
 class Batcher:
     """Groups samples by priority into batches and hands closed batches to `on_batch`."""
 
     def __init__(self, cfg: BatchingConfig, codec: Codec, *, vehicle: str, on_batch: Callable[[Batch], None],
-                 scaling: Scaling | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 scaling: Scaling | None = None, clock: Callable[[], float] = time.monotonic,
+                 wallclock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.codec = codec
         self.vehicle = vehicle
         self.on_batch = on_batch
         self.scaling = dict(scaling or {})
         self.clock = clock
+        self.wallclock = wallclock  # batch creation time (TTL, oldest pending age); injectable for tests
         self.open: dict[Priority, _OpenBatch] = {}
         self.batches_closed = 0
 
@@ -115,10 +117,11 @@ class Batcher:
         count = sum(len(ts) for ts, _ in columns.values())
         first = min(min(ts) for ts, _ in columns.values())
         last = max(max(ts) for ts, _ in columns.values())
+        created = self.wallclock()
         batch = Batch(
-            id=new_batch_id(), priority=priority, encoding=self.codec.name,
+            id=new_batch_id(created), priority=priority, encoding=self.codec.name,
             content_type=self.codec.content_type, content_encoding=self.codec.content_encoding,
-            payload=payload, sample_count=count, first_t=first, last_t=last, created=time.time(),
+            payload=payload, sample_count=count, first_t=first, last_t=last, created=created,
             vehicle=self.vehicle, buses=tuple(sorted({k[0] for k in columns})),
         )
         self.batches_closed += 1

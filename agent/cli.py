@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sqlite3
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -216,45 +218,110 @@ def _fmt_age(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def _agent_alive(doc: dict[str, Any], max_age: float = 5.0) -> bool:
+    """The status file is fresh and (on this host) its process still exists."""
+    import os
+    import socket
+
+    from agent.health import status_age
+
+    if status_age(doc) >= max_age:
+        return False
+    a = doc.get("agent", {})
+    if a.get("host") == socket.gethostname() and a.get("pid"):
+        try:
+            os.kill(int(a["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
+def _store_lines(st: dict[str, Any]) -> list[str]:
+    c = st.get("counters", {})
+    lines = [f"store: {st['batches']} batches, {st['samples']} samples, {st['bytes']} bytes, "
+             f"oldest pending {_fmt_age(st['oldest_pending_age_s'])}"
+             + (f", ERROR {st['error']}" if st.get("error") else "")]
+    for prio, d in st["by_priority"].items():
+        lines.append(f"  {prio:<6}: {d['batches']} batches, {d['samples']} samples, {d['bytes']} bytes; "
+                     f"evicted {c.get(f'evicted_{prio}_batches', 0)} batches/{c.get(f'evicted_{prio}_samples', 0)} samples, "
+                     f"expired {c.get(f'expired_{prio}_batches', 0)} batches/{c.get(f'expired_{prio}_samples', 0)} samples")
+    lines.append(f"  total: stored {c.get('stored_batches', 0)} batches, sent {c.get('sent_batches', 0)} batches/"
+                 f"{c.get('sent_samples', 0)} samples")
+    if c.get("corrupt_files_moved"):
+        lines.append(f"  corrupt store files moved aside: {c['corrupt_files_moved']}"
+                     + (f" (this run: {', '.join(st['corrupt_moved_aside'])})" if st.get("corrupt_moved_aside") else ""))
+    spill = st.get("spill")
+    if spill and (spill["batches"] or spill["dropped_samples"]):
+        lines.append(f"  memory spill (store not writable): {spill['batches']} batches, {spill['bytes']} bytes "
+                     f"of {spill.get('max_bytes', '?')}; lost {spill.get('dropped_batches', '?')} batches/"
+                     f"{spill['dropped_samples']} samples")
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from agent.health import read_status, status_age
+    from agent.store import read_stats
 
+    store_path: Path | None = None
     if args.state_dir:
         state_dir = Path(args.state_dir)
     else:
         cfg, _ = _load_config_or_exit(args.config)
         state_dir = cfg.resolve(cfg.state_dir)
+        store_path = cfg.state_path(cfg.store.path)
     try:
-        doc = read_status(state_dir)
+        doc: dict[str, Any] | None = read_status(state_dir)
     except FileNotFoundError:
-        sys.stderr.write(f"no status in {state_dir}: the agent has not run with this state directory\n")
-        return EXIT_FAIL
-    age = status_age(doc)
+        doc = None
+    alive = doc is not None and _agent_alive(doc)
     if args.check:
-        return EXIT_OK if age < args.max_age else EXIT_FAIL
+        return EXIT_OK if doc is not None and _agent_alive(doc, args.max_age) else EXIT_FAIL
+    if store_path is None:
+        store_path = Path(doc["store"]["path"]) if doc and doc.get("store", {}).get("path") else state_dir / "store.db"
+    if not alive:
+        # The agent is not running: the store file is the truth (the last status may be up to 1 s stale).
+        if doc is None and not store_path.exists():
+            sys.stderr.write(f"no status in {state_dir} and no store at {store_path}: "
+                             "the agent has not run with this state directory\n")
+            return EXIT_FAIL
+        if store_path.exists():
+            try:
+                fresh = read_stats(store_path).as_dict()
+            except sqlite3.Error as exc:
+                fresh = {"error": f"cannot read {store_path}: {exc}"}
+            doc = doc or {"agent": {}, "buses": {}, "sink": {}}
+            doc["store"] = {**doc.get("store", {}), **fresh, "path": str(store_path)}
+    assert doc is not None
+    age = status_age(doc) if "updated" in doc else None
     if args.json:
-        _out(orjson.dumps({**doc, "status_age_s": round(age, 1)}, option=orjson.OPT_INDENT_2))
+        _out(orjson.dumps({**doc, "running": alive, "status_age_s": None if age is None else round(age, 1)},
+                          option=orjson.OPT_INDENT_2))
         return EXIT_OK
     a, st, sk = doc["agent"], doc["store"], doc["sink"]
-    running = "running" if age < 5 else f"not running (status {_fmt_age(age)} old)"
-    lines = [f"vehicle-agent {a['version']} pid {a['pid']} on {a['host']}: {running}",
-             f"vehicle {a['vehicle_id']}, config version {a['config_version']}, {doc['frames_per_s']:.0f} frames/s"]
+    if alive:
+        lines = [f"vehicle-agent {a['version']} pid {a['pid']} on {a['host']}: running"]
+    else:
+        lines = ["vehicle-agent: not running" + (f" (last status {_fmt_age(age)} old, pid {a.get('pid')})"
+                                                 if age is not None else " (no status file)")]
+    if a:
+        lines.append(f"vehicle {a['vehicle_id']}, config version {a['config_version']}, "
+                     f"{doc['frames_per_s'] if alive else 0:.0f} frames/s, "
+                     f"samples in memory (not yet in a batch) {doc.get('pending_samples', 0) if alive else 0}")
     for name, b in doc["buses"].items():
         lines.append(f"  bus {name}: {b.get('state', '?')}, frames {b['frames']}, samples {b['samples']}, "
                      f"unknown ids {b['unknown_ids']}, decode errors {b['decode_errors']}, error frames {b['error_frames']}")
-    lines.append(f"store: {st['batches']} batches, {st['samples']} samples, {st['bytes']} bytes, "
-                 f"oldest pending {_fmt_age(st['oldest_pending_age_s'])}" + (f", ERROR {st['error']}" if st.get("error") else ""))
-    for prio, d in st["by_priority"].items():
-        c = st["counters"]
-        lines.append(f"  {prio:<6}: {d['batches']} batches, {d['samples']} samples, {d['bytes']} bytes; "
-                     f"evicted {c.get(f'evicted_{prio}_batches', 0)} batches/{c.get(f'evicted_{prio}_samples', 0)} samples, "
-                     f"expired {c.get(f'expired_{prio}_batches', 0)} batches/{c.get(f'expired_{prio}_samples', 0)} samples")
-    if st["spill"]["batches"] or st["spill"]["dropped_samples"]:
-        lines.append(f"  memory spill: {st['spill']['batches']} batches, lost {st['spill']['dropped_samples']} samples")
-    last = sk.get("last_send")
-    lines.append(f"sink {sk['type']}: {sk['state']}, sent {sk.get('sent_batches', 0)} batches this run, "
-                 f"last send {_fmt_age(None if last is None else doc['updated'] - last)} ago"
-                 + (f", last error: {sk['last_error']}" if sk.get("last_error") else ""))
+    if "batches" in st and st["batches"] is not None:
+        lines += _store_lines(st)
+    else:
+        lines.append(f"store: ERROR {st.get('error')}")
+    if sk:
+        last = sk.get("last_send")
+        lines.append(f"sink {sk['type']}: {sk['state'] if alive else 'stopped'}, sent {sk.get('sent_batches', 0)} "
+                     f"batches in the last run, last successful send "
+                     + ("never" if last is None else f"{_fmt_age(time.time() - last)} ago")
+                     + (f", last error: {sk['last_error']}" if sk.get("last_error") else ""))
     _out("\n".join(lines))
     return EXIT_OK
 

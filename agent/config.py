@@ -126,12 +126,18 @@ class StoreConfig(_Model):
     max_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Byte limit of stored batches.")
     max_batches: int | None = Field(None, gt=0, description="Optional batch-count limit.")
     synchronous: Literal["NORMAL", "FULL"] = Field("NORMAL", description="SQLite synchronous setting.")
+    spill_max_bytes: int = Field(
+        16 * 1024 * 1024, gt=0,
+        description="Memory spill while the store cannot be written (disk full, read-only, corrupt): batches "
+        "beyond this many bytes are dropped oldest first and counted as lost.",
+    )
     ttl_s: dict[str, float] = Field(
         default_factory=lambda: {"low": 86400.0, "normal": 7 * 86400.0, "high": 30 * 86400.0},
         description="Time-to-live of a stored batch per priority, seconds.",
     )
 
 
+<<<<<<< HEAD
 class IoTHubConfig(_Model):
     """Azure IoT Hub (azure-iot-device). Only the *names* of env vars / files holding secrets live here."""
 
@@ -160,6 +166,17 @@ class IoTHubConfig(_Model):
     twin_timeout_s: float = Field(20.0, gt=0, description="Timeout of get_twin() and reported patches.")
     credential_retry_s: float = Field(300.0, gt=0, description="Retry interval after a credential error.")
     keep_alive_s: int = Field(60, ge=5, description="MQTT keep-alive (a dead link shows after 2x this).")
+=======
+class SinkFaultConfig(_Model):
+    """Testing/diagnostic only: make the file sink slow or unreliable to exercise retries and crash safety."""
+
+    fail_rate: float = Field(0.0, ge=0, le=1, description="Probability that a send fails (no acknowledgement).")
+    ack_delay_ms: int = Field(0, ge=0, description="Delay before each send is acknowledged (a slow uplink).")
+    seed: int | None = Field(None, description="Random seed for fail_rate (None: unpredictable).")
+    delivery_log: str | None = Field(
+        None, description="Append one JSON line per acknowledged send (id, samples, content hash) to this file; "
+        "relative paths are under state_dir. Resends append again, so duplicates are visible.")
+>>>>>>> main
 
 
 class SinkConfig(_Model):
@@ -169,6 +186,8 @@ class SinkConfig(_Model):
     iothub: IoTHubConfig = Field(default_factory=IoTHubConfig, description="iothub sink settings.")
     path: str = Field("outbox", description="file sink: outbox folder; relative paths are under state_dir.")
     decoded: bool = Field(True, description="file sink: write one JSON line per sample instead of the raw batch.")
+    fault: SinkFaultConfig | None = Field(
+        None, description="file sink, testing/diagnostic only: injected failures and slow acknowledgements.")
     retry_initial_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(60.0, gt=0)
 

@@ -6,6 +6,7 @@ without a socket; `status --check` is the container HEALTHCHECK (is the file fre
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -21,12 +22,28 @@ def write_status(state_dir: Path, doc: dict[str, Any]) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-    os.replace(tmp, path)
+    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or not path.exists():
+            raise
+        # Disk full is exactly when the status matters most: rewrite the old file in place (its blocks
+        # are freed by the truncate and reused); a reader may see a torn document and retries.
+        tmp.unlink(missing_ok=True)
+        with open(path, "r+b") as fh:
+            fh.truncate(0)
+            fh.write(data)
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
     """The last status document; raises FileNotFoundError when the agent never ran here."""
+    for _ in range(20):
+        try:
+            return orjson.loads((state_dir / STATUS_FILE).read_bytes())
+        except orjson.JSONDecodeError:  # an in-place rewrite on a full disk is under way
+            time.sleep(0.05)
     return orjson.loads((state_dir / STATUS_FILE).read_bytes())
 
 

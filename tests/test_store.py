@@ -70,9 +70,10 @@ def test_never_evicts_higher_priority_for_lower(tmp_path: Path) -> None:
     with Store(tmp_path / "s.db", max_bytes=3000) as s:
         for i in range(3):
             s.put(make_batch(i, Priority.high))
-        with pytest.raises(StoreFullError):
-            s.put(make_batch(9, Priority.low))
-        assert s.stats().batches == 3
+        ev = s.put(make_batch(9, Priority.low))  # the incoming low batch is the one evicted
+        assert [e.id for e in ev] == ["b0009"]
+        assert s.stats().batches == 3 and s.stats().counters["evicted_low_batches"] == 1
+        assert "b0009" not in {b.id for b in s.next_batches(10)}
         with pytest.raises(StoreFullError):
             s.put(make_batch(10, Priority.low, size=4000))
 

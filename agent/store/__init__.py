@@ -1,5 +1,13 @@
 """The durable store-and-forward queue: the only copy of the data until the cloud acknowledged it."""
 
-from agent.store.sqlite import Evicted, Store, StoreFullError, StoreStats
+from agent.store.sqlite import (
+    Evicted,
+    Store,
+    StoreCorruptError,
+    StoreFullError,
+    StoreStats,
+    is_corrupt,
+    read_stats,
+)
 
-__all__ = ["Evicted", "Store", "StoreFullError", "StoreStats"]
+__all__ = ["Evicted", "Store", "StoreCorruptError", "StoreFullError", "StoreStats", "is_corrupt", "read_stats"]

@@ -8,6 +8,9 @@ Counters live in the same file and change in the same transaction as the rows th
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -15,7 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import structlog
+
 from agent.model import Batch, Priority
+
+log = structlog.get_logger()
+
+# SQLite result codes that mean "this file is not a usable database" (not "the disk is unhappy").
+CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+SQLITE_READONLY = 8
+EXPECTED_COLUMNS = ("seq", "id", "priority", "created", "encoding", "content_type", "content_encoding",
+                    "sample_count", "first_t", "last_t", "vehicle", "buses", "size", "payload")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -53,7 +66,33 @@ class Evicted(NamedTuple):
 
 
 class StoreFullError(Exception):
-    """A batch larger than the whole store, or nothing left to evict below its priority."""
+    """A batch larger than the whole store limit (a configuration error: store.max_bytes < batching.max_bytes)."""
+
+
+class StoreCorruptError(sqlite3.DatabaseError):
+    """The file was not a usable store: it was moved aside and a fresh one started (the operation failed)."""
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    return isinstance(exc, StoreCorruptError) or (
+        isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in CORRUPT_CODES)
+
+
+def quarantine(path: Path, reason: str, now: float | None = None) -> Path:
+    """Move a corrupt database (and its -wal/-shm) aside under a timestamped name; returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            os.replace(src, f"{target}{suffix}")
+    log.error("store_corrupt_moved_aside", path=str(path), moved_to=str(target), reason=reason,
+              action="started a fresh store; the old file is kept for inspection")
+    return target
 
 
 @dataclass(slots=True)
@@ -91,6 +130,37 @@ def _row_to_batch(row: tuple) -> Batch:
                  vehicle=vehicle, buses=tuple(b for b in buses.split(",") if b))
 
 
+def _guarded(method):
+    """Turn SQLITE_CORRUPT/NOTADB during operation into: file moved aside, fresh store, StoreCorruptError."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args, **kwargs):
+        try:
+            self._ensure_open()
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"cannot open store {self.path}: {exc}") from exc
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_READONLY:
+                # A connection opened while the file system was read-only stays read-only: reopen once
+                # (read-write if the file system is writable again), else keep it closed and raise.
+                self._not_open(exc)
+                try:
+                    self._ensure_open()
+                except (sqlite3.Error, OSError):
+                    raise exc from None
+                return method(self, *args, **kwargs)
+            if isinstance(exc, StoreCorruptError) or not self.recover_if_corrupt(exc):
+                raise
+            raise StoreCorruptError(f"store {self.path} was corrupt ({exc}); moved aside, fresh store started") from exc
+    return wrapper
+
+
+class _SchemaMismatch(sqlite3.DatabaseError):
+    """A valid SQLite file that is not our store (wrong columns) or fails its integrity check."""
+
+
 class Store:
     """A bounded, prioritised queue of batches in one SQLite file."""
 
@@ -100,17 +170,90 @@ class Store:
         self.max_bytes = max_bytes
         self.max_batches = max_batches
         self.ttl_s = dict(ttl_s or {})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = "FULL" if synchronous == "FULL" else "NORMAL"
+        self.quarantined: list[Path] = []
+        self.db: sqlite3.Connection | None = None
+        self.open_error: str | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+        except (sqlite3.OperationalError, OSError) as exc:
+            # Read-only or full file system at start: the agent keeps collecting into its memory spill and
+            # every store call retries the open, so it recovers without a restart (and never crash-loops).
+            self._not_open(exc)
+
+    def _not_open(self, exc: BaseException) -> None:
+        with contextlib.suppress(Exception):
+            if self.db is not None:
+                self.db.close()
+        self.db = None
+        self.total_bytes = self.total_batches = 0
+        error = f"cannot write store {self.path}: {exc}"
+        if error != self.open_error:
+            log.error("store_unavailable", path=str(self.path), error=str(exc),
+                      action="keeping batches in memory; retrying")
+        self.open_error = error
+
+    def _ensure_open(self) -> None:
+        if self.db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+            self.open_error = None
+            log.info("store_opened", path=str(self.path), batches=self.total_batches)
+
+    def _open(self) -> None:
+        """Open (or create) the file; a file that is not a usable store is moved aside once, then retried."""
+        try:
+            self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not (is_corrupt(exc) or isinstance(exc, _SchemaMismatch)):
+                raise
+            with contextlib.suppress(Exception):
+                self.db.close()
+            self.quarantined.append(quarantine(self.path, str(exc)))
+            self._connect()
+            self._count_now(corrupt_files_moved=1)
+
+    def _connect(self) -> None:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self.db.execute("PRAGMA busy_timeout=5000")
+        columns = tuple(r[1] for r in self.db.execute("PRAGMA table_info(batches)"))  # before changing the file
+        if columns and columns != EXPECTED_COLUMNS:
+            raise _SchemaMismatch(f"table batches has columns {columns}, expected {EXPECTED_COLUMNS}")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={self.synchronous}")
         self.db.executescript(SCHEMA)
+        check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if check != "ok":
+            raise _SchemaMismatch(f"integrity check failed: {check}")
         self.total_bytes, self.total_batches = self.db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
 
+    def recover_if_corrupt(self, exc: BaseException) -> bool:
+        """After SQLITE_CORRUPT/NOTADB during operation: move the file aside, start fresh; True if it did."""
+        if not is_corrupt(exc):
+            return False
+        with contextlib.suppress(Exception):
+            self.db.close()
+        self.quarantined.append(quarantine(self.path, str(exc)))
+        self._open()
+        self._count_now(corrupt_files_moved=1)
+        return True
+
+    def reopen(self) -> None:
+        """A new connection to the same file (after the file system came back writable)."""
+        with contextlib.suppress(Exception):
+            self.db.close()
+        self._open()
+
+    def _count_now(self, **deltas: int) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self._count(**deltas)
+        self.db.execute("COMMIT")
+
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -118,27 +261,43 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _rollback(self) -> None:
+        """Roll back if a transaction is open; never masks the error that caused it."""
+        with contextlib.suppress(sqlite3.Error):
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+
     def _count(self, **deltas: int) -> None:
         self.db.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             [(k, v) for k, v in deltas.items() if v])
 
+    @_guarded
     def put(self, batch: Batch) -> list[Evicted]:
-        """Commit a batch (durable when this returns); returns the batches evicted to make room."""
+        """Commit a batch (durable when this returns); returns the batches evicted to make room.
+
+        If only higher-priority batches could make room, the incoming batch itself is evicted (counted, and
+        returned in the list) instead.
+        """
         if batch.size > self.max_bytes:
             raise StoreFullError(f"batch {batch.id} ({batch.size} B) is larger than the store limit")
         evicted: list[Evicted] = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            if not self._room_possible(batch):
+                # Everything stored outranks it: the incoming batch is the lowest-priority one, so it is
+                # the one evicted (counted, never stored); higher priority is never evicted for lower.
+                name = batch.priority.name
+                self._count(**{f"evicted_{name}_batches": 1, f"evicted_{name}_samples": batch.sample_count,
+                               f"evicted_{name}_bytes": batch.size})
+                self.db.execute("COMMIT")
+                return [Evicted(batch.id, batch.priority, batch.sample_count, batch.size)]
             while (self.total_bytes + batch.size > self.max_bytes
                    or (self.max_batches is not None and self.total_batches + 1 > self.max_batches)):
-                victim = self.db.execute(
+                seq, vid, prio, count, size = self.db.execute(
                     "SELECT seq, id, priority, sample_count, size FROM batches "
                     "WHERE priority <= ? ORDER BY priority, seq LIMIT 1", (int(batch.priority),)).fetchone()
-                if victim is None:
-                    raise StoreFullError(f"store full of batches above priority {batch.priority.name}")
-                seq, vid, prio, count, size = victim
                 self.db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
                 name = Priority(prio).name
                 self._count(**{f"evicted_{name}_batches": 1, f"evicted_{name}_samples": count,
@@ -154,14 +313,24 @@ class Store:
             self._count(stored_batches=1, stored_samples=batch.sample_count, stored_bytes=batch.size)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
-            self.total_bytes, self.total_batches = self.db.execute(
-                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
+            self._rollback()
+            with contextlib.suppress(sqlite3.Error):
+                self.total_bytes, self.total_batches = self.db.execute(
+                    "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
             raise
         self.total_bytes += batch.size
         self.total_batches += 1
         return evicted
 
+    def _room_possible(self, batch: Batch) -> bool:
+        """Whether evicting batches of its priority or lower can make room for it."""
+        n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches WHERE priority <= ?",
+                                  (int(batch.priority),)).fetchone()
+        if self.total_bytes - size + batch.size > self.max_bytes:
+            return False
+        return self.max_batches is None or self.total_batches - n + 1 <= self.max_batches
+
+    @_guarded
     def next_batches(self, limit: int = 1, exclude: set[str] | frozenset[str] = frozenset()) -> list[Batch]:
         """The next batches to send: highest priority first, then oldest first."""
         rows = self.db.execute(
@@ -169,6 +338,7 @@ class Store:
         ).fetchall()
         return [_row_to_batch(r) for r in rows if r[0] not in exclude][:limit]
 
+    @_guarded
     def ack(self, batch_id: str) -> bool:
         """The sink acknowledged the batch: delete it. False if it was already gone (evicted, expired)."""
         self.db.execute("BEGIN IMMEDIATE")
@@ -179,7 +349,7 @@ class Store:
                 self._count(sent_batches=1, sent_samples=row[0], sent_bytes=row[1])
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         if row is None:
             return False
@@ -187,6 +357,7 @@ class Store:
         self.total_batches -= 1
         return True
 
+    @_guarded
     def expire(self, now: float | None = None) -> int:
         """Drop batches older than their priority's time-to-live; returns how many."""
         now = time.time() if now is None else now
@@ -206,18 +377,32 @@ class Store:
                                    f"expired_{prio.name}_bytes": size})
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self._rollback()
                 raise
             self.total_bytes -= size
             self.total_batches -= n
             dropped += n
         return dropped
 
+    @_guarded
     def stats(self) -> StoreStats:
-        depth = {p.name: {"batches": 0, "samples": 0, "bytes": 0} for p in Priority}
-        for prio, n, samples, size in self.db.execute(
-                "SELECT priority, COUNT(*), SUM(sample_count), SUM(size) FROM batches GROUP BY priority"):
-            depth[Priority(prio).name] = {"batches": n, "samples": samples, "bytes": size}
-        oldest = self.db.execute("SELECT MIN(created) FROM batches").fetchone()[0]
-        counters = dict(self.db.execute("SELECT name, value FROM counters").fetchall())
-        return StoreStats(depth=depth, oldest_created=oldest, counters=counters)
+        return _stats(self.db)
+
+
+def _stats(db: sqlite3.Connection) -> StoreStats:
+    depth = {p.name: {"batches": 0, "samples": 0, "bytes": 0} for p in Priority}
+    for prio, n, samples, size in db.execute(
+            "SELECT priority, COUNT(*), SUM(sample_count), SUM(size) FROM batches GROUP BY priority"):
+        depth[Priority(prio).name] = {"batches": n, "samples": samples, "bytes": size}
+    oldest = db.execute("SELECT MIN(created) FROM batches").fetchone()[0]
+    counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    return StoreStats(depth=depth, oldest_created=oldest, counters=counters)
+
+
+def read_stats(path: str | Path) -> StoreStats:
+    """Depth and counters of a store file, read-only (for `vehicle-agent status` when the agent is stopped)."""
+    db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=5)
+    try:
+        return _stats(db)
+    finally:
+        db.close()

@@ -9,7 +9,12 @@ from agent.uplink.file import FileSink
 
 def make_sink(cfg: AgentConfig) -> Sink:
     if cfg.sink.type == "file":
-        return FileSink(cfg.state_path(cfg.sink.path), decoded=cfg.sink.decoded)
+        fault = cfg.sink.fault
+        if fault is None:
+            return FileSink(cfg.state_path(cfg.sink.path), decoded=cfg.sink.decoded)
+        return FileSink(cfg.state_path(cfg.sink.path), decoded=cfg.sink.decoded, fail_rate=fault.fail_rate,
+                        ack_delay_ms=fault.ack_delay_ms, seed=fault.seed,
+                        delivery_log=cfg.state_path(fault.delivery_log) if fault.delivery_log else None)
     if cfg.sink.type == "iothub":
         from agent.uplink.iothub import IoTHubSink  # the SDK is imported only when used
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -44,8 +46,10 @@ def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random 
 
 
 class Forwarder:
-    def __init__(self, store: Store, sink: Sink, *, retry_initial_s: float = 1.0, retry_max_s: float = 60.0) -> None:
+    def __init__(self, store: Store, sink: Sink, *, retry_initial_s: float = 1.0, retry_max_s: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.clock = clock  # wall time for TTL expiry and last_send; injectable for simulated-clock tests
         self.sink = sink
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -95,7 +99,7 @@ class Forwarder:
         await self.sink.send(batch)
         self.store.ack(batch.id)
         st = self.status
-        st.state, st.last_send, st.consecutive_failures, st.backoff_s = "connected", time.time(), 0, 0.0
+        st.state, st.last_send, st.consecutive_failures, st.backoff_s = "connected", self.clock(), 0, 0.0
         st.sent_batches += 1
         return True
 
@@ -103,16 +107,21 @@ class Forwarder:
         """Drain until `stop` is set."""
         last_expire = 0.0
         while not stop.is_set():
-            now = time.time()
-            if now - last_expire > 10:
-                last_expire = now
-                dropped = self.store.expire(now)
-                if dropped:
-                    log.warning("store_expired", batches=dropped)
+            now = self.clock()
             try:
+                if now - last_expire > 10:
+                    last_expire = now
+                    dropped = self.store.expire(now)
+                    if dropped:
+                        log.warning("store_expired", batches=dropped)
                 sent = await self.send_one()
             except (SinkError, OSError) as exc:
                 await self._fail(stop, exc)
+                continue
+            except sqlite3.Error as exc:
+                # The store itself failed (read-only, full, corrupt and moved aside): not the sink's fault.
+                log.error("store_read_failed", path=str(self.store.path), error=str(exc))
+                await self._wait(stop, 1.0)
                 continue
             if not sent:
                 if self.status.state == "starting":
