@@ -94,3 +94,14 @@ def test_ttl_per_priority(tmp_path: Path) -> None:
         assert [b.id for b in s.next_batches(10)] == ["b0002", "b0003"]
         assert s.stats().counters["expired_low_batches"] == 1
         assert s.stats().as_dict(now=1200)["oldest_pending_age_s"] == 200
+
+
+def test_store_bench_reports_commit_and_drain_figures(tmp_path: Path) -> None:
+    from agent.store.bench import BATCH_SIZES, SYNCHRONOUS, bench_store
+
+    figures = bench_store(0.3, tmp_path)
+    assert set(figures) == {f"{s}/{label}" for s in SYNCHRONOUS for label, _, _ in BATCH_SIZES}
+    for f in figures.values():
+        assert f["commit_batches_per_s"] > 0 and f["drain_batches_per_s"] > 0
+        assert abs(f["commit_samples_per_s"] - f["commit_batches_per_s"] * f["batch_samples"]) <= 0.01 * f["commit_samples_per_s"]
+    assert list(tmp_path.iterdir()) == [], "the bench cleans up its store files"
