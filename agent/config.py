@@ -137,7 +137,6 @@ class StoreConfig(_Model):
     )
 
 
-<<<<<<< HEAD
 class IoTHubConfig(_Model):
     """Azure IoT Hub (azure-iot-device). Only the *names* of env vars / files holding secrets live here."""
 
@@ -166,7 +165,8 @@ class IoTHubConfig(_Model):
     twin_timeout_s: float = Field(20.0, gt=0, description="Timeout of get_twin() and reported patches.")
     credential_retry_s: float = Field(300.0, gt=0, description="Retry interval after a credential error.")
     keep_alive_s: int = Field(60, ge=5, description="MQTT keep-alive (a dead link shows after 2x this).")
-=======
+
+
 class SinkFaultConfig(_Model):
     """Testing/diagnostic only: make the file sink slow or unreliable to exercise retries and crash safety."""
 
@@ -176,7 +176,6 @@ class SinkFaultConfig(_Model):
     delivery_log: str | None = Field(
         None, description="Append one JSON line per acknowledged send (id, samples, content hash) to this file; "
         "relative paths are under state_dir. Resends append again, so duplicates are visible.")
->>>>>>> main
 
 
 class SinkConfig(_Model):
