@@ -111,6 +111,7 @@ class Agent:
         self.progress = progress
         self.config_version = 0
         self._frame_rate = RateMeter()
+        self._bus_rates: dict[str, RateMeter] = {}
         self._tasks: list[asyncio.Task] = []
         self._running = False
         self.stop = asyncio.Event()
@@ -289,7 +290,8 @@ class Agent:
                       "started": self.started, "vehicle_id": self.cfg.vehicle_id,
                       "config_version": self.config_version},
             "frames_per_s": round(self._frame_rate.update(frames), 1),
-            "buses": {name: {**c.as_dict(), **(self.sources[name].status() if name in self.sources else {})}
+            "buses": {name: {"frames_per_s": round(self._bus_rates.setdefault(name, RateMeter()).update(c.frames), 1),
+                             **c.as_dict(), **(self.sources[name].status() if name in self.sources else {})}
                       for name, c in self.counters.items()},
             "pending_samples": self.batcher.pending_samples,
             "batches_closed": self.batcher.batches_closed,

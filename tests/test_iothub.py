@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -114,6 +115,10 @@ async def running_agent(tmp_path: Path, hub: Hub, channel: str, **iothub: Any) -
         await asyncio.wait_for(task, 60)
 
 
+def ms_floor(t: float) -> float:
+    return math.floor(t * 1000) / 1000
+
+
 def send_engine(bus: can.BusABC, i: int) -> None:
     bus.send(can.Message(arbitration_id=ENGINE.frame_id, is_extended_id=False, data=ENGINE.encode(
         {"EngineSpeed": 1000 + i * 0.25, "CoolantTemp": 80, "Torque": -10.5, "Gear": 3})))
@@ -176,12 +181,12 @@ async def test_desired_patch_live_and_invalid_patch_rejected(standin: Hub, tmp_p
         ack = await until(lambda: next((a for a in r.acks("collection") if a["av"] == version), None),
                           what="ack of the collection patch")
         assert ack["ac"] == 200 and ack["ad"] == "applied"
-        patched_at = time.time()
+        patched_at = ms_floor(time.time())  # batches carry ms timestamps
         for i in range(1, 30):
             send_engine(sender, i)
-        await until(lambda: len([s for ss in received_samples(standin).values() for s in ss if s.t > patched_at]) >= 29,
+        await until(lambda: len([s for ss in received_samples(standin).values() for s in ss if s.t >= patched_at]) >= 29,
                     what="samples after the patch")
-        after = {s.signal for ss in received_samples(standin).values() for s in ss if s.t > patched_at}
+        after = {s.signal for ss in received_samples(standin).values() for s in ss if s.t >= patched_at}
         assert after == {"EngineSpeed"}  # the pipeline collects differently now
 
         bad = r.push_desired({"batching": {"max_age_s": -1}})
@@ -189,10 +194,10 @@ async def test_desired_patch_live_and_invalid_patch_rejected(standin: Hub, tmp_p
                            what="ack of the invalid patch")
         assert nack["ac"] == 400 and "batching.max_age_s" in nack["ad"]
         assert agent.cfg.batching.max_age_s == 0.3 and agent.cfg.collection.default.policy == "exclude"
-        rejected_at = time.time()
+        rejected_at = ms_floor(time.time())
         for i in range(30, 40):
             send_engine(sender, i)
-        await until(lambda: len([s for ss in received_samples(standin).values() for s in ss if s.t > rejected_at]) >= 10,
+        await until(lambda: len([s for ss in received_samples(standin).values() for s in ss if s.t >= rejected_at]) >= 10,
                     what="collection still running after the rejected patch")
     sender.shutdown()
     # The applied desired state survives a restart (offline start).
@@ -252,6 +257,7 @@ async def test_wrong_key_is_a_credential_error_with_slow_retries(standin: Hub, t
     try:
         sender = can.Bus(interface="virtual", channel="iothub-badkey")
         async with running_agent(tmp_path, standin, "iothub-badkey", credential_retry_s=20) as agent:
+            await until(lambda: agent.status()["buses"].get("pt", {}).get("state") == "up", what="bus open")
             send_engine(sender, 0)
             await until(lambda: agent.sink.state()["link"] == "credential_error", what="credential error state")
             st = agent.forwarder.status
