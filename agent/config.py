@@ -167,6 +167,29 @@ class IoTHubConfig(_Model):
     keep_alive_s: int = Field(60, ge=5, description="MQTT keep-alive (a dead link shows after 2x this).")
 
 
+class MqttConfig(_Model):
+    """Any MQTT 3.1.1 broker (asyncio-mqtt). Only the *names* of env vars / files holding secrets live here."""
+
+    host: str = Field("127.0.0.1", description="Broker host name.")
+    port: int | None = Field(None, ge=1, le=65535, description="Broker port (default 1883, or 8883 with TLS).")
+    tls: bool = Field(False, description="Use TLS (also implied by ca_file or cert_file).")
+    ca_file: str | None = Field(None, description="PEM CA file to verify the broker (default: the system's).")
+    cert_file: str | None = Field(None, description="PEM client certificate (mutual TLS).")
+    key_file: str | None = Field(None, description="PEM client private key (mutual TLS).")
+    username: str | None = Field(None, description="User name (not a secret).")
+    password_env: str = Field("VEHICLE_AGENT_MQTT_PASSWORD", description="Env var holding the password.")
+    password_file_env: str = Field(
+        "VEHICLE_AGENT_MQTT_PASSWORD_FILE", description="Env var naming a file that holds the password.")
+    password_file: str | None = Field(None, description="File holding the password.")
+    client_id: str | None = Field(None, description="MQTT client id (default: the vehicle id).")
+    keepalive_s: int = Field(60, ge=5, description="MQTT keep-alive; a dead link shows after 1.5x this.")
+    topic_prefix: str = Field("vehicles", description="Topics are <topic_prefix>/<vehicle_id>/...")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Timeout of one connection attempt.")
+    publish_timeout_s: float = Field(30.0, gt=0, description="Timeout of one publish waiting for its PUBACK.")
+    reported_interval_s: float = Field(30.0, ge=0, description="At most one reported-state update per interval.")
+    credential_retry_s: float = Field(60.0, gt=0, description="Reconnect interval after the broker refused the credentials.")
+
+
 class SinkFaultConfig(_Model):
     """Testing/diagnostic only: make the file sink slow or unreliable to exercise retries and crash safety."""
 
@@ -181,8 +204,10 @@ class SinkFaultConfig(_Model):
 class SinkConfig(_Model):
     """Where batches go. `file` writes an outbox folder; the cloud sinks have their own sections."""
 
-    type: Literal["file", "iothub"] = Field("file", description="file (local outbox) or iothub (Azure IoT Hub).")
+    type: Literal["file", "iothub", "mqtt"] = Field(
+        "file", description="file (local outbox), iothub (Azure IoT Hub) or mqtt (any MQTT broker).")
     iothub: IoTHubConfig = Field(default_factory=IoTHubConfig, description="iothub sink settings.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="mqtt sink settings.")
     path: str = Field("outbox", description="file sink: outbox folder; relative paths are under state_dir.")
     decoded: bool = Field(True, description="file sink: write one JSON line per sample instead of the raw batch.")
     fault: SinkFaultConfig | None = Field(
@@ -253,6 +278,15 @@ def _check_files(cfg: AgentConfig) -> list[str]:
                 errors.append(f"buses[{i}].databases[{j}]: file not found: {path}")
         if bus.replay and not cfg.resolve(bus.replay).is_file():
             errors.append(f"buses[{i}].replay: file not found: {cfg.resolve(bus.replay)}")
+    sink_files = {
+        "mqtt": ("ca_file", "cert_file", "key_file"),
+        "iothub": ("server_verification_cert", "x509_cert_file", "x509_key_file", "connection_string_file"),
+    }.get(cfg.sink.type, ())
+    section = getattr(cfg.sink, cfg.sink.type, None)
+    for key in sink_files:
+        value = getattr(section, key, None)
+        if value and not cfg.resolve(value).is_file():
+            errors.append(f"sink.{cfg.sink.type}.{key}: file not found: {cfg.resolve(value)}")
     return errors
 
 

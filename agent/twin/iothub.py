@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from azure.iot.device import MethodResponse
 
-from agent.logs import LEVELS
+from agent.twin.methods import dispatch_method
 from agent.twin.reporter import Reporter
 from agent.uplink.base import Control
 
@@ -86,20 +86,4 @@ class TwinLink:
             log.warning("method_response_failed", method=request.name, error=str(exc) or type(exc).__name__)
 
     def dispatch(self, name: str, payload: Any) -> tuple[int, Any]:
-        """Run a direct method; returns (status, payload) as the operator sees them."""
-        args = payload if isinstance(payload, dict) else {}
-        if name == "flush":
-            self.control.flush_now()
-            return 200, {"flushed": True, "store_batches": self.control.status()["store"]["batches"]}
-        if name == "get_status":
-            return 200, self.control.status()
-        if name == "set_log_level":
-            level = args.get("level")
-            duration = args.get("duration_s")
-            if level not in LEVELS:
-                return 400, {"error": f"level must be one of {', '.join(LEVELS)}, got {level!r}"}
-            if duration is not None and (not isinstance(duration, int | float) or duration <= 0):
-                return 400, {"error": f"duration_s must be a positive number of seconds, got {duration!r}"}
-            self.control.set_log_level(level, duration)
-            return 200, {"level": level, "duration_s": duration}
-        return 404, {"error": f"unknown method {name!r}; available: flush, get_status, set_log_level"}
+        return dispatch_method(self.control, name, payload)

@@ -19,4 +19,8 @@ def make_sink(cfg: AgentConfig) -> Sink:
         from agent.uplink.iothub import IoTHubSink  # the SDK is imported only when used
 
         return IoTHubSink(cfg.sink.iothub, base_dir=cfg.resolve("."))
+    if cfg.sink.type == "mqtt":
+        from agent.uplink.mqtt import MqttSink  # asyncio-mqtt is imported only when used
+
+        return MqttSink(cfg.sink.mqtt, vehicle=cfg.vehicle_id, base_dir=cfg.resolve("."))
     raise ValueError(f"sink.type {cfg.sink.type!r} is not available")

@@ -1,0 +1,35 @@
+"""Direct methods an operator can call on a vehicle, the same over every transport.
+
+IoT Hub direct methods and the MQTT method topics both land here, so `flush`, `get_status` and
+`set_log_level` answer identically whichever way the fleet talks to the car.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.logs import LEVELS
+from agent.uplink.base import Control
+
+METHODS = ("flush", "get_status", "set_log_level")
+
+
+def dispatch_method(control: Control, name: str, payload: Any) -> tuple[int, Any]:
+    """Run a method; returns (status, payload) as the operator sees them (HTTP-style status codes)."""
+    args = payload if isinstance(payload, dict) else {}
+    if name == "flush":
+        control.flush_now()
+        return 200, {"flushed": True, "store_batches": control.status()["store"]["batches"]}
+    if name == "get_status":
+        return 200, control.status()
+    if name == "set_log_level":
+        level = args.get("level")
+        duration = args.get("duration_s")
+        if level not in LEVELS:
+            return 400, {"error": f"level must be one of {', '.join(LEVELS)}, got {level!r}"}
+        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)
+                                     or duration <= 0):
+            return 400, {"error": f"duration_s must be a positive number of seconds, got {duration!r}"}
+        control.set_log_level(level, duration)
+        return 200, {"level": level, "duration_s": duration}
+    return 404, {"error": f"unknown method {name!r}; available: {', '.join(METHODS)}"}

@@ -1,0 +1,341 @@
+"""The `mqtt` sink: any MQTT 3.1.1 broker, with the same twin-style remote control as IoT Hub.
+
+One session task owns the connection (aiomqtt style: one async context, no callbacks leaking into
+the agent): connect, subscribe to desired state and method requests, announce "online", then serve
+incoming messages until the link drops; reconnect with capped, jittered backoff and subscribe again.
+`send` publishes a batch at QoS 1 and returns only after the broker's PUBACK, so the store deletes
+only what the broker has. Desired state goes through the agent's one apply path (`Control`), and
+reported state through the same throttled reporter as the IoT Hub twin. Layout: docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.config import MqttConfig
+from agent.model import Batch
+from agent.twin.methods import dispatch_method
+from agent.twin.reporter import Reporter
+from agent.uplink.base import Sink, SinkError
+from agent.uplink.forwarder import backoff_delay
+
+logging.getLogger("mqtt").addFilter(lambda r: "renamed asyncio-mqtt" not in r.getMessage())
+from asyncio_mqtt import Client, MqttError, Will  # noqa: E402 - after the filter that silences its banner
+from asyncio_mqtt.error import MqttConnectError  # noqa: E402
+
+log = structlog.get_logger()
+
+HEADER_VERSION = 1
+_LEN = struct.Struct(">H")
+CREDENTIAL_CODES = {4: "bad user name or password", 5: "not authorised"}
+
+
+# ------------------------------------------------------------------------------ payload layout
+def batch_header(batch: Batch) -> dict[str, Any]:
+    """The batch metadata MQTT 3.1.1 cannot carry as properties (docs/mqtt.md)."""
+    return {"v": HEADER_VERSION, "id": batch.id, "ct": batch.content_type, "ce": batch.content_encoding,
+            "vehicle": batch.vehicle, "buses": list(batch.buses), "priority": batch.priority.name,
+            "samples": batch.sample_count, "first_t": batch.first_t, "last_t": batch.last_t}
+
+
+def encode_message(batch: Batch) -> bytes:
+    """2-byte big-endian header length, the header as compact JSON, then the batch payload as stored."""
+    header = json.dumps(batch_header(batch), separators=(",", ":")).encode()
+    return _LEN.pack(len(header)) + header + batch.payload
+
+
+def decode_message(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """The inverse of encode_message: (header, batch payload)."""
+    if len(data) < _LEN.size:
+        raise ValueError("not a vehicle-agent MQTT message: shorter than its header length")
+    (n,) = _LEN.unpack_from(data)
+    try:
+        header = json.loads(data[_LEN.size:_LEN.size + n])
+    except ValueError as exc:
+        raise ValueError(f"not a vehicle-agent MQTT message: header is not JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("v") != HEADER_VERSION:
+        raise ValueError(f"unsupported MQTT batch header version {header.get('v') if isinstance(header, dict) else '?'}")
+    return header, data[_LEN.size + n:]
+
+
+class Topics:
+    """`<prefix>/<vehicle>/...`: telemetry per priority, twin desired/reported, status, methods."""
+
+    def __init__(self, prefix: str, vehicle: str) -> None:
+        self.root = f"{prefix.strip('/')}/{vehicle}" if prefix.strip("/") else vehicle
+
+    def telemetry(self, priority: str) -> str:
+        return f"{self.root}/telemetry/{priority}"
+
+    @property
+    def desired(self) -> str:
+        return f"{self.root}/twin/desired"
+
+    @property
+    def reported(self) -> str:
+        return f"{self.root}/twin/reported"
+
+    @property
+    def status(self) -> str:
+        return f"{self.root}/status"
+
+    @property
+    def method_requests(self) -> str:
+        return f"{self.root}/methods/+/request"
+
+    def method_response(self, name: str) -> str:
+        return f"{self.root}/methods/{name}/response"
+
+    def method_name(self, topic: str) -> str | None:
+        prefix, suffix = f"{self.root}/methods/", "/request"
+        if topic.startswith(prefix) and topic.endswith(suffix):
+            return topic[len(prefix):-len(suffix)] or None
+        return None
+
+
+def read_password(cfg: MqttConfig, base_dir: Path, env: dict[str, str] | None = None) -> str | None:
+    """The password from its env var, else the file named by env or config; None without one. Never logged."""
+    env = dict(os.environ) if env is None else env
+    if env.get(cfg.password_env):
+        return env[cfg.password_env]
+    file = env.get(cfg.password_file_env) or cfg.password_file
+    if not file:
+        return None
+    path = Path(file) if Path(file).is_absolute() else base_dir / file
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SinkError(f"mqtt password file {path}: {exc.strerror}") from None
+
+
+def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+# ------------------------------------------------------------------------------ the sink
+class MqttSink(Sink):
+    name = "mqtt"
+
+    def __init__(self, cfg: MqttConfig, *, vehicle: str, base_dir: Path | str = ".") -> None:
+        self.cfg = cfg
+        self.base_dir = Path(base_dir)
+        self.topics = Topics(cfg.topic_prefix, vehicle)
+        self.client_id = cfg.client_id or vehicle
+        self.client: Client | None = None
+        self.link_state = "disconnected"  # disconnected | connecting | connected | credential_error | failing
+        self.connects = 0
+        self.last_error: str | None = None
+        self.last_connect: float | None = None
+        self.reported: dict[str, Any] = {}
+        self.reporter: Reporter | None = None
+        self._connected = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------- connection
+    def _tls(self) -> ssl.SSLContext | None:
+        cfg = self.cfg
+        if not (cfg.tls or cfg.ca_file or cfg.cert_file):
+            return None
+        resolve = (lambda p: str(Path(p) if Path(p).is_absolute() else self.base_dir / p))  # noqa: E731
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = getattr(cfg, key)
+            if value and not Path(resolve(value)).is_file():
+                raise SinkError(f"sink.mqtt.{key}: file not found: {resolve(value)}")
+        try:
+            ctx = ssl.create_default_context(cafile=resolve(cfg.ca_file) if cfg.ca_file else None)
+            if cfg.cert_file:
+                ctx.load_cert_chain(resolve(cfg.cert_file), resolve(cfg.key_file) if cfg.key_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise SinkError(f"mqtt TLS files: {exc}") from None
+        return ctx
+
+    def _client(self) -> Client:
+        tls = self._tls()
+        port = self.cfg.port or (8883 if tls else 1883)
+        return Client(self.cfg.host, port, username=self.cfg.username,
+                      password=read_password(self.cfg, self.base_dir) if self.cfg.username else None,
+                      client_id=self.client_id, tls_context=tls, keepalive=self.cfg.keepalive_s,
+                      clean_session=True, will=Will(self.topics.status, b"offline", qos=1, retain=True))
+
+    async def open(self) -> None:
+        if self._tasks:
+            return
+        self._tls()  # bad TLS files are a config error the user should see at once
+        self._tasks.append(asyncio.create_task(self._session_loop(), name="mqtt-session"))
+        if self.control is not None:
+            self.reporter = Reporter(self.control.status, self.publish_reported, interval_s=self.cfg.reported_interval_s)
+            self._tasks.append(asyncio.create_task(self.reporter.run(self._stop), name="mqtt-reported"))
+
+    async def _session_loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                await self._session()
+                failures = 0
+                delay = 0.5
+            except MqttConnectError as exc:
+                failures += 1
+                if exc.rc in CREDENTIAL_CODES:
+                    self._failed("credential_error", f"broker refused the credentials: {CREDENTIAL_CODES[exc.rc]}")
+                    log.error("mqtt_credentials_rejected", host=self.cfg.host, username=self.cfg.username,
+                              reason=CREDENTIAL_CODES[exc.rc], retry_in_s=self.cfg.credential_retry_s,
+                              action="check the user name and the password (env/file)")
+                    delay = self.cfg.credential_retry_s
+                else:
+                    self._failed("failing", str(exc))
+                    delay = backoff_delay(failures, 0.5, 30.0)
+            except (MqttError, OSError, TimeoutError, SinkError) as exc:
+                failures += 1
+                self._failed("failing", str(exc) or type(exc).__name__)
+                delay = backoff_delay(failures, 0.5, 30.0)
+            if self._stop.is_set():
+                break
+            if self.link_state != "credential_error":
+                log.warning("mqtt_disconnected", error=self.last_error, retry_in_s=round(delay, 2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _session(self) -> None:
+        """One connection: subscribe, announce, serve incoming messages until the link drops."""
+        self.link_state = "connecting"
+        client = self._client()
+        # asyncio-mqtt leaves an unexpected disconnect in a future nobody awaits when the message loop
+        # has already ended; retrieve it so asyncio does not log "exception was never retrieved".
+        client._disconnected.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.wait_for(client.connect(timeout=int(self.cfg.connect_timeout_s)), self.cfg.connect_timeout_s + 1)
+        try:
+            async with client.messages() as messages:
+                await client.subscribe([(self.topics.desired, 1), (self.topics.method_requests, 1)])
+                await client.publish(self.topics.status, b"online", qos=1, retain=True)
+                self.client = client
+                self.link_state, self.last_error = "connected", None
+                self.connects += 1
+                self.last_connect = time.time()
+                self._connected.set()
+                log.info("mqtt_connected", host=self.cfg.host, client_id=self.client_id, connects=self.connects)
+                if self.reported:
+                    await self._publish_reported_now()
+                if self.reporter is not None:
+                    self.reporter.reset()
+                async for message in messages:
+                    await self._on_message(str(message.topic), bytes(message.payload or b""))
+        finally:
+            self._connected.clear()
+            self.client = None
+            with contextlib.suppress(MqttError, OSError, TimeoutError):
+                await client.disconnect(timeout=2)
+
+    def _failed(self, state: str, error: str) -> None:
+        self.link_state, self.last_error = state, error
+
+    # ------------------------------------------------------------- incoming: desired state, methods
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.desired:
+            await self._on_desired(payload)
+        elif (name := self.topics.method_name(topic)) is not None:
+            await self._on_method(name, payload)
+
+    async def _on_desired(self, payload: bytes) -> None:
+        if not payload or self.control is None:
+            return  # a cleared retained message: nothing desired
+        try:
+            doc = json.loads(payload)
+            if not isinstance(doc, dict):
+                raise ValueError("expected a JSON object")
+            if not isinstance(doc.get("$version"), int) or isinstance(doc.get("$version"), bool):
+                raise ValueError('"$version" must be an integer that grows with every change')
+        except ValueError as exc:
+            log.warning("desired_rejected", topic=self.topics.desired, error=str(exc))
+            await self.publish_reported({"$desired": {"ac": 400, "av": None, "ad": f"desired document: {exc}"}})
+            return
+        acks = self.control.handle_desired(doc, full=True)
+        if acks is not None:
+            acks["$desired"] = {"ac": 200, "av": doc["$version"], "ad": "received"}
+            await self.publish_reported(acks)
+
+    async def _on_method(self, name: str, payload: bytes) -> None:
+        try:
+            request = json.loads(payload) if payload else {}
+        except ValueError:
+            request = {}
+        request = request if isinstance(request, dict) else {}
+        status, body = (dispatch_method(self.control, name, request.get("payload"))
+                        if self.control is not None else (503, {"error": "agent not attached"}))
+        log.info("method_called", method=name, status=status, transport="mqtt")
+        response = json.dumps({"id": request.get("id"), "status": status, "payload": body}, default=str)
+        if self.client is not None:
+            with contextlib.suppress(MqttError, OSError, TimeoutError):
+                await self.client.publish(self.topics.method_response(name), response.encode(), qos=1,
+                                          timeout=int(self.cfg.publish_timeout_s))
+
+    # ------------------------------------------------------------- reported state (retained, whole document)
+    async def publish_reported(self, patch: dict[str, Any]) -> None:
+        """Merge a patch into the reported document and publish the whole of it, retained.
+
+        While disconnected the merge is kept and the whole document goes out on the next connect.
+        """
+        _merge(self.reported, patch)
+        await self._publish_reported_now()
+
+    async def _publish_reported_now(self) -> None:
+        if self.client is None:
+            return
+        data = json.dumps(self.reported, default=str, separators=(",", ":")).encode()
+        await self.client.publish(self.topics.reported, data, qos=1, retain=True,
+                                  timeout=int(self.cfg.publish_timeout_s))
+
+    # ------------------------------------------------------------- telemetry
+    async def send(self, batch: Batch) -> None:
+        if not self._tasks:
+            await self.open()
+        if not self._connected.is_set():
+            try:
+                await asyncio.wait_for(self._connected.wait(), self.cfg.connect_timeout_s)
+            except TimeoutError:
+                retry = self.cfg.credential_retry_s if self.link_state == "credential_error" else None
+                raise SinkError(f"mqtt broker {self.cfg.host} not connected: {self.last_error or self.link_state}",
+                                retry_after=retry) from None
+        client = self.client
+        if client is None:
+            raise SinkError("mqtt link dropped before the send")
+        try:
+            await asyncio.wait_for(
+                client.publish(self.topics.telemetry(batch.priority.name), encode_message(batch), qos=1,
+                               timeout=int(self.cfg.publish_timeout_s)),
+                self.cfg.publish_timeout_s + 1)
+        except (MqttError, OSError, TimeoutError) as exc:
+            raise SinkError(f"mqtt publish of batch {batch.id} not acknowledged: {exc or type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        """Say "offline" (retained) like the last will would, then end the session."""
+        self._stop.set()
+        if self.client is not None:
+            with contextlib.suppress(MqttError, OSError, TimeoutError):
+                await self.client.publish(self.topics.status, b"offline", qos=1, retain=True, timeout=2)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.link_state = "disconnected"
+
+    def state(self) -> dict[str, Any]:
+        return {"broker": f"{self.cfg.host}:{self.cfg.port or (8883 if self.cfg.tls or self.cfg.ca_file else 1883)}",
+                "link": self.link_state, "connected": self._connected.is_set(), "connects": self.connects,
+                "last_connect": self.last_connect, "link_error": self.last_error,
+                "topics": self.topics.root}
