@@ -27,7 +27,6 @@ from agent.config import (
     config_path,
     json_schema,
     load_config_data,
-    read_yaml,
 )
 from agent.decode import DatabaseError, FrameDecoder, ShortFrameError, load_databases
 from agent.logs import configure_logging
@@ -191,7 +190,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = Path(args.file or DEFAULT_CONFIG)
     try:
-        cfg = build_config(read_yaml(path), base_dir=path.parent.resolve(), source=str(path))
+        cfg = build_config(load_config_data(path), base_dir=path.parent.resolve(), source=str(path))
         for i, bus in enumerate(cfg.buses):
             for j, db in enumerate(bus.databases):
                 try:
