@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from agent.collect.policy import Filter, make_filter, resolve_policy
+from agent.collect.policy import Filter, OnChange, make_filter, resolve_policy
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
+from agent.decode.fast import FastDecoder
 from agent.model import Frame, Priority
 
 log = structlog.get_logger()
@@ -41,15 +42,30 @@ class BusCounters:
                 "decode_errors": self.decode_errors, "samples": self.samples}
 
 
+Entry = tuple[Filter, Priority, ColumnKey, str]  # a wanted signal: its filter, priority, column, name
+
+
 @dataclass(slots=True)
 class _Plan:
+    """What to do with one frame id, resolved once per config."""
+
     decoder: MessageDecoder
-    signals: list[tuple[str, Filter, Priority, ColumnKey]]
+    entries: dict[str, Entry]              # by signal name (shared by every multiplexer page)
+    fast: FastDecoder | None               # None: decode with cantools
+    pages: dict[int | None, list[Entry]]   # fast path: entries in the order of the page's values
+    change_only: bool                      # every filter is OnChange: an unchanged payload emits nothing
+    mask: int                              # payload bits of the wanted signals
+    length: int
     labels: bool
 
 
 class Collector:
-    """Decodes and samples the frames of one bus; emits kept samples through `add`."""
+    """Decodes and samples the frames of one bus; emits kept samples through `add`.
+
+    Per frame: one dict lookup; for change-only messages, a masked compare with the previous
+    payload (most frames of a car stop here: nothing they carry changed); then the message's
+    compiled decoder yields only the wanted values, one filter call each.
+    """
 
     def __init__(self, bus: str, decoder: FrameDecoder, cfg: CollectionConfig, add: AddSample,
                  counters: BusCounters | None = None) -> None:
@@ -57,16 +73,25 @@ class Collector:
         self.add = add
         self.counters = counters or BusCounters()
         self.plans: dict[int, _Plan] = {}
+        self.last_payload: dict[int, int] = {}
         self.known_ids = set(decoder.by_id)
         for fid, dec in decoder.by_id.items():
-            signals = []
+            entries: dict[str, Entry] = {}
             for sig in dec.signals:
                 policy = resolve_policy(cfg, dec.name, sig)
                 factory = make_filter(policy)
                 if factory is not None:
-                    signals.append((sig, factory(), policy.priority_level, (bus, dec.name, sig)))
-            if signals:
-                self.plans[fid] = _Plan(dec, signals, cfg.labels)
+                    entries[sig] = (factory(), policy.priority_level, (bus, dec.name, sig), sig)
+            if not entries:
+                continue
+            try:
+                fast: FastDecoder | None = FastDecoder(dec.message, list(entries))
+            except NotImplementedError:
+                fast = None
+            pages = {key: [entries[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
+            change_only = fast is not None and all(type(e[0]) is OnChange for e in entries.values())
+            self.plans[fid] = _Plan(dec, entries, fast, pages, change_only, fast.mask if fast else 0,
+                                    dec.length, cfg.labels)
 
     @property
     def wanted_ids(self) -> set[int]:
@@ -77,43 +102,61 @@ class Collector:
         """The hot path: decode and sample a batch of frames."""
         c = self.counters
         c.frames += len(frames)
-        plans, add = self.plans, self.add
+        plans, add, last = self.plans, self.add, self.last_payload
         kept = 0
-        for frame in frames:
-            plan = plans.get(frame.id)
-            if plan is None:
-                if frame.is_error:
-                    c.error_frames += 1
-                elif frame.id in self.known_ids:
-                    c.filtered += 1
-                else:
-                    c.unknown_ids += 1
-                    if len(c.unknown_id_set) < 4096:
-                        c.unknown_id_set.add(frame.id)
+        for t, fid, data, _fd, is_error in frames:
+            plan = plans.get(fid)
+            if plan is None or is_error:
+                self._count_unwanted(fid, is_error)
                 continue
-            try:
-                values = plan.decoder.decode(frame.data)
-            except (ShortFrameError, ValueError, KeyError) as exc:  # cantools: bad mux ids, bad sizes
-                c.decode_errors += 1
-                if c.decode_errors <= 10 or c.decode_errors % 1000 == 0:
-                    log.warning("decode_error", bus=self.bus, frame_id=frame.id, reason=str(exc),
-                                count=c.decode_errors)
-                continue
-            t = frame.t
-            for sig, filt, prio, key in plan.signals:
-                v = values.get(sig)
-                if v is None:
+            if plan.change_only and len(data) == plan.length:
+                bits = int.from_bytes(data, "big") & plan.mask
+                if last.get(fid) == bits:
                     continue
+                last[fid] = bits
+            try:
+                if len(data) < plan.length:
+                    raise ShortFrameError(f"{plan.decoder.name} needs {plan.length} bytes, frame has {len(data)}")
+                if plan.fast is not None:
+                    decoded = plan.fast.decode(data)
+                    if decoded is None:
+                        continue
+                    pairs = zip(plan.pages[decoded[0]], decoded[1], strict=True)
+                else:
+                    values = plan.decoder.decode(data)
+                    pairs = ((e, values[name]) for name, e in plan.entries.items() if name in values)
+            except (ShortFrameError, ValueError, KeyError) as exc:  # short frames, undefined mux values
+                self._decode_error(fid, exc)
+                last.pop(fid, None)
+                continue
+            for (filt, prio, key, sig), v in pairs:
                 emit = filt.offer(t, v)
                 if emit is not None:
                     kept += 1
                     add(prio, key, emit[0], plan.decoder.label(sig, emit[1]) if plan.labels else emit[1])
         c.samples += kept
 
+    def _count_unwanted(self, fid: int, is_error: bool) -> None:
+        c = self.counters
+        if is_error:
+            c.error_frames += 1
+        elif fid in self.known_ids:
+            c.filtered += 1
+        else:
+            c.unknown_ids += 1
+            if len(c.unknown_id_set) < 4096:
+                c.unknown_id_set.add(fid)
+
+    def _decode_error(self, fid: int, exc: Exception) -> None:
+        c = self.counters
+        c.decode_errors += 1
+        if c.decode_errors <= 10 or c.decode_errors % 1000 == 0:
+            log.warning("decode_error", bus=self.bus, frame_id=fid, reason=str(exc), count=c.decode_errors)
+
     def flush(self) -> None:
         """Emit what downsampling filters still hold (on shutdown or config swap)."""
         for plan in self.plans.values():
-            for sig, filt, prio, key in plan.signals:
+            for filt, prio, key, sig in plan.entries.values():
                 emit = filt.flush()
                 if emit is not None:
                     self.counters.samples += 1
