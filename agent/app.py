@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,15 @@ from cantools.database import Database
 
 from agent import __version__
 from agent.batcher import Batcher
-from agent.can.source import BusSource, FrameSource, ReplaySource, bus_kwargs, resolve_interface
+from agent.can.rawcan import RawCanSource
+from agent.can.source import (
+    BusSource,
+    FrameSource,
+    ReplaySource,
+    bus_kwargs,
+    resolve_interface,
+    socketcan_available,
+)
 from agent.codec import codec_for
 from agent.collect.collector import BusCounters, Collector
 from agent.config import AgentConfig, BusConfig
@@ -59,7 +67,7 @@ def load_bus_databases(cfg: AgentConfig, bus: BusConfig) -> Database:
     return load_databases([cfg.resolve(p) for p in bus.databases])
 
 
-def build_pipeline(cfg: AgentConfig, add: Callable, counters: dict[str, BusCounters]) -> Pipeline:
+def build_pipeline(cfg: AgentConfig, batcher: Batcher, counters: dict[str, BusCounters]) -> Pipeline:
     """Decoders and collectors for every bus; raises DatabaseError before anything is swapped."""
     collectors: dict[str, Collector] = {}
     scaling: dict[tuple[str, str], tuple[float, float]] = {}
@@ -69,7 +77,7 @@ def build_pipeline(cfg: AgentConfig, add: Callable, counters: dict[str, BusCount
         for dec in decoder.messages:
             for sig, sc in dec.scaling.items():
                 scaling[(dec.name, sig)] = sc
-        collectors[bus.name] = Collector(bus.name, decoder, cfg.collection, add,
+        collectors[bus.name] = Collector(bus.name, decoder, cfg.collection, batcher,
                                          counters.setdefault(bus.name, BusCounters()))
     return Pipeline(cfg, collectors, scaling)
 
@@ -98,7 +106,7 @@ class Agent:
                                                        timestamp_resolution=cfg.encoding.timestamp_resolution,
                                                        level=cfg.encoding.compression_level),
                                vehicle=cfg.vehicle_id, on_batch=self._store_batch)
-        self.pipeline = build_pipeline(cfg, self.batcher.add, self.counters)
+        self.pipeline = build_pipeline(cfg, self.batcher, self.counters)
         self.batcher.scaling = dict(self.pipeline.scaling)
         self.sources: dict[str, FrameSource] = {}
         self._bus_tasks: dict[str, tuple[asyncio.Event, list[asyncio.Task]]] = {}
@@ -188,6 +196,8 @@ class Agent:
         simulate = bus.simulate if bus.simulate is not None else (bus.interface == "auto" and interface == "virtual")
         if simulate and interface != "virtual":
             interface = "virtual"
+        if interface == "socketcan" and not bus.options and socketcan_available(bus.channel):
+            return RawCanSource(bus.name, bus.channel, fd=bus.fd), False
         source = BusSource(bus.name, interface, bus.channel,
                            **bus_kwargs(bus.bitrate, bus.data_bitrate, bus.fd, bus.options))
         return source, simulate
@@ -240,7 +250,7 @@ class Agent:
         Collectors are rebuilt (cheap, ~ms); sources restart only for buses whose bus settings changed,
         so an unchanged bus loses no frames: they wait in its receive queue while the swap runs.
         """
-        pipeline = build_pipeline(new, self.batcher.add, self.counters)
+        pipeline = build_pipeline(new, self.batcher, self.counters)
         codec = codec_for(new.encoding.format, timestamp_resolution=new.encoding.timestamp_resolution,
                           level=new.encoding.compression_level)
         for collector in self.pipeline.collectors.values():

@@ -23,13 +23,11 @@ ColumnKey = tuple[str, str, str]
 
 
 class _OpenBatch:
-    __slots__ = ("columns", "count", "first_t", "last_t", "opened")
+    __slots__ = ("columns", "count", "opened")
 
     def __init__(self, now: float) -> None:
         self.columns: dict[ColumnKey, tuple[list[float], list]] = {}
         self.count = 0
-        self.first_t = float("inf")
-        self.last_t = float("-inf")
         self.opened = now
 
 
@@ -52,6 +50,7 @@ class Batcher:
         self.clock = clock
         self.wallclock = wallclock  # batch creation time (TTL, oldest pending age); injectable for tests
         self.open: dict[Priority, _OpenBatch] = {}
+        self.generation = 0  # bumped whenever a batch closes: columns handed out before are stale
         self.batches_closed = 0
 
     def reconfigure(self, cfg: BatchingConfig, codec: Codec, vehicle: str, scaling: Scaling) -> None:
@@ -59,27 +58,41 @@ class Batcher:
         self.flush()
         self.cfg, self.codec, self.vehicle, self.scaling = cfg, codec, vehicle, dict(scaling)
 
-    def add(self, priority: Priority, key: ColumnKey, t: float, value: object) -> None:
-        """One kept sample (the collector's output)."""
+    def column(self, priority: Priority, key: ColumnKey) -> tuple[list[float], list]:
+        """The open batch's (timestamps, values) lists of a signal: the collector appends to them directly.
+
+        Appending to lists costs far less than a call per sample; the lists stay valid until the batch
+        closes, which bumps `generation` (a collector re-fetches its columns then). Call `settle` after
+        appending, so full batches close.
+        """
         ob = self.open.get(priority)
         if ob is None:
             ob = self.open[priority] = _OpenBatch(self.clock())
         col = ob.columns.get(key)
         if col is None:
             col = ob.columns[key] = ([], [])
-        col[0].append(t)
-        col[1].append(value)
+        return col
+
+    def settle(self) -> None:
+        """Recount what was appended through `column` and close batches that reached max_samples."""
+        for prio, ob in list(self.open.items()):
+            ob.count = sum(len(ts) for ts, _ in ob.columns.values())
+            if ob.count >= self.cfg.max_samples:
+                self._close(prio)
+
+    def add(self, priority: Priority, key: ColumnKey, t: float, value: object) -> None:
+        """One kept sample (for callers outside the hot path)."""
+        ts, vs = self.column(priority, key)
+        ts.append(t)
+        vs.append(value)
+        ob = self.open[priority]
         ob.count += 1
-        if t < ob.first_t:
-            ob.first_t = t
-        if t > ob.last_t:
-            ob.last_t = t
         if ob.count >= self.cfg.max_samples:
             self._close(priority)
 
     @property
     def pending_samples(self) -> int:
-        return sum(ob.count for ob in self.open.values())
+        return sum(len(ts) for ob in self.open.values() for ts, _ in ob.columns.values())
 
     def tick(self) -> None:
         """Close batches that reached their maximum age (called by the pipeline's timer)."""
@@ -94,9 +107,11 @@ class Batcher:
 
     def _close(self, priority: Priority) -> None:
         ob = self.open.pop(priority)
-        if ob.count:
-            for columns, payload in self._fit(ob.columns):
-                self._emit(priority, columns, payload)
+        self.generation += 1
+        columns = {key: col for key, col in ob.columns.items() if col[0]}
+        if columns:
+            for part, payload in self._fit(columns):
+                self._emit(priority, part, payload)
 
     def _fit(self, columns: dict[ColumnKey, tuple[list[float], list]]) -> list[tuple[dict, bytes]]:
         """Encode, splitting the columns until each part fits within max_bytes."""

@@ -68,7 +68,7 @@ class FrameSource(ABC):
         return {"state": self.state, "last_error": self.last_error}
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     except TimeoutError:
@@ -125,9 +125,9 @@ class BusSource(FrameSource):
                     delay = min(self.reopen_max_s, 0.5 * 2 ** min(failures, 8))
                     log.warning("bus_open_failed", bus=self.bus, interface=self.interface, channel=self.channel,
                                 error=str(exc), retry_in_s=delay)
-                    await _sleep_or_stop(stop, delay)
+                    await sleep_or_stop(stop, delay)
                     continue
-            await _sleep_or_stop(stop, self.tick_s)
+            await sleep_or_stop(stop, self.tick_s)
             try:
                 batch = self._drain(self.can_bus)
             except (can.CanError, OSError) as exc:
@@ -180,7 +180,7 @@ class ReplaySource(FrameSource):
                 if due > DEFAULT_TICK_S:
                     yield out
                     out = []
-                    await _sleep_or_stop(stop, due)
+                    await sleep_or_stop(stop, due)
             elif len(out) >= self.chunk:
                 yield out
                 out = []

@@ -27,15 +27,18 @@ def _deltas(values: list[int]) -> list[int]:
 
 
 def _as_raw(values: list, scale: float, offset: float) -> list[int] | None:
-    """The raw integers behind physical values, if they reproduce them exactly; else None."""
-    raws = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            return None
-        r = round((v - offset) / scale)
-        if r * scale + offset != v:
-            return None
-        raws.append(r)
+    """The raw integers behind physical values, if they reproduce them exactly; else None.
+
+    Labels, booleans, NaN and infinities have no raw integer; such columns go as they are.
+    """
+    if not all(type(v) is float or type(v) is int for v in values):
+        return None
+    try:
+        raws = [round((v - offset) / scale) for v in values]
+    except (ValueError, OverflowError):  # NaN, inf
+        return None
+    if [r * scale + offset for r in raws] != values:
+        return None
     return raws
 
 

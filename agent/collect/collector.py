@@ -7,11 +7,11 @@ SocketCAN, by the kernel's receive filter built from `wanted_ids`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
+from agent.batcher import Batcher
 from agent.collect.policy import Filter, OnChange, make_filter, resolve_policy
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
@@ -21,7 +21,6 @@ from agent.model import Frame, Priority
 log = structlog.get_logger()
 
 ColumnKey = tuple[str, str, str]  # bus, message, signal
-AddSample = Callable[[Priority, ColumnKey, float, object], None]
 
 
 @dataclass(slots=True)
@@ -42,7 +41,15 @@ class BusCounters:
                 "decode_errors": self.decode_errors, "samples": self.samples}
 
 
-Entry = tuple[Filter, Priority, ColumnKey, str]  # a wanted signal: its filter, priority, column, name
+class Slot:
+    """A wanted signal: its filter, and where its kept samples go (the open batch's column lists)."""
+
+    __slots__ = ("filt", "priority", "key", "signal", "ts", "vs")
+
+    def __init__(self, filt: Filter, priority: Priority, key: ColumnKey, signal: str) -> None:
+        self.filt, self.priority, self.key, self.signal = filt, priority, key, signal
+        self.ts: list[float] | None = None  # fetched from the batcher on the first sample of a batch
+        self.vs: list | None = None
 
 
 @dataclass(slots=True)
@@ -50,9 +57,9 @@ class _Plan:
     """What to do with one frame id, resolved once per config."""
 
     decoder: MessageDecoder
-    entries: dict[str, Entry]              # by signal name (shared by every multiplexer page)
+    slots: dict[str, Slot]                 # by signal name (shared by every multiplexer page)
     fast: FastDecoder | None               # None: decode with cantools
-    pages: dict[int | None, list[Entry]]   # fast path: entries in the order of the page's values
+    pages: dict[int | None, list[Slot]]    # fast path: slots in the order of the page's values
     change_only: bool                      # every filter is OnChange: an unchanged payload emits nothing
     mask: int                              # payload bits of the wanted signals
     length: int
@@ -60,37 +67,39 @@ class _Plan:
 
 
 class Collector:
-    """Decodes and samples the frames of one bus; emits kept samples through `add`.
+    """Decodes and samples the frames of one bus; appends kept samples to the batcher's columns.
 
     Per frame: one dict lookup; for change-only messages, a masked compare with the previous
     payload (most frames of a car stop here: nothing they carry changed); then the message's
-    compiled decoder yields only the wanted values, one filter call each.
+    compiled decoder yields only the wanted values, one filter call each, and a kept value is two
+    list appends (no call per sample).
     """
 
-    def __init__(self, bus: str, decoder: FrameDecoder, cfg: CollectionConfig, add: AddSample,
+    def __init__(self, bus: str, decoder: FrameDecoder, cfg: CollectionConfig, batcher: Batcher,
                  counters: BusCounters | None = None) -> None:
         self.bus = bus
-        self.add = add
+        self.batcher = batcher
         self.counters = counters or BusCounters()
         self.plans: dict[int, _Plan] = {}
         self.last_payload: dict[int, int] = {}
         self.known_ids = set(decoder.by_id)
+        self._generation = -1
         for fid, dec in decoder.by_id.items():
-            entries: dict[str, Entry] = {}
+            slots: dict[str, Slot] = {}
             for sig in dec.signals:
                 policy = resolve_policy(cfg, dec.name, sig)
                 factory = make_filter(policy)
                 if factory is not None:
-                    entries[sig] = (factory(), policy.priority_level, (bus, dec.name, sig), sig)
-            if not entries:
+                    slots[sig] = Slot(factory(), policy.priority_level, (bus, dec.name, sig), sig)
+            if not slots:
                 continue
             try:
-                fast: FastDecoder | None = FastDecoder(dec.message, list(entries))
+                fast: FastDecoder | None = FastDecoder(dec.message, list(slots))
             except NotImplementedError:
                 fast = None
-            pages = {key: [entries[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
-            change_only = fast is not None and all(type(e[0]) is OnChange for e in entries.values())
-            self.plans[fid] = _Plan(dec, entries, fast, pages, change_only, fast.mask if fast else 0,
+            pages = {key: [slots[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
+            change_only = fast is not None and all(type(e.filt) is OnChange for e in slots.values())
+            self.plans[fid] = _Plan(dec, slots, fast, pages, change_only, fast.mask if fast else 0,
                                     dec.length, cfg.labels)
 
     @property
@@ -98,11 +107,20 @@ class Collector:
         """Frame ids with at least one wanted signal (the basis of kernel receive filters)."""
         return set(self.plans)
 
+    def _rebind(self) -> None:
+        """The batcher closed a batch: column lists handed out before belong to it now."""
+        for plan in self.plans.values():
+            for slot in plan.slots.values():
+                slot.ts = slot.vs = None
+        self._generation = self.batcher.generation
+
     def process(self, frames: list[Frame]) -> None:
         """The hot path: decode and sample a batch of frames."""
         c = self.counters
         c.frames += len(frames)
-        plans, add, last = self.plans, self.add, self.last_payload
+        if self._generation != self.batcher.generation:
+            self._rebind()
+        plans, last, column = self.plans, self.last_payload, self.batcher.column
         kept = 0
         for t, fid, data, _fd, is_error in frames:
             plan = plans.get(fid)
@@ -124,17 +142,22 @@ class Collector:
                     pairs = zip(plan.pages[decoded[0]], decoded[1], strict=True)
                 else:
                     values = plan.decoder.decode(data)
-                    pairs = ((e, values[name]) for name, e in plan.entries.items() if name in values)
+                    pairs = ((slot, values[name]) for name, slot in plan.slots.items() if name in values)
             except (ShortFrameError, ValueError, KeyError) as exc:  # short frames, undefined mux values
                 self._decode_error(fid, exc)
                 last.pop(fid, None)
                 continue
-            for (filt, prio, key, sig), v in pairs:
-                emit = filt.offer(t, v)
+            for slot, v in pairs:
+                emit = slot.filt.offer(t, v)
                 if emit is not None:
                     kept += 1
-                    add(prio, key, emit[0], plan.decoder.label(sig, emit[1]) if plan.labels else emit[1])
-        c.samples += kept
+                    if slot.ts is None:
+                        slot.ts, slot.vs = column(slot.priority, slot.key)
+                    slot.ts.append(emit[0])
+                    slot.vs.append(plan.decoder.label(slot.signal, emit[1]) if plan.labels else emit[1])
+        if kept:
+            c.samples += kept
+            self.batcher.settle()
 
     def _count_unwanted(self, fid: int, is_error: bool) -> None:
         c = self.counters
@@ -155,9 +178,15 @@ class Collector:
 
     def flush(self) -> None:
         """Emit what downsampling filters still hold (on shutdown or config swap)."""
+        kept = 0
         for plan in self.plans.values():
-            for filt, prio, key, sig in plan.entries.values():
-                emit = filt.flush()
+            for slot in plan.slots.values():
+                emit = slot.filt.flush()
                 if emit is not None:
-                    self.counters.samples += 1
-                    self.add(prio, key, emit[0], plan.decoder.label(sig, emit[1]) if plan.labels else emit[1])
+                    kept += 1
+                    ts, vs = self.batcher.column(slot.priority, slot.key)
+                    ts.append(emit[0])
+                    vs.append(plan.decoder.label(slot.signal, emit[1]) if plan.labels else emit[1])
+        if kept:
+            self.counters.samples += kept
+            self.batcher.settle()

@@ -1,0 +1,244 @@
+"""SocketCAN without python-can in the hot path: a raw CAN socket drained in batches.
+
+python-can's `Bus.recv` costs ~5 us a frame on the SocketCAN path (select, a `can.Message`, filter
+checks); a non-blocking drain of the socket with `recvmsg` into plain tuples costs ~1.4 us
+(shared/reference/perf-building-blocks.md). This source does that drain on a short tick, and uses
+what only SocketCAN offers: kernel receive filters built from the collection config, CAN FD
+frames, error frames (bus-off, error passive) and the kernel's receive-queue drop counter
+(SO_RXQ_OVFL), with kernel receive timestamps (SO_TIMESTAMPNS).
+
+`drain` works on any datagram socket carrying `struct can_frame` / `struct canfd_frame`, so the
+benchmark can measure it on an AF_UNIX socketpair where the kernel has no CAN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.can.source import DEFAULT_TICK_S, MAX_DRAIN, FrameSource, sleep_or_stop
+from agent.model import Frame
+
+log = structlog.get_logger()
+
+SOL_CAN_RAW = getattr(socket, "SOL_CAN_RAW", 101)
+CAN_RAW_FILTER = getattr(socket, "CAN_RAW_FILTER", 1)
+CAN_RAW_ERR_FILTER = 2
+CAN_RAW_FD_FRAMES = getattr(socket, "CAN_RAW_FD_FRAMES", 5)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+CAN_EFF_FLAG, CAN_RTR_FLAG, CAN_ERR_FLAG = 0x80000000, 0x40000000, 0x20000000
+CAN_SFF_MASK, CAN_EFF_MASK = 0x7FF, 0x1FFFFFFF
+CAN_ERR_BUSOFF, CAN_ERR_RESTARTED, CAN_ERR_CRTL = 0x40, 0x100, 0x04
+CAN_RAW_FILTER_MAX = 512
+CANFD_BRS = 0x01
+CAN_MTU, CANFD_MTU = 16, 72
+FRAME_HEADER = struct.Struct("=IB")  # can_id, len (then flags/pad, res0, res1/len8_dlc, data)
+TIMESPEC = struct.Struct("=qq")
+U32 = struct.Struct("=I")
+ANC_SIZE = socket.CMSG_SPACE(TIMESPEC.size) + socket.CMSG_SPACE(U32.size)
+RCVBUF_BYTES = 4 * 1024 * 1024  # ~0.5 s of a saturated 1 Mbit/s bus at the kernel's ~500 B/frame accounting
+
+
+class DrainState:
+    """What a drain learned besides frames: the kernel's cumulative drop counter, the last error class."""
+
+    __slots__ = ("kernel_drops", "error_class")
+
+    def __init__(self) -> None:
+        self.kernel_drops = 0
+        self.error_class = 0
+
+
+def drain(sock: socket.socket, out: list[Frame], state: DrainState, limit: int = MAX_DRAIN) -> None:
+    """Append every frame waiting on a non-blocking CAN socket to `out` (up to `limit`).
+
+    Remote frames are skipped; error frames come out with `is_error` and their class in `state`.
+    """
+    recvmsg, unpack, now = sock.recvmsg, FRAME_HEADER.unpack_from, time.time
+    append = out.append
+    while len(out) < limit:
+        try:
+            data, anc, _flags, _addr = recvmsg(CANFD_MTU, ANC_SIZE)
+        except BlockingIOError:
+            return
+        t = None
+        for _level, kind, cdata in anc:
+            if kind == SO_TIMESTAMPNS:
+                sec, ns = TIMESPEC.unpack_from(cdata)
+                t = sec + ns * 1e-9
+            elif kind == SO_RXQ_OVFL:
+                state.kernel_drops = U32.unpack_from(cdata)[0]
+        can_id, length = unpack(data)
+        if can_id & CAN_RTR_FLAG:
+            continue
+        if can_id & CAN_ERR_FLAG:
+            state.error_class = can_id & CAN_EFF_MASK
+            append(Frame(t or now(), can_id & CAN_EFF_MASK, data[8:16], False, True))
+            continue
+        fid = can_id & (CAN_EFF_MASK if can_id & CAN_EFF_FLAG else CAN_SFF_MASK)
+        append(Frame(t or now(), fid, data[8:8 + length], len(data) == CANFD_MTU, False))
+
+
+def pack_frame(frame_id: int, data: bytes, *, fd: bool = False, extended: bool | None = None, brs: bool = True) -> bytes:
+    """The kernel's `struct can_frame` (or `canfd_frame`) for a frame: what a CAN socket sends and receives."""
+    ext = frame_id > CAN_SFF_MASK if extended is None else extended
+    can_id = frame_id | (CAN_EFF_FLAG if ext else 0)
+    if fd:
+        return struct.pack("=IBBBB64s", can_id, len(data), CANFD_BRS if brs else 0, 0, 0, data)
+    return struct.pack("=IBBBB8s", can_id, len(data), 0, 0, 0, data)
+
+
+def receive_filters(ids: set[int] | None) -> bytes | None:
+    """CAN_RAW_FILTER entries that pass exactly `ids` (None: no filter; empty: pass nothing)."""
+    if ids is None or len(ids) > CAN_RAW_FILTER_MAX:
+        return None
+    entries = []
+    for fid in sorted(ids):
+        if fid > CAN_SFF_MASK:
+            entries.append(struct.pack("=II", fid | CAN_EFF_FLAG, CAN_EFF_MASK | CAN_EFF_FLAG | CAN_RTR_FLAG))
+        else:
+            entries.append(struct.pack("=II", fid, CAN_SFF_MASK | CAN_EFF_FLAG | CAN_RTR_FLAG))
+    return b"".join(entries)
+
+
+def interface_up(channel: str) -> bool:
+    """IFF_UP of a network interface (False when it does not exist)."""
+    try:
+        return bool(int(Path(f"/sys/class/net/{channel}/flags").read_text(), 16) & 0x1)
+    except (OSError, ValueError):
+        return False
+
+
+class RawCanSource(FrameSource):
+    """A SocketCAN interface read with a raw socket, drained on a tick, reopened with backoff."""
+
+    def __init__(self, bus: str, channel: str, *, fd: bool = False, tick_s: float = DEFAULT_TICK_S,
+                 sock: socket.socket | None = None) -> None:
+        super().__init__(bus)
+        self.channel = channel
+        self.fd = fd
+        self.tick_s = tick_s
+        self.sock = sock
+        self._given = sock is not None  # a socket handed in (tests, benchmark): never reopened
+        self.wanted: set[int] | None = None
+        self.drain_state = DrainState()
+        self.kernel_drops = 0
+        self.error_frames = 0
+        self.reopen_max_s = 30.0
+        if sock is not None:
+            sock.setblocking(False)
+
+    def _open(self) -> socket.socket:
+        if not interface_up(self.channel):
+            raise OSError(errno.ENETDOWN, f"interface {self.channel} is down or does not exist")
+        sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            if self.fd:
+                sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)
+            sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, CAN_EFF_MASK)  # every error class
+            self._apply_filter(sock)
+            sock.bind((self.channel,))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _apply_filter(self, sock: socket.socket) -> None:
+        filters = receive_filters(self.wanted)
+        if filters is None:  # the default filter: everything
+            sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, struct.pack("=II", 0, 0))
+        else:
+            sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, filters)
+
+    def set_wanted_ids(self, ids: set[int] | None) -> None:
+        self.wanted = None if ids is None else set(ids)
+        if self.sock is not None and not self._given:
+            try:
+                self._apply_filter(self.sock)
+                log.info("can_filter_set", bus=self.bus, channel=self.channel,
+                         ids=None if self.wanted is None else len(self.wanted))
+            except OSError as exc:
+                log.warning("can_filter_failed", bus=self.bus, channel=self.channel, error=str(exc))
+
+    def read(self) -> list[Frame]:
+        """One drain of what the socket holds (the benchmark calls this directly)."""
+        out: list[Frame] = []
+        assert self.sock is not None
+        drain(self.sock, out, self.drain_state)
+        return out
+
+    async def frames(self, stop: asyncio.Event) -> AsyncIterator[list[Frame]]:
+        failures = 0
+        checked = time.monotonic()
+        while not stop.is_set():
+            if self.sock is None:
+                try:
+                    self.sock = self._open()
+                    self.state, self.last_error, failures = "up", None, 0
+                    log.info("bus_open", bus=self.bus, interface="socketcan", channel=self.channel, raw=True,
+                             filter_ids=None if self.wanted is None else len(self.wanted))
+                except OSError as exc:
+                    failures += 1
+                    self.state, self.last_error = "down", str(exc)
+                    delay = min(self.reopen_max_s, 0.5 * 2 ** min(failures, 8))
+                    log.warning("bus_open_failed", bus=self.bus, channel=self.channel, error=str(exc),
+                                retry_in_s=delay)
+                    await sleep_or_stop(stop, delay)
+                    continue
+            await sleep_or_stop(stop, self.tick_s)
+            try:
+                batch = self.read()
+                if not self._given and time.monotonic() - checked > 1.0:
+                    checked = time.monotonic()
+                    if not interface_up(self.channel):
+                        raise OSError(errno.ENETDOWN, f"interface {self.channel} went down")
+            except OSError as exc:
+                self.state, self.last_error = "down", str(exc)
+                log.warning("bus_read_failed", bus=self.bus, channel=self.channel, error=str(exc))
+                self.close()
+                if self._given:
+                    return
+                continue
+            self._note(batch)
+            if batch:
+                yield batch
+
+    def _note(self, batch: list[Frame]) -> None:
+        """Kernel drops and bus-off/restart from the drain, into status and the log."""
+        st = self.drain_state
+        if st.kernel_drops != self.kernel_drops:
+            log.warning("can_kernel_drops", bus=self.bus, channel=self.channel, dropped=st.kernel_drops,
+                        new=st.kernel_drops - self.kernel_drops)
+            self.kernel_drops = st.kernel_drops
+        if st.error_class:
+            self.error_frames += sum(1 for f in batch if f.is_error)
+            if st.error_class & CAN_ERR_BUSOFF:
+                self.state = "bus_off"
+            elif st.error_class & CAN_ERR_RESTARTED:
+                self.state = "up"
+            log.warning("can_error_frame", bus=self.bus, channel=self.channel, error_class=hex(st.error_class))
+            st.error_class = 0
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "kernel_drops": self.kernel_drops}
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
