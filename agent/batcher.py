@@ -51,12 +51,15 @@ class Batcher:
         self.wallclock = wallclock  # batch creation time (TTL, oldest pending age); injectable for tests
         self.open: dict[Priority, _OpenBatch] = {}
         self.generation = 0  # bumped whenever a batch closes: columns handed out before are stale
+        self._unsettled = 0  # samples appended through `column` since the last recount
+        self._headroom = cfg.max_samples  # samples that can arrive before any open batch can be full
         self.batches_closed = 0
 
     def reconfigure(self, cfg: BatchingConfig, codec: Codec, vehicle: str, scaling: Scaling) -> None:
         """Take a new config: what is open is closed first under the old encoding, so nothing mixes."""
         self.flush()
         self.cfg, self.codec, self.vehicle, self.scaling = cfg, codec, vehicle, dict(scaling)
+        self._unsettled, self._headroom = 0, cfg.max_samples
 
     def column(self, priority: Priority, key: ColumnKey) -> tuple[list[float], list]:
         """The open batch's (timestamps, values) lists of a signal: the collector appends to them directly.
@@ -73,12 +76,21 @@ class Batcher:
             col = ob.columns[key] = ([], [])
         return col
 
-    def settle(self) -> None:
-        """Recount what was appended through `column` and close batches that reached max_samples."""
+    def settle(self, appended: int) -> None:
+        """Account for `appended` samples added through `column`; close batches that reached max_samples.
+
+        Recounting the open columns happens only when enough samples arrived since the last recount
+        that some batch could be full, so a collector can call this after every small drain.
+        """
+        self._unsettled += appended
+        if self._unsettled < self._headroom:
+            return
         for prio, ob in list(self.open.items()):
             ob.count = sum(len(ts) for ts, _ in ob.columns.values())
             if ob.count >= self.cfg.max_samples:
                 self._close(prio)
+        self._unsettled = 0
+        self._headroom = self.cfg.max_samples - max((ob.count for ob in self.open.values()), default=0)
 
     def add(self, priority: Priority, key: ColumnKey, t: float, value: object) -> None:
         """One kept sample (for callers outside the hot path)."""
@@ -87,6 +99,7 @@ class Batcher:
         vs.append(value)
         ob = self.open[priority]
         ob.count += 1
+        self._unsettled += 1  # keeps the recount of `settle` honest when both ways are used
         if ob.count >= self.cfg.max_samples:
             self._close(priority)
 

@@ -1,4 +1,4 @@
-"""`vehicle-agent`: run, decode, decode-batch, simulate, check-config, schema, status.
+"""`vehicle-agent`: run, decode, decode-batch, simulate, check-config, schema, status, bench.
 
 Commands write their results to stdout (JSON lines where a program reads them) and their
 diagnostics to stderr as structlog events, so `decode ... | jq` always sees clean output.
@@ -325,6 +325,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent.bench import format_report, run_bench
+
+    configure_logging("warning")  # the agents the benchmark starts would drown its progress
+    if args.dbc:
+        base = {"vehicle_id": "bench", "buses": [{"name": "bus0", "databases": [str(Path(d).resolve()) for d in args.dbc]}]}
+        defaults, _ = _load_config_or_exit(args.config)
+        base.update(collection=defaults.collection.model_dump(mode="json"))
+        try:
+            cfg = build_config(base, base_dir=Path.cwd(), source="--dbc")
+        except ConfigError as exc:
+            for err in exc.errors:
+                sys.stderr.write(f"{exc.source}: {err}\n")
+            return EXIT_USAGE
+    else:
+        cfg, _ = _load_config_or_exit(args.config)
+    show = (lambda msg: sys.stderr.write(f"bench: {msg}\n")) if not args.quiet else (lambda _msg: None)
+    try:
+        result = run_bench(cfg, seconds=args.seconds, progress=show)
+    except DatabaseError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_USAGE
+    _out(orjson.dumps(result) if args.json else format_report(result))
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vehicle-agent", description=__doc__.splitlines()[0])
@@ -362,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("schema", help="print the JSON Schema of the config (the twin's desired-properties contract)")
     sc.set_defaults(func=cmd_schema)
+
+    b = sub.add_parser("bench", help="measure each stage on this machine: frames/s, us/frame, wire bytes, RSS")
+    b.add_argument("--config", help="config whose buses and collection policy to measure (default config/agent.yaml)")
+    b.add_argument("--dbc", action="append", help="measure one bus with this database instead (repeat for several)")
+    b.add_argument("--seconds", type=float, default=20.0, help="about how long the benchmark runs (default 20)")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    b.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    b.set_defaults(func=cmd_bench)
 
     st = sub.add_parser("status", help="show the running agent's status from its state directory")
     st.add_argument("--config", help="config file (to find the state directory)")

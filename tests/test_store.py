@@ -97,7 +97,7 @@ def test_ttl_per_priority(tmp_path: Path) -> None:
 
 
 def test_store_bench_reports_commit_and_drain_figures(tmp_path: Path) -> None:
-    from agent.store.bench import BATCH_SIZES, SYNCHRONOUS, bench_store
+    from agent.bench.store import BATCH_SIZES, SYNCHRONOUS, bench_store
 
     figures = bench_store(0.3, tmp_path)
     assert set(figures) == {f"{s}/{label}" for s in SYNCHRONOUS for label, _, _ in BATCH_SIZES}

@@ -77,15 +77,18 @@ def drain(sock: socket.socket, out: list[Frame], state: DrainState, limit: int =
                 t = sec + ns * 1e-9
             elif kind == SO_RXQ_OVFL:
                 state.kernel_drops = U32.unpack_from(cdata)[0]
+        if len(data) < CAN_MTU:  # not a CAN frame (a closed stand-in socket's empty datagram)
+            return
         can_id, length = unpack(data)
         if can_id & CAN_RTR_FLAG:
             continue
         if can_id & CAN_ERR_FLAG:
             state.error_class = can_id & CAN_EFF_MASK
-            append(Frame(t or now(), can_id & CAN_EFF_MASK, data[8:16], False, True))
+            append((t or now(), can_id & CAN_EFF_MASK, data[8:16], False, True))  # type: ignore[arg-type]
             continue
         fid = can_id & (CAN_EFF_MASK if can_id & CAN_EFF_FLAG else CAN_SFF_MASK)
-        append(Frame(t or now(), fid, data[8:8 + length], len(data) == CANFD_MTU, False))
+        # a plain tuple in Frame's field order: building the NamedTuple would cost more than the unpack
+        append((t or now(), fid, data[8:8 + length], len(data) == CANFD_MTU, False))  # type: ignore[arg-type]
 
 
 def pack_frame(frame_id: int, data: bytes, *, fd: bool = False, extended: bool | None = None, brs: bool = True) -> bytes:

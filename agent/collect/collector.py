@@ -157,7 +157,7 @@ class Collector:
                     slot.vs.append(plan.decoder.label(slot.signal, emit[1]) if plan.labels else emit[1])
         if kept:
             c.samples += kept
-            self.batcher.settle()
+            self.batcher.settle(kept)
 
     def _count_unwanted(self, fid: int, is_error: bool) -> None:
         c = self.counters
@@ -189,4 +189,4 @@ class Collector:
                     vs.append(plan.decoder.label(slot.signal, emit[1]) if plan.labels else emit[1])
         if kept:
             self.counters.samples += kept
-            self.batcher.settle()
+            self.batcher.settle(kept)
