@@ -44,6 +44,7 @@ from agent.health import RateMeter, write_status
 from agent.logs import set_level
 from agent.model import Batch
 from agent.store import Store, StoreFullError
+from agent.systemd import Notifier
 from agent.twin.desired import DesiredState
 from agent.uplink import Sink
 from agent.uplink.factory import make_sink
@@ -94,6 +95,7 @@ class Agent:
         self.cfg = cfg
         self.state_dir = cfg.resolve(cfg.state_dir)
         self.started = time.time()
+        self.notifier = Notifier()
         self.counters: dict[str, BusCounters] = {}
         self.store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
                            max_batches=cfg.store.max_batches, synchronous=cfg.store.synchronous,
@@ -337,6 +339,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=0.25)
             self.batcher.tick()
+            self.notifier.watchdog()
             if self.spill:
                 self._retry_spill()
             now = time.monotonic()
@@ -361,6 +364,7 @@ class Agent:
             self._start_bus(bus)
         self._tasks += [asyncio.create_task(self.forwarder.run(self.stop), name="forwarder"),
                         asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        self.notifier.ready(f"collecting from {len(self.cfg.buses)} bus(es), sink {self.sink.name}")
         try:
             while not self.stop.is_set():
                 sources = [tasks[0] for _, tasks in self._bus_tasks.values()]
@@ -376,6 +380,7 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Flush what memory holds into the store, give the sink a last chance, close everything."""
+        self.notifier.stopping()
         self.stop.set()
         for name in list(self._bus_tasks):
             stop, tasks = self._bus_tasks[name]
@@ -396,5 +401,6 @@ class Agent:
         if self.progress:
             sys.stderr.write(self._progress_line(doc) + "\n")
         self.store.close()
+        self.notifier.close()
         log.info("agent_stopped", final_sends=sent, store_depth=doc["store"]["batches"],
                  spilled_lost=len(self.spill))
