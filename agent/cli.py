@@ -70,10 +70,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, _reload, agent, args.config)
         await agent.run()
 
     asyncio.run(main())
     return EXIT_OK
+
+
+def _reload(agent: Any, path: str | None) -> None:
+    """SIGHUP (`systemctl reload`): re-read the config file; a bad file is logged and changes nothing."""
+    file = config_path(path)
+    try:
+        agent.desired.rebase(load_config_data(file))
+    except ConfigError as exc:
+        log.error("config_reload_rejected", file=str(file), errors=exc.errors, action="keeping the running config")
+    except DatabaseError as exc:
+        log.error("config_reload_rejected", file=str(exc.path), line=exc.line, errors=[exc.reason],
+                  action="keeping the running config")
+    except (OSError, ValueError) as exc:
+        log.error("config_reload_rejected", file=str(file), errors=[str(exc)], action="keeping the running config")
 
 
 # --------------------------------------------------------------------------------------- decode

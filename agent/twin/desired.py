@@ -85,6 +85,23 @@ class DesiredState:
             merged["buses"] = desired["buses"]
         return build_config(merged, base_dir=self.base_dir, source="desired")
 
+    def rebase(self, base: Mapping[str, Any]) -> AgentConfig:
+        """A new local config file (SIGHUP): the applied desired state laid over it, validated, applied.
+
+        Raises ConfigError/DatabaseError and changes nothing when the new file (with the desired
+        state over it) is not a valid config: the agent keeps running its current config.
+        """
+        old = self.base
+        self.base = dict(base)
+        try:
+            cfg = self._build(self.desired)
+            self.apply(cfg)
+        except BaseException:
+            self.base = old
+            raise
+        log.info("config_file_reloaded", desired_version=self.version)
+        return cfg
+
     def _check_writable(self, patch: Mapping[str, Any]) -> list[str]:
         errors = []
         for key, value in patch.items():
