@@ -205,13 +205,22 @@ class Agent:
         return source, simulate
 
     async def _run_source(self, source: FrameSource, stop: asyncio.Event) -> None:
-        try:
-            async for frames in source.frames(stop):
-                collector = self.pipeline.collectors.get(source.bus)
-                if collector is not None:
-                    collector.process(frames)
-        finally:
-            source.close()
+        """Feed a bus's frames to its collector; a live source that crashes is logged and restarted."""
+        while not stop.is_set():
+            try:
+                async for frames in source.frames(stop):
+                    collector = self.pipeline.collectors.get(source.bus)
+                    if collector is not None:
+                        collector.process(frames)
+                return
+            except Exception as exc:  # a bug must not stop collection on every other bus, nor this one for good
+                log.exception("source_crashed", bus=source.bus, error=repr(exc))
+                source.state, source.last_error = "down", repr(exc)
+                if isinstance(source, ReplaySource):
+                    raise
+                await asyncio.sleep(1.0)
+            finally:
+                source.close()
 
     async def _run_simulator(self, bus: BusConfig, stop: asyncio.Event) -> None:
         import can

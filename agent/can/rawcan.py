@@ -35,6 +35,7 @@ CAN_RAW_ERR_FILTER = 2
 CAN_RAW_FD_FRAMES = getattr(socket, "CAN_RAW_FD_FRAMES", 5)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 CAN_EFF_FLAG, CAN_RTR_FLAG, CAN_ERR_FLAG = 0x80000000, 0x40000000, 0x20000000
 CAN_SFF_MASK, CAN_EFF_MASK = 0x7FF, 0x1FFFFFFF
 CAN_ERR_BUSOFF, CAN_ERR_RESTARTED, CAN_ERR_CRTL = 0x40, 0x100, 0x04
@@ -113,6 +114,19 @@ def receive_filters(ids: set[int] | None) -> bytes | None:
     return b"".join(entries)
 
 
+def _size_receive_buffer(sock: socket.socket, bus: str, channel: str) -> int:
+    """Ask for RCVBUF_BYTES; beyond net.core.rmem_max only with CAP_NET_ADMIN (SO_RCVBUFFORCE)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+    size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # the kernel reports twice what it grants
+    if size < RCVBUF_BYTES:
+        log.warning("can_rcvbuf_small", bus=bus, channel=channel, rcvbuf_bytes=size, wanted=RCVBUF_BYTES,
+                    hint="raise net.core.rmem_max (sysctl) or grant CAP_NET_ADMIN, or bursts may be dropped")
+    return size
+
+
 def interface_up(channel: str) -> bool:
     """IFF_UP of a network interface (False when it does not exist)."""
     try:
@@ -136,6 +150,7 @@ class RawCanSource(FrameSource):
         self.drain_state = DrainState()
         self.kernel_drops = 0
         self.error_frames = 0
+        self.rcvbuf_bytes = 0
         self.reopen_max_s = 30.0
         if sock is not None:
             sock.setblocking(False)
@@ -145,7 +160,7 @@ class RawCanSource(FrameSource):
             raise OSError(errno.ENETDOWN, f"interface {self.channel} is down or does not exist")
         sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+            self.rcvbuf_bytes = _size_receive_buffer(sock, self.bus, self.channel)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             if self.fd:
@@ -227,7 +242,7 @@ class RawCanSource(FrameSource):
                         new=st.kernel_drops - self.kernel_drops)
             self.kernel_drops = st.kernel_drops
         if st.error_class:
-            self.error_frames += sum(1 for f in batch if f.is_error)
+            self.error_frames += sum(1 for f in batch if f[4])  # is_error
             if st.error_class & CAN_ERR_BUSOFF:
                 self.state = "bus_off"
             elif st.error_class & CAN_ERR_RESTARTED:
@@ -236,7 +251,7 @@ class RawCanSource(FrameSource):
             st.error_class = 0
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "kernel_drops": self.kernel_drops}
+        return {**super().status(), "kernel_drops": self.kernel_drops, "rcvbuf_bytes": self.rcvbuf_bytes}
 
     def close(self) -> None:
         if self.sock is not None:
