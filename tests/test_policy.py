@@ -42,3 +42,42 @@ def test_resolution_first_match_glob_and_qualified() -> None:
     assert resolve_policy(cfg, "Airbag", "Deployed").priority == "high"
     assert resolve_policy(cfg, "Engine", "Rpm").policy == "on_change"
     assert make_filter(SignalPolicy(policy="exclude")) is None
+
+
+def test_generated_sampler_decides_exactly_like_the_filters() -> None:
+    """The collector's generated per-message code keeps the same samples as each filter's `offer`."""
+    import random
+
+    from agent.collect.collector import Slot, compile_sampler
+    from agent.collect.policy import KeepAll, MinInterval, OnChange, Period
+
+    def filters() -> list:
+        return [OnChange(0), OnChange(0.5), MinInterval(0.05), KeepAll(), Period(0.1), OnChange(0)]
+
+    rng = random.Random(5)
+    generated = [Slot(f, 1, ("b", "m", f"s{i}"), f"s{i}") for i, f in enumerate(filters())]
+    columns: dict = {}
+
+    def bind(slot: Slot) -> list:
+        slot.ts, slot.vs = columns.setdefault(slot.key, ([], []))
+        return slot.ts
+
+    sample = compile_sampler(generated, bind, None)
+    reference = filters()
+    expected: dict = {}
+    t = 1000.0
+    values = [0.0] * len(reference)
+    for _ in range(5000):
+        t += rng.choice([0.001, 0.01, 0.02, 0.1])
+        values = [v if rng.random() < 0.6 else round(v + rng.uniform(-1, 1), 1) for v in values]
+        values[-1] = float("nan") if rng.random() < 0.1 else values[-1]
+        kept = sample(t, tuple(values))
+        emits = [(i, f.offer(t, v)) for i, (f, v) in enumerate(zip(reference, values, strict=True))]
+        for i, e in emits:
+            if e is not None:
+                expected.setdefault(("b", "m", f"s{i}"), ([], []))
+                expected[("b", "m", f"s{i}")][0].append(e[0])
+                expected[("b", "m", f"s{i}")][1].append(e[1])
+        assert kept == sum(e is not None for _, e in emits)
+    assert {k: (ts, [repr(v) for v in vs]) for k, (ts, vs) in columns.items()} == \
+        {k: (ts, [repr(v) for v in vs]) for k, (ts, vs) in expected.items()}

@@ -7,6 +7,7 @@ SocketCAN, by the kernel's receive filter built from `wanted_ids`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -52,6 +53,30 @@ class Slot:
         self.vs: list | None = None
 
 
+Sampler = Callable[[float, tuple], int]  # (time, decoded values of a page) -> samples kept
+
+
+def compile_sampler(slots: list[Slot], bind: Callable[[Slot], list[float]],
+                    label: Callable[[str, float | int], object] | None) -> Sampler:
+    """Generated straight-line code for one message page: each value through its filter's decision
+    (`Filter.inline`) and, when kept, appended to its column; no call per signal."""
+    env: dict[str, object] = {"_bind": bind, "_label": label}
+    names = [f"v{i}" for i in range(len(slots))]
+    lines = ["def sample(t, values):", "    kept = 0", f"    {', '.join(names)}, = values"]
+    for i, slot in enumerate(slots):
+        env[f"F{i}"], env[f"S{i}"] = slot.filt, slot
+
+        def keep(et: str, ev: str, i: int = i, signal: str = slot.signal) -> list[str]:
+            value = f"_label({signal!r}, {ev})" if label is not None else ev
+            return [f"_c = S{i}.ts", "if _c is None:", f"    _c = _bind(S{i})", f"_c.append({et})",
+                    f"S{i}.vs.append({value})", "kept += 1"]
+
+        lines += ["    " + line for line in slot.filt.inline(f"F{i}", names[i], keep)]
+    lines.append("    return kept")
+    exec("\n".join(lines), env)  # noqa: S102 - names and numbers only; signal names go in as repr()
+    return env["sample"]  # type: ignore[return-value]
+
+
 @dataclass(slots=True)
 class _Plan:
     """What to do with one frame id, resolved once per config."""
@@ -60,6 +85,9 @@ class _Plan:
     slots: dict[str, Slot]                 # by signal name (shared by every multiplexer page)
     fast: FastDecoder | None               # None: decode with cantools
     pages: dict[int | None, list[Slot]]    # fast path: slots in the order of the page's values
+    samplers: dict[int | None, Sampler]    # fast path: generated filter + append code per page
+    values: Callable[[bytes], tuple] | None  # plain (not multiplexed) message: its page's decode
+    sample: Sampler | None                 # ... and its page's sampler
     change_only: bool                      # every filter is OnChange: an unchanged payload emits nothing
     mask: int                              # payload bits of the wanted signals
     length: int
@@ -98,9 +126,12 @@ class Collector:
             except NotImplementedError:
                 fast = None
             pages = {key: [slots[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
+            samplers = {key: compile_sampler(page, self._bind, dec.label if cfg.labels else None)
+                        for key, page in pages.items()}
             change_only = fast is not None and all(type(e.filt) is OnChange for e in slots.values())
-            self.plans[fid] = _Plan(dec, slots, fast, pages, change_only, fast.mask if fast else 0,
-                                    dec.length, cfg.labels)
+            plain = fast.pages.get(None) if fast is not None and fast.mux is None else None
+            self.plans[fid] = _Plan(dec, slots, fast, pages, samplers, plain.values if plain else None,
+                                    samplers.get(None), change_only, fast.mask if fast else 0, dec.length, cfg.labels)
 
     @property
     def wanted_ids(self) -> set[int]:
@@ -120,7 +151,7 @@ class Collector:
         c.frames += len(frames)
         if self._generation != self.batcher.generation:
             self._rebind()
-        plans, last, column = self.plans, self.last_payload, self.batcher.column
+        plans, last = self.plans, self.last_payload
         kept = 0
         for t, fid, data, _fd, is_error in frames:
             plan = plans.get(fid)
@@ -132,32 +163,47 @@ class Collector:
                 if last.get(fid) == bits:
                     continue
                 last[fid] = bits
+            if plan.values is not None and len(data) == plan.length:  # the common case, in one line
+                kept += plan.sample(t, plan.values(data))  # type: ignore[misc]
+                continue
             try:
                 if len(data) < plan.length:
                     raise ShortFrameError(f"{plan.decoder.name} needs {plan.length} bytes, frame has {len(data)}")
                 if plan.fast is not None:
                     decoded = plan.fast.decode(data)
-                    if decoded is None:
-                        continue
-                    pairs = zip(plan.pages[decoded[0]], decoded[1], strict=True)
                 else:
                     values = plan.decoder.decode(data)
-                    pairs = ((slot, values[name]) for name, slot in plan.slots.items() if name in values)
             except (ShortFrameError, ValueError, KeyError) as exc:  # short frames, undefined mux values
                 self._decode_error(fid, exc)
                 last.pop(fid, None)
                 continue
-            for slot, v in pairs:
-                emit = slot.filt.offer(t, v)
-                if emit is not None:
-                    kept += 1
-                    if slot.ts is None:
-                        slot.ts, slot.vs = column(slot.priority, slot.key)
-                    slot.ts.append(emit[0])
-                    slot.vs.append(plan.decoder.label(slot.signal, emit[1]) if plan.labels else emit[1])
+            if plan.fast is not None:
+                if decoded is not None:
+                    kept += plan.samplers[decoded[0]](t, decoded[1])
+            else:
+                kept += self._sample(plan, t, values)
         if kept:
             c.samples += kept
             self.batcher.settle(kept)
+
+    def _bind(self, slot: Slot) -> list[float]:
+        """Fetch a slot's column lists from the open batch (first sample since the batch opened)."""
+        slot.ts, slot.vs = self.batcher.column(slot.priority, slot.key)
+        return slot.ts
+
+    def _sample(self, plan: _Plan, t: float, values: dict[str, float | int]) -> int:
+        """The cantools fallback: offer each wanted value to its filter."""
+        kept = 0
+        for name, slot in plan.slots.items():
+            if name not in values:
+                continue
+            emit = slot.filt.offer(t, values[name])
+            if emit is not None:
+                ts = slot.ts if slot.ts is not None else self._bind(slot)
+                ts.append(emit[0])
+                slot.vs.append(plan.decoder.label(slot.signal, emit[1]) if plan.labels else emit[1])  # type: ignore[union-attr]
+                kept += 1
+        return kept
 
     def _count_unwanted(self, fid: int, is_error: bool) -> None:
         c = self.counters

@@ -13,6 +13,8 @@ from agent.config import CollectionConfig, SignalPolicy
 
 Value = float | int
 Emit = tuple[float, Value] | None
+# Builds the lines that keep a sample: (time expression, value expression) -> source lines.
+Keep = Callable[[str, str], list[str]]
 
 
 def resolve_policy(cfg: CollectionConfig, message: str, signal: str) -> SignalPolicy:
@@ -25,7 +27,11 @@ def resolve_policy(cfg: CollectionConfig, message: str, signal: str) -> SignalPo
 
 
 class Filter:
-    """Decides, per offered value, whether (and which) sample to emit. `flush` returns a held sample."""
+    """Decides, per offered value, whether (and which) sample to emit. `flush` returns a held sample.
+
+    `inline` gives the same decision as source lines for the collector's generated per-message
+    code (no call per signal on the hot path); `offer` is the reference, and tests compare both.
+    """
 
     __slots__ = ()
 
@@ -35,9 +41,20 @@ class Filter:
     def flush(self) -> Emit:
         return None
 
+    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
+        """Lines deciding on value `v` at time `t`, with this filter bound to the name `f`."""
+        return [f"_e = {f}.offer(t, {v})", "if _e is not None:", *_indent(keep("_e[0]", "_e[1]"))]
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return ["    " + line for line in lines]
+
 
 class KeepAll(Filter):
     __slots__ = ()
+
+    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
+        return keep("t", v)
 
 
 class OnChange(Filter):
@@ -56,6 +73,12 @@ class OnChange(Filter):
         self.last = v
         return (t, v)
 
+    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
+        if not self.deadband:
+            return [f"if {v} != {f}.last:", f"    {f}.last = {v}", *_indent(keep("t", v))]
+        return [f"_l = {f}.last", f"if _l is None or not abs({v} - _l) <= {f}.deadband:", f"    {f}.last = {v}",
+                *_indent(keep("t", v))]
+
 
 class MinInterval(Filter):
     """Keeps at most one value per interval (the first one of it)."""
@@ -71,6 +94,9 @@ class MinInterval(Filter):
             return None
         self.next_t = t + self.interval
         return (t, v)
+
+    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
+        return [f"if t >= {f}.next_t:", f"    {f}.next_t = t + {f}.interval", *_indent(keep("t", v))]
 
 
 class Period(Filter):
