@@ -45,13 +45,17 @@ def realtime(trace: Trace, directory: Path, *, rate: float, seconds: float) -> d
     received = 0
 
     async def run(source: RawCanSource) -> tuple[float, float]:
+        """Times from the first frame (the sender process needs a moment to start) for `seconds`."""
         nonlocal received
         stop = asyncio.Event()
-        asyncio.get_running_loop().call_later(seconds, stop.set)
-        wall, cpu = time.monotonic(), time.process_time()
-        last_tick = wall
+        wall = cpu = 0.0
+        last_tick = time.monotonic()
         async for frames in source.frames(stop):
-            received += len(frames)
+            if not wall:
+                wall, cpu = time.monotonic(), time.process_time()
+                asyncio.get_running_loop().call_later(seconds, stop.set)
+            else:
+                received += len(frames)
             process(frames)
             if time.monotonic() - last_tick >= 1.0:
                 last_tick = time.monotonic()

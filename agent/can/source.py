@@ -23,7 +23,7 @@ from agent.model import Frame
 
 log = structlog.get_logger()
 
-DEFAULT_TICK_S = 0.02
+DEFAULT_TICK_S = 0.05  # 50 ms: a wake-up costs ~250 µs of CPU on a small VM; 400 frames a drain at 8,000 frames/s
 MAX_DRAIN = 20000
 
 
@@ -127,7 +127,7 @@ class BusSource(FrameSource):
                                 error=str(exc), retry_in_s=delay)
                     await sleep_or_stop(stop, delay)
                     continue
-            await sleep_or_stop(stop, self.tick_s)
+            await asyncio.sleep(self.tick_s)  # cheaper than a wait on `stop` every tick; checked above
             try:
                 batch = self._drain(self.can_bus)
             except (can.CanError, OSError) as exc:
