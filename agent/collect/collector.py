@@ -1,14 +1,18 @@
 """The collector: frames of one bus in, kept samples out to the batcher.
 
-Built per config and per bus: for every wanted frame id, the decoder and one filter per wanted
-signal, resolved once. Frames whose id nobody asked for are dropped before decoding (and, on
-SocketCAN, by the kernel's receive filter built from `wanted_ids`).
+Built per config and per bus: for every wanted frame id, one *step* function resolved once. For a
+plain message it is generated straight-line code (skip if the wanted bits did not change, decode
+only the wanted signals, each filter's decision inlined, kept values appended to the open batch's
+columns); multiplexed messages and anything cantools decodes take the generic step. Frames whose
+id nobody asked for are dropped before decoding (and, on SocketCAN, by the kernel's receive filter
+built from `wanted_ids`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 
@@ -16,7 +20,7 @@ from agent.batcher import Batcher
 from agent.collect.policy import Filter, OnChange, make_filter, resolve_policy
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
-from agent.decode.fast import FastDecoder
+from agent.decode.fast import FastDecoder, ValuesCode
 from agent.model import Frame, Priority
 
 log = structlog.get_logger()
@@ -54,15 +58,14 @@ class Slot:
 
 
 Sampler = Callable[[float, tuple], int]  # (time, decoded values of a page) -> samples kept
+Step = Callable[[float, bytes], int]     # (time, payload) -> samples kept
+Label = Callable[[str, float | int], object]
 
 
-def compile_sampler(slots: list[Slot], bind: Callable[[Slot], list[float]],
-                    label: Callable[[str, float | int], object] | None) -> Sampler:
-    """Generated straight-line code for one message page: each value through its filter's decision
-    (`Filter.inline`) and, when kept, appended to its column; no call per signal."""
-    env: dict[str, object] = {"_bind": bind, "_label": label}
-    names = [f"v{i}" for i in range(len(slots))]
-    lines = ["def sample(t, values):", "    kept = 0", f"    {', '.join(names)}, = values"]
+def _sampler_code(slots: list[Slot], label: Label | None, env: dict[str, object]) -> list[str]:
+    """Lines taking values v0..vN through their filters' decisions (`Filter.inline`) and appending
+    what is kept to the slots' columns; counts into `kept`. Fills `env` with what they use."""
+    lines = ["kept = 0"]
     for i, slot in enumerate(slots):
         env[f"F{i}"], env[f"S{i}"] = slot.filt, slot
 
@@ -71,10 +74,35 @@ def compile_sampler(slots: list[Slot], bind: Callable[[Slot], list[float]],
             return [f"_c = S{i}.ts", "if _c is None:", f"    _c = _bind(S{i})", f"_c.append({et})",
                     f"S{i}.vs.append({value})", "kept += 1"]
 
-        lines += ["    " + line for line in slot.filt.inline(f"F{i}", names[i], keep)]
-    lines.append("    return kept")
-    exec("\n".join(lines), env)  # noqa: S102 - names and numbers only; signal names go in as repr()
-    return env["sample"]  # type: ignore[return-value]
+        lines += slot.filt.inline(f"F{i}", f"v{i}", keep)
+    return lines
+
+
+def _define(name: str, args: str, body: list[str], env: dict[str, object]) -> Callable:
+    exec("\n".join([f"def {name}({args}):", *("    " + line for line in body)]), env)  # noqa: S102
+    return env[name]  # type: ignore[return-value]  # names and numbers only; signal names go in as repr()
+
+
+def compile_sampler(slots: list[Slot], bind: Callable[[Slot], list[float]], label: Label | None) -> Sampler:
+    """Generated code for one page of a multiplexed message: its decoded values through the filters."""
+    env: dict[str, object] = {"_bind": bind, "_label": label}
+    unpack = f"{', '.join(f'v{i}' for i in range(len(slots)))}, = values"
+    return _define("sample", "t, values", [unpack, *_sampler_code(slots, label, env), "return kept"], env)
+
+
+def compile_step(slots: list[Slot], code: ValuesCode, length: int, mask: int | None, bind: Callable[[Slot], list[float]],
+                 label: Label | None, other: Step) -> Step:
+    """Generated code for a plain message: (when every filter is on-change) skip a payload whose
+    wanted bits did not change, decode the wanted signals, filter, append. Payloads of another
+    length go to `other` (the generic step: short frames are errors, longer ones are cut)."""
+    env: dict[str, object] = {**code.env, "_bind": bind, "_label": label, "_other": other, "_prev": [None],
+                              "_from_bytes": int.from_bytes}
+    body = [f"if len(data) != {length}:", "    return _other(t, data)"]
+    if mask is not None:
+        body += [f"bits = _from_bytes(data, 'big') & {mask}", "if bits == _prev[0]:", "    return 0",
+                 "_prev[0] = bits"]
+    body += code.lines + [f"v{i} = {expr}" for i, expr in enumerate(code.values)]
+    return _define("step", "t, data", [*body, *_sampler_code(slots, label, env), "return kept"], env)
 
 
 @dataclass(slots=True)
@@ -84,10 +112,7 @@ class _Plan:
     decoder: MessageDecoder
     slots: dict[str, Slot]                 # by signal name (shared by every multiplexer page)
     fast: FastDecoder | None               # None: decode with cantools
-    pages: dict[int | None, list[Slot]]    # fast path: slots in the order of the page's values
     samplers: dict[int | None, Sampler]    # fast path: generated filter + append code per page
-    values: Callable[[bytes], tuple] | None  # plain (not multiplexed) message: its page's decode
-    sample: Sampler | None                 # ... and its page's sampler
     change_only: bool                      # every filter is OnChange: an unchanged payload emits nothing
     mask: int                              # payload bits of the wanted signals
     length: int
@@ -97,10 +122,8 @@ class _Plan:
 class Collector:
     """Decodes and samples the frames of one bus; appends kept samples to the batcher's columns.
 
-    Per frame: one dict lookup; for change-only messages, a masked compare with the previous
-    payload (most frames of a car stop here: nothing they carry changed); then the message's
-    compiled decoder yields only the wanted values, one filter call each, and a kept value is two
-    list appends (no call per sample).
+    Per frame: one dict lookup and one call of the id's step (see the module docstring); most
+    frames of a car stop at the step's first lines, because nothing they carry changed.
     """
 
     def __init__(self, bus: str, decoder: FrameDecoder, cfg: CollectionConfig, batcher: Batcher,
@@ -109,6 +132,7 @@ class Collector:
         self.batcher = batcher
         self.counters = counters or BusCounters()
         self.plans: dict[int, _Plan] = {}
+        self.steps: dict[int, Step] = {}
         self.last_payload: dict[int, int] = {}
         self.known_ids = set(decoder.by_id)
         self._generation = -1
@@ -125,13 +149,18 @@ class Collector:
                 fast: FastDecoder | None = FastDecoder(dec.message, list(slots))
             except NotImplementedError:
                 fast = None
+            label = dec.label if cfg.labels else None
             pages = {key: [slots[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
-            samplers = {key: compile_sampler(page, self._bind, dec.label if cfg.labels else None)
-                        for key, page in pages.items()}
             change_only = fast is not None and all(type(e.filt) is OnChange for e in slots.values())
-            plain = fast.pages.get(None) if fast is not None and fast.mux is None else None
-            self.plans[fid] = _Plan(dec, slots, fast, pages, samplers, plain.values if plain else None,
-                                    samplers.get(None), change_only, fast.mask if fast else 0, dec.length, cfg.labels)
+            plan = self.plans[fid] = _Plan(
+                dec, slots, fast, {key: compile_sampler(page, self._bind, label) for key, page in pages.items()},
+                change_only, fast.mask if fast else 0, dec.length, cfg.labels)
+            generic = partial(self._step, fid, plan)
+            if fast is not None and fast.mux is None and None in fast.pages:
+                self.steps[fid] = compile_step(pages[None], fast.pages[None].code, dec.length,
+                                               plan.mask if change_only else None, self._bind, label, generic)
+            else:
+                self.steps[fid] = generic
 
     @property
     def wanted_ids(self) -> set[int]:
@@ -151,40 +180,37 @@ class Collector:
         c.frames += len(frames)
         if self._generation != self.batcher.generation:
             self._rebind()
-        plans, last = self.plans, self.last_payload
+        steps = self.steps
         kept = 0
         for t, fid, data, _fd, is_error in frames:
-            plan = plans.get(fid)
-            if plan is None or is_error:
+            step = steps.get(fid)
+            if step is None or is_error:
                 self._count_unwanted(fid, is_error)
                 continue
-            if plan.change_only and len(data) == plan.length:
-                bits = int.from_bytes(data, "big") & plan.mask
-                if last.get(fid) == bits:
-                    continue
-                last[fid] = bits
-            if plan.values is not None and len(data) == plan.length:  # the common case, in one line
-                kept += plan.sample(t, plan.values(data))  # type: ignore[misc]
-                continue
-            try:
-                if len(data) < plan.length:
-                    raise ShortFrameError(f"{plan.decoder.name} needs {plan.length} bytes, frame has {len(data)}")
-                if plan.fast is not None:
-                    decoded = plan.fast.decode(data)
-                else:
-                    values = plan.decoder.decode(data)
-            except (ShortFrameError, ValueError, KeyError) as exc:  # short frames, undefined mux values
-                self._decode_error(fid, exc)
-                last.pop(fid, None)
-                continue
-            if plan.fast is not None:
-                if decoded is not None:
-                    kept += plan.samplers[decoded[0]](t, decoded[1])
-            else:
-                kept += self._sample(plan, t, values)
+            kept += step(t, data)
         if kept:
             c.samples += kept
             self.batcher.settle(kept)
+
+    def _step(self, fid: int, plan: _Plan, t: float, data: bytes) -> int:
+        """The generic step: multiplexed messages, cantools-decoded ones, payloads of another length."""
+        last = self.last_payload
+        if plan.change_only and len(data) == plan.length:
+            bits = int.from_bytes(data, "big") & plan.mask
+            if last.get(fid) == bits:
+                return 0
+            last[fid] = bits
+        try:
+            if len(data) < plan.length:
+                raise ShortFrameError(f"{plan.decoder.name} needs {plan.length} bytes, frame has {len(data)}")
+            if plan.fast is None:
+                return self._sample(plan, t, plan.decoder.decode(data))
+            decoded = plan.fast.decode(data)
+        except (ShortFrameError, ValueError, KeyError) as exc:  # short frames, undefined mux values
+            self._decode_error(fid, exc)
+            last.pop(fid, None)
+            return 0
+        return 0 if decoded is None else plan.samplers[decoded[0]](t, decoded[1])
 
     def _bind(self, slot: Slot) -> list[float]:
         """Fetch a slot's column lists from the open batch (first sample since the batch opened)."""

@@ -69,24 +69,42 @@ def signal_mask(signals: Sequence[Signal], nbytes: int) -> int:
     return mask
 
 
-def compile_values(signals: Sequence[Signal], nbytes: int) -> Callable[[bytes], tuple]:
-    """A function payload -> tuple of scaled values, in the order of `signals`."""
+@dataclass(frozen=True, slots=True)
+class ValuesCode:
+    """Source that computes a page's scaled values from `data`: statements, then one expression per
+    signal. The collector builds its per-message code on it; `compile_values` wraps it in a function."""
+
+    env: dict[str, object]
+    lines: list[str]
+    values: list[str]
+
+
+def values_code(signals: Sequence[Signal], nbytes: int) -> ValuesCode:
+    """The statements and value expressions decoding `signals` from a payload of `nbytes` named `data`."""
     (big, big_sigs), (little, little_sigs) = _layouts(signals, nbytes)
     env: dict[str, object] = {}
-    parts = []
-    lines = ["def decode(data):"]
+    lines = []
     if big_sigs:
         env["_big"] = bitstruct.c.compile(big).unpack
-        lines.append("    b = _big(data)")
+        lines.append("b = _big(data)")
     if little_sigs:
         env["_little"] = bitstruct.c.compile(little).unpack
-        lines.append("    l = _little(data[::-1])")
+        lines.append("l = _little(data[::-1])")
     where = {id(s): f"b[{i}]" for i, s in enumerate(big_sigs)} | {id(s): f"l[{i}]" for i, s in enumerate(little_sigs)}
+    values = []
     for s in signals:
         raw = where[id(s)]
         scale, offset = s.conversion.scale, s.conversion.offset
-        parts.append(raw if scale == 1 and offset == 0 else f"{raw} * {scale!r} + {offset!r}")
-    lines.append(f"    return ({', '.join(parts)}{',' if len(parts) == 1 else ''})")
+        values.append(raw if scale == 1 and offset == 0 else f"{raw} * {scale!r} + {offset!r}")
+    return ValuesCode(env, lines, values)
+
+
+def compile_values(signals: Sequence[Signal], nbytes: int) -> Callable[[bytes], tuple]:
+    """A function payload -> tuple of scaled values, in the order of `signals`."""
+    code = values_code(signals, nbytes)
+    env = dict(code.env)
+    lines = ["def decode(data):", *("    " + line for line in code.lines),
+             f"    return ({', '.join(code.values)}{',' if len(code.values) == 1 else ''})"]
     exec("\n".join(lines), env)  # noqa: S102 - code built from numbers in the database, no user strings
     return env["decode"]  # type: ignore[return-value]
 
@@ -97,6 +115,11 @@ class Page:
 
     signals: tuple[Signal, ...]
     values: Callable[[bytes], tuple]
+    code: ValuesCode
+
+
+def _page(signals: tuple[Signal, ...], nbytes: int) -> Page:
+    return Page(signals, compile_values(signals, nbytes), values_code(signals, nbytes))
 
 
 class FastDecoder:
@@ -114,7 +137,7 @@ class FastDecoder:
                       if s.name in wanted_set and not s.is_multiplexer and s.multiplexer_ids is None)
         self.all_pages: set[int] = set()
         if self.mux is None:
-            self.pages: dict[int | None, Page] = {None: Page(plain, compile_values(plain, self.length))} if plain else {}
+            self.pages: dict[int | None, Page] = {None: _page(plain, self.length)} if plain else {}
             self._mux_value: Callable[[bytes], tuple] | None = None
             masked = list(plain)
         else:
@@ -129,7 +152,7 @@ class FastDecoder:
                 sigs = plain + tuple(s for s in message.signals
                                      if s.name in wanted_set and s.multiplexer_ids and page in s.multiplexer_ids)
                 if sigs:
-                    self.pages[page] = Page(sigs, compile_values(sigs, self.length))
+                    self.pages[page] = _page(sigs, self.length)
                     masked += [s for s in sigs if s not in masked]
         self.mask = signal_mask(masked, self.length) if masked else 0
 
