@@ -39,6 +39,8 @@ def run_bench(cfg: AgentConfig, *, seconds: float = 20.0, progress: Progress = l
         decode = stages.fast_decode(trace, 0.04 * seconds)
         progress("pipeline after the bus read: collect -> encode+compress -> store")
         pipeline, split = stages.pipeline(trace, directory, 0.12 * seconds)
+        again = stages.cantools_decode(trace, 0.04 * seconds)  # before and after: noise on a shared machine
+        cantools = min(cantools, again, key=lambda s: s["us_per_frame"])  # hits both sides of the ratio alike
         pipeline["ratio_to_cantools"] = round(pipeline["us_per_frame"] / cantools["us_per_frame"], 3)
         progress("bus read + pipeline: raw SocketCAN drain, python-can Bus.recv")
         socket_read = stages.with_socket_read(trace, directory)
