@@ -70,17 +70,18 @@ def load_bus_databases(cfg: AgentConfig, bus: BusConfig) -> Database:
 
 def build_pipeline(cfg: AgentConfig, batcher: Batcher, counters: dict[str, BusCounters]) -> Pipeline:
     """Decoders and collectors for every bus; raises DatabaseError before anything is swapped."""
-    collectors: dict[str, Collector] = {}
+    decoders = {bus.name: FrameDecoder(load_bus_databases(cfg, bus)) for bus in cfg.buses}
     scaling: dict[tuple[str, str], tuple[float, float]] = {}
-    for bus in cfg.buses:
-        db = load_bus_databases(cfg, bus)
-        decoder = FrameDecoder(db)
+    ambiguous: set[tuple[str, str]] = set()  # the same message and signal scaled differently on two buses
+    for decoder in decoders.values():
         for dec in decoder.messages:
             for sig, sc in dec.scaling.items():
-                scaling[(dec.name, sig)] = sc
-        collectors[bus.name] = Collector(bus.name, decoder, cfg.collection, batcher,
-                                         counters.setdefault(bus.name, BusCounters()))
-    return Pipeline(cfg, collectors, scaling)
+                if scaling.setdefault((dec.name, sig), sc) != sc:
+                    ambiguous.add((dec.name, sig))
+    exact = {key: sc for key, sc in scaling.items() if key not in ambiguous}
+    collectors = {name: Collector(name, decoder, cfg.collection, batcher, counters.setdefault(name, BusCounters()),
+                                  exact) for name, decoder in decoders.items()}
+    return Pipeline(cfg, collectors, exact)
 
 
 class Agent:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
-from agent.codec import Codec, Scaling
+from agent.codec import Codec, RawValues, Scaling
 from agent.config import BatchingConfig
 from agent.model import Batch, Priority
 
@@ -61,19 +61,19 @@ class Batcher:
         self.cfg, self.codec, self.vehicle, self.scaling = cfg, codec, vehicle, dict(scaling)
         self._unsettled, self._headroom = 0, cfg.max_samples
 
-    def column(self, priority: Priority, key: ColumnKey) -> tuple[list[float], list]:
+    def column(self, priority: Priority, key: ColumnKey, raw: bool = False) -> tuple[list[float], list]:
         """The open batch's (timestamps, values) lists of a signal: the collector appends to them directly.
 
         Appending to lists costs far less than a call per sample; the lists stay valid until the batch
         closes, which bumps `generation` (a collector re-fetches its columns then). Call `settle` after
-        appending, so full batches close.
+        appending, so full batches close. `raw`: the column will hold raw integers (see RawValues).
         """
         ob = self.open.get(priority)
         if ob is None:
             ob = self.open[priority] = _OpenBatch(self.clock())
         col = ob.columns.get(key)
         if col is None:
-            col = ob.columns[key] = ([], [])
+            col = ob.columns[key] = ([], RawValues() if raw else [])
         return col
 
     def settle(self, appended: int) -> None:
@@ -139,7 +139,8 @@ class Batcher:
         if len(ts) <= 1:
             raise ValueError(f"a single sample of {key} encodes larger than batching.max_bytes")
         half = len(ts) // 2
-        return self._fit({key: (ts[:half], vs[:half])}) + self._fit({key: (ts[half:], vs[half:])})
+        kind = type(vs)  # a RawValues column stays one when split
+        return self._fit({key: (ts[:half], kind(vs[:half]))}) + self._fit({key: (ts[half:], kind(vs[half:]))})
 
     def _emit(self, priority: Priority, columns: dict[ColumnKey, tuple[list[float], list]], payload: bytes) -> None:
         count = sum(len(ts) for ts, _ in columns.values())

@@ -118,3 +118,39 @@ def test_decode_batch_command(tmp_path: Path) -> None:
     path.write_bytes(b"\x00junk")
     res = run_cli("decode-batch", str(path))
     assert res.returncode == 2 and "not a columnar batch" in res.stderr
+
+
+@pytest.mark.parametrize("codec", [ColumnarCodec(), ColumnarCodec("us"), JsonCodec()], ids=["columnar", "columnar_us", "json"])
+def test_raw_integer_columns_decode_to_physical_values(codec) -> None:
+    """Columns the collector fills with raw integers (RawValues) come out scaled, like physical ones."""
+    from agent.codec import RawValues
+
+    scaling = {("Eng", "Rpm"): (0.25, 0.0), ("Eng", "Temp"): (1, -40)}
+    raws = RawValues([4000, 4001, 3999, 0, 65535])
+    columns = {("pt", "Eng", "Rpm"): ([1000.0, 1000.01, 1000.02, 1000.03, 1000.04], raws),
+               ("pt", "Eng", "Temp"): ([1000.0, 1000.5], RawValues([130, 131])),
+               ("pt", "Eng", "Label"): ([1000.0], ["Drive"])}
+    _, samples = codec.decode(codec.encode(columns, vehicle="v", scaling=scaling))
+    got = {(s.signal, s.value) for s in samples}
+    assert got == {("Rpm", 1000.0), ("Rpm", 1000.25), ("Rpm", 999.75), ("Rpm", 0.0), ("Rpm", 16383.75),
+                   ("Temp", 90), ("Temp", 91), ("Label", "Drive")}
+
+
+def test_split_batches_keep_raw_integer_columns() -> None:
+    from agent.codec import RawValues
+
+    out: list[Batch] = []
+    codec = ColumnarCodec()
+    b = Batcher(BatchingConfig(max_samples=100_000, max_age_s=60, max_bytes=2000), codec, vehicle="v",
+                on_batch=out.append, scaling={("Gps", "Lat"): (1e-7, 0.0)})
+    rng = random.Random(3)
+    ts, vs = b.column(Priority.normal, ("pt", "Gps", "Lat"), raw=True)
+    assert type(vs) is RawValues
+    for i in range(5000):
+        ts.append(1000 + i * 0.01)
+        vs.append(rng.randrange(-900_000_000, 900_000_000))
+    b.settle(5000)
+    b.flush()
+    assert len(out) > 1 and all(len(x.payload) <= 2000 for x in out)
+    values = [s.value for x in out for s in codec.decode(x.payload)[1]]
+    assert sorted(values) == sorted(r * 1e-7 + 0.0 for r in vs)

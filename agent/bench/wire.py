@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from agent.batcher import Batcher
 from agent.bench.trace import Trace
-from agent.codec import Codec, Columns, JsonCodec
+from agent.codec import Codec, Columns, JsonCodec, Scaling, physical
 from agent.codec.columnar import ColumnarCodec
 from agent.collect.collector import BusCounters
 from agent.config import AgentConfig, CollectionConfig
@@ -20,7 +20,7 @@ from agent.config import AgentConfig, CollectionConfig
 Encode = Callable[[Columns], bytes]
 
 
-def _protobuf_snappy() -> tuple[str, Encode] | None:
+def _protobuf_snappy(scaling: Scaling) -> tuple[str, Encode] | None:
     """FleetWise-style protobuf + raw Snappy, or None without the `bench` extra (protobuf, cramjam)."""
     try:
         import cramjam
@@ -45,7 +45,7 @@ def _protobuf_snappy() -> tuple[str, Encode] | None:
 
     def encode(columns: Columns) -> bytes:
         rows = sorted((t, ids.setdefault(key, len(ids)), float(v))
-                      for key, (ts, vs) in columns.items() for t, v in zip(ts, vs, strict=True))
+                      for key, (ts, vs) in columns.items() for t, v in zip(ts, physical(key, vs, scaling), strict=True))
         t0 = int(rows[0][0] * 1000) if rows else 0
         msg = vehicle_data(vehicle_name="bench", collection_event_time_ms_epoch=t0)
         for t, sid, v in rows:
@@ -55,8 +55,8 @@ def _protobuf_snappy() -> tuple[str, Encode] | None:
     return "protobuf+snappy (FleetWise-style)", encode
 
 
-def _named_json_zlib(json: Codec) -> Encode:
-    return lambda columns: zlib.compress(json.encode(columns, vehicle="bench"), 6)
+def _named_json_zlib(json: Codec, scaling: Scaling) -> Encode:
+    return lambda columns: zlib.compress(json.encode(columns, vehicle="bench", scaling=scaling), 6)
 
 
 def wire(trace: Trace) -> dict[str, dict[str, float]]:
@@ -77,10 +77,10 @@ def wire(trace: Trace) -> dict[str, dict[str, float]]:
     encoders: dict[str, Encode] = {
         "columnar": lambda c: ColumnarCodec("ms").encode(c, vehicle="bench", scaling=pipeline.scaling),
         "columnar_us": lambda c: ColumnarCodec("us").encode(c, vehicle="bench", scaling=pipeline.scaling),
-        "json": lambda c: json.encode(c, vehicle="bench"),
-        "named_json+zlib": _named_json_zlib(json),
+        "json": lambda c: json.encode(c, vehicle="bench", scaling=pipeline.scaling),
+        "named_json+zlib": _named_json_zlib(json, pipeline.scaling),
     }
-    extra = _protobuf_snappy()
+    extra = _protobuf_snappy(pipeline.scaling)
     if extra is not None:
         encoders["protobuf+snappy"] = extra[1]
     out = {}
@@ -100,7 +100,7 @@ class _Capture(Codec):
         self.sink = sink
 
     def encode(self, columns: Columns, *, vehicle: str, scaling=None) -> bytes:  # type: ignore[no-untyped-def]
-        self.sink.append({k: (list(ts), list(vs)) for k, (ts, vs) in columns.items()})
+        self.sink.append({k: (list(ts), type(vs)(vs)) for k, (ts, vs) in columns.items()})
         return b""
 
     def decode(self, payload: bytes):  # type: ignore[no-untyped-def]

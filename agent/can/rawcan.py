@@ -47,6 +47,7 @@ FRAME_HEADER = struct.Struct("=IB")  # can_id, len (then flags/pad, res0, res1/l
 TIMESPEC = struct.Struct("=qq")
 U32 = struct.Struct("=I")
 ANC_SIZE = socket.CMSG_SPACE(TIMESPEC.size) + socket.CMSG_SPACE(U32.size)
+SMALL_BUFFER_TICK_S = 0.02  # ~160 frames of a saturated bus between drains: a third of a default buffer
 RCVBUF_BYTES = 4 * 1024 * 1024  # ~0.5 s of a saturated 1 Mbit/s bus at the kernel's ~500 B/frame accounting
 
 
@@ -204,6 +205,8 @@ class RawCanSource(FrameSource):
         sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
         try:
             self.rcvbuf_bytes = _size_receive_buffer(sock, self.bus, self.channel)
+            if self.rcvbuf_bytes < RCVBUF_BYTES:  # a default-sized buffer holds ~500 frames: drain more often
+                self.tick_s = min(self.tick_s, SMALL_BUFFER_TICK_S)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             if self.fd:

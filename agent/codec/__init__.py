@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from agent.codec.base import Codec, Columns, Scaling
+from agent.codec.base import Codec, Columns, RawValues, Scaling, physical
 from agent.codec.columnar import ColumnarCodec
 from agent.codec.jsonl import JsonCodec
 
-__all__ = ["Codec", "Columns", "Scaling", "codec_for", "codec_by_content"]
+__all__ = ["Codec", "Columns", "RawValues", "Scaling", "codec_for", "codec_by_content", "physical"]
 
 
 def codec_for(name: str, *, timestamp_resolution: str = "ms", level: int = 3) -> Codec:

@@ -13,6 +13,25 @@ Columns = Mapping[tuple[str, str, str], tuple[list[float], list]]
 Scaling = Mapping[tuple[str, str], tuple[float, float]]
 
 
+class RawValues(list):
+    """A column holding a signal's raw integers (physical = raw * scale + offset, from `Scaling`).
+
+    The collector's generated code appends the decoder's raw integers straight into such columns
+    where it can (integer signals, no labels, no held values), so the columnar encoder need not
+    recover them from the scaled floats; every other column holds physical values.
+    """
+
+    __slots__ = ()
+
+
+def physical(key: tuple[str, str, str], values: list, scaling: Scaling | None) -> list:
+    """A column's physical values, whichever way it holds them."""
+    if type(values) is RawValues:
+        scale, offset = (scaling or {})[(key[1], key[2])]
+        return [r * scale + offset for r in values]
+    return values
+
+
 class Codec(ABC):
     """Encodes a batch's columns; decodes a payload back into samples."""
 

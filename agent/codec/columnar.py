@@ -13,7 +13,7 @@ from itertools import accumulate
 import msgpack
 import zstandard
 
-from agent.codec.base import Codec, Columns, Scaling
+from agent.codec.base import Codec, Columns, RawValues, Scaling
 from agent.model import Sample
 
 FORMAT_VERSION = 1
@@ -68,7 +68,7 @@ class ColumnarCodec(Codec):
                 idx = time_index[shape] = len(times)
                 times.append(_deltas([c - t0 for c in col]))
             scale, offset = scaling.get((message, signal), (1, 0))
-            raws = _as_raw(values, scale, offset)
+            raws = values if type(values) is RawValues else _as_raw(values, scale, offset)
             if raws is not None:
                 series.append([bus, message, signal, idx, RAW_DELTA, scale, offset, _deltas(raws)])
             elif all(isinstance(v, float) for v in values):

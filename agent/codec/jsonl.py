@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from agent.codec.base import Codec, Columns, Scaling
+from agent.codec.base import Codec, Columns, Scaling, physical
 from agent.model import Sample
 
 FORMAT_VERSION = 1
@@ -17,9 +17,9 @@ class JsonCodec(Codec):
 
     def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None) -> bytes:
         samples = [
-            {"t": t, "bus": bus, "message": msg, "signal": sig, "value": v}
-            for (bus, msg, sig), (ts, vs) in columns.items()
-            for t, v in zip(ts, vs, strict=True)
+            {"t": t, "bus": key[0], "message": key[1], "signal": key[2], "value": v}
+            for key, (ts, vs) in columns.items()
+            for t, v in zip(ts, physical(key, vs, scaling), strict=True)
         ]
         samples.sort(key=lambda s: s["t"])
         return orjson.dumps({"v": FORMAT_VERSION, "vehicle": vehicle, "samples": samples})

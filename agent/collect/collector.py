@@ -17,6 +17,7 @@ from functools import partial
 import structlog
 
 from agent.batcher import Batcher
+from agent.codec import Scaling
 from agent.collect.policy import Filter, OnChange, make_filter, resolve_policy
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
@@ -49,10 +50,11 @@ class BusCounters:
 class Slot:
     """A wanted signal: its filter, and where its kept samples go (the open batch's column lists)."""
 
-    __slots__ = ("filt", "priority", "key", "signal", "ts", "vs")
+    __slots__ = ("filt", "priority", "key", "signal", "raw", "ts", "vs")
 
     def __init__(self, filt: Filter, priority: Priority, key: ColumnKey, signal: str) -> None:
         self.filt, self.priority, self.key, self.signal = filt, priority, key, signal
+        self.raw = False  # its column holds raw integers (agent.codec.RawValues)
         self.ts: list[float] | None = None  # fetched from the batcher on the first sample of a batch
         self.vs: list | None = None
 
@@ -69,8 +71,12 @@ def _sampler_code(slots: list[Slot], label: Label | None, env: dict[str, object]
     for i, slot in enumerate(slots):
         env[f"F{i}"], env[f"S{i}"] = slot.filt, slot
 
-        def keep(et: str, ev: str, i: int = i, signal: str = slot.signal) -> list[str]:
-            value = f"_label({signal!r}, {ev})" if label is not None else ev
+        def keep(et: str, ev: str, i: int = i, slot: Slot = slot) -> list[str]:
+            if slot.raw:  # the value kept is the one offered (Filter.emits_offered): append its raw integer
+                assert ev == f"v{i}", "a raw column gets only the value just decoded"
+                value = f"r{i}"
+            else:
+                value = f"_label({slot.signal!r}, {ev})" if label is not None else ev
             return [f"_c = S{i}.ts", "if _c is None:", f"    _c = _bind(S{i})", f"_c.append({et})",
                     f"S{i}.vs.append({value})", "kept += 1"]
 
@@ -101,7 +107,9 @@ def compile_step(slots: list[Slot], code: ValuesCode, length: int, mask: int | N
     if mask is not None:
         body += [f"bits = _from_bytes(data, 'big') & {mask}", "if bits == _prev[0]:", "    return 0",
                  "_prev[0] = bits"]
-    body += code.lines + [f"v{i} = {expr}" for i, expr in enumerate(code.values)]
+    body += code.lines
+    for i, (raw, value) in enumerate(zip(code.raws, code.values, strict=True)):
+        body += [f"r{i} = {raw}", f"v{i} = {value.replace(raw, f'r{i}', 1)}"] if slots[i].raw else [f"v{i} = {value}"]
     return _define("step", "t, data", [*body, *_sampler_code(slots, label, env), "return kept"], env)
 
 
@@ -117,6 +125,7 @@ class _Plan:
     mask: int                              # payload bits of the wanted signals
     length: int
     labels: bool
+    exact: Step | None = None              # plain message: its generated step (for payloads of its length)
 
 
 class Collector:
@@ -127,7 +136,9 @@ class Collector:
     """
 
     def __init__(self, bus: str, decoder: FrameDecoder, cfg: CollectionConfig, batcher: Batcher,
-                 counters: BusCounters | None = None) -> None:
+                 counters: BusCounters | None = None, scaling: Scaling | None = None) -> None:
+        """`scaling`: the table the batcher's codec will get; signals whose scaling it holds exactly
+        go to the batch as raw integers (RawValues), the rest as physical values."""
         self.bus = bus
         self.batcher = batcher
         self.counters = counters or BusCounters()
@@ -157,8 +168,13 @@ class Collector:
                 change_only, fast.mask if fast else 0, dec.length, cfg.labels)
             generic = partial(self._step, fid, plan)
             if fast is not None and fast.mux is None and None in fast.pages:
-                self.steps[fid] = compile_step(pages[None], fast.pages[None].code, dec.length,
-                                               plan.mask if change_only else None, self._bind, label, generic)
+                for sig in fast.pages[None].signals:
+                    slot = slots[sig.name]
+                    slot.raw = (label is None and not sig.is_float and slot.filt.emits_offered and scaling is not None
+                                and scaling.get(slot.key[1:]) == (sig.conversion.scale, sig.conversion.offset))
+                plan.exact = self.steps[fid] = compile_step(pages[None], fast.pages[None].code, dec.length,
+                                                            plan.mask if change_only else None, self._bind, label,
+                                                            generic)
             else:
                 self.steps[fid] = generic
 
@@ -194,6 +210,8 @@ class Collector:
 
     def _step(self, fid: int, plan: _Plan, t: float, data: bytes) -> int:
         """The generic step: multiplexed messages, cantools-decoded ones, payloads of another length."""
+        if plan.exact is not None and len(data) > plan.length:  # e.g. a CAN FD frame padded to its DLC
+            return plan.exact(t, bytes(data[:plan.length]))
         last = self.last_payload
         if plan.change_only and len(data) == plan.length:
             bits = int.from_bytes(data, "big") & plan.mask
@@ -214,7 +232,7 @@ class Collector:
 
     def _bind(self, slot: Slot) -> list[float]:
         """Fetch a slot's column lists from the open batch (first sample since the batch opened)."""
-        slot.ts, slot.vs = self.batcher.column(slot.priority, slot.key)
+        slot.ts, slot.vs = self.batcher.column(slot.priority, slot.key, slot.raw)
         return slot.ts
 
     def _sample(self, plan: _Plan, t: float, values: dict[str, float | int]) -> int:
@@ -256,7 +274,7 @@ class Collector:
                 emit = slot.filt.flush()
                 if emit is not None:
                     kept += 1
-                    ts, vs = self.batcher.column(slot.priority, slot.key)
+                    ts, vs = self.batcher.column(slot.priority, slot.key, slot.raw)
                     ts.append(emit[0])
                     vs.append(plan.decoder.label(slot.signal, emit[1]) if plan.labels else emit[1])
         if kept:

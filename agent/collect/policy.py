@@ -34,6 +34,7 @@ class Filter:
     """
 
     __slots__ = ()
+    emits_offered = False  # True: a kept sample is always the value just offered, at its time
 
     def offer(self, t: float, v: Value) -> Emit:
         return (t, v)
@@ -52,6 +53,7 @@ def _indent(lines: list[str]) -> list[str]:
 
 class KeepAll(Filter):
     __slots__ = ()
+    emits_offered = True
 
     def inline(self, f: str, v: str, keep: Keep) -> list[str]:
         return keep("t", v)
@@ -61,6 +63,7 @@ class OnChange(Filter):
     """Keeps a value when it differs from the last kept one by more than the deadband."""
 
     __slots__ = ("deadband", "last")
+    emits_offered = True
 
     def __init__(self, deadband: float) -> None:
         self.deadband = deadband
@@ -84,6 +87,7 @@ class MinInterval(Filter):
     """Keeps at most one value per interval (the first one of it)."""
 
     __slots__ = ("interval", "next_t")
+    emits_offered = True
 
     def __init__(self, interval_s: float) -> None:
         self.interval = interval_s

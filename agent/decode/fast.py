@@ -77,6 +77,7 @@ class ValuesCode:
     env: dict[str, object]
     lines: list[str]
     values: list[str]
+    raws: list[str]      # the raw integer (or float) behind each value, before scaling
 
 
 def values_code(signals: Sequence[Signal], nbytes: int) -> ValuesCode:
@@ -91,12 +92,13 @@ def values_code(signals: Sequence[Signal], nbytes: int) -> ValuesCode:
         env["_little"] = bitstruct.c.compile(little).unpack
         lines.append("l = _little(data[::-1])")
     where = {id(s): f"b[{i}]" for i, s in enumerate(big_sigs)} | {id(s): f"l[{i}]" for i, s in enumerate(little_sigs)}
-    values = []
+    values, raws = [], []
     for s in signals:
         raw = where[id(s)]
         scale, offset = s.conversion.scale, s.conversion.offset
+        raws.append(raw)
         values.append(raw if scale == 1 and offset == 0 else f"{raw} * {scale!r} + {offset!r}")
-    return ValuesCode(env, lines, values)
+    return ValuesCode(env, lines, values, raws)
 
 
 def compile_values(signals: Sequence[Signal], nbytes: int) -> Callable[[bytes], tuple]:
