@@ -27,6 +27,7 @@ from agent.config import (
     config_path,
     json_schema,
     load_config_data,
+    restart_only_changes,
 )
 from agent.decode import DatabaseError, FrameDecoder, ShortFrameError, load_databases
 from agent.logs import configure_logging
@@ -80,8 +81,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _reload(agent: Any, path: str | None) -> None:
     """SIGHUP (`systemctl reload`): re-read the config file; a bad file is logged and changes nothing."""
     file = config_path(path)
+    old = agent.cfg
     try:
-        agent.desired.rebase(load_config_data(file))
+        new = agent.desired.rebase(load_config_data(file))
     except ConfigError as exc:
         log.error("config_reload_rejected", file=str(file), errors=exc.errors, action="keeping the running config")
     except DatabaseError as exc:
@@ -89,6 +91,11 @@ def _reload(agent: Any, path: str | None) -> None:
                   action="keeping the running config")
     except (OSError, ValueError) as exc:
         log.error("config_reload_rejected", file=str(file), errors=[str(exc)], action="keeping the running config")
+    else:
+        pending = restart_only_changes(old, new)
+        if pending:
+            log.warning("config_reload_needs_restart", file=str(file), settings=pending,
+                        action="everything else is applied; these take effect at the next start")
 
 
 # --------------------------------------------------------------------------------------- decode

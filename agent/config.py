@@ -327,6 +327,22 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+RESTART_ONLY = ("state_dir", "sink", "store.path", "store.synchronous")
+
+
+def restart_only_changes(old: AgentConfig, new: AgentConfig) -> list[str]:
+    """Settings that differ between two configs but are only read at start (the sink's connection,
+    the state directory, the store file): a live swap leaves them as they were."""
+    changed = []
+    for path in RESTART_ONLY:
+        a, b = old, new
+        for part in path.split("."):
+            a, b = getattr(a, part), getattr(b, part)
+        if a != b:
+            changed.append(path)
+    return changed
+
+
 def deep_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """A new mapping: `patch` laid over `base`, nested mappings merged, None deleting a key (twin semantics)."""
     out = dict(base)

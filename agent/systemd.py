@@ -30,6 +30,7 @@ class Notifier:
         self.watchdog_interval_s = int(usec) / 2e6 if watched else None  # ping twice per timeout
         self._last_ping = 0.0
         self._sock: socket.socket | None = None
+        self._failed = False
 
     @property
     def enabled(self) -> bool:
@@ -43,10 +44,12 @@ class Notifier:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.sendto(message.encode(), self.address)
+            self._failed = False
             return True
-        except OSError as exc:
-            log.warning("sd_notify_failed", message=message.split("=")[0], error=str(exc))
-            self.address = ""
+        except OSError as exc:  # kept trying: giving up would stop the watchdog pings and get us killed
+            if not self._failed:
+                log.warning("sd_notify_failed", message=message.split("=")[0], error=str(exc))
+            self._failed = True
             return False
 
     def ready(self, status: str) -> None:

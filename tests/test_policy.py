@@ -71,6 +71,7 @@ def test_generated_sampler_decides_exactly_like_the_filters() -> None:
         t += rng.choice([0.001, 0.01, 0.02, 0.1])
         values = [v if rng.random() < 0.6 else round(v + rng.uniform(-1, 1), 1) for v in values]
         values[-1] = float("nan") if rng.random() < 0.1 else values[-1]
+        values[1] = float("nan") if rng.random() < 0.05 else values[1]  # deadband filter meets NaN too
         kept = sample(t, tuple(values))
         emits = [(i, f.offer(t, v)) for i, (f, v) in enumerate(zip(reference, values, strict=True))]
         for i, e in emits:
@@ -81,3 +82,41 @@ def test_generated_sampler_decides_exactly_like_the_filters() -> None:
         assert kept == sum(e is not None for _, e in emits)
     assert {k: (ts, [repr(v) for v in vs]) for k, (ts, vs) in columns.items()} == \
         {k: (ts, [repr(v) for v in vs]) for k, (ts, vs) in expected.items()}
+
+
+def test_collector_survives_bad_frames_and_padded_payloads() -> None:
+    """Undefined multiplexer values on the cantools path are decode errors, not a crashed bus; a
+    payload longer than the DBC's (CAN FD padding) decodes like the exact one and loses no change."""
+    import cantools
+
+    from agent.batcher import Batcher
+    from agent.codec import ColumnarCodec
+    from agent.collect.collector import Collector
+    from agent.config import BatchingConfig, CollectionConfig
+    from agent.decode.decoder import FrameDecoder
+    from agent.model import Frame, Priority
+
+    dbc = '''VERSION ""
+BS_:
+BU_: N
+BO_ 100 Nested: 8 N
+ SG_ Mux M : 0|8@1+ (1,0) [0|0] "" N
+ SG_ Sub m1M : 8|8@1+ (1,0) [0|0] "" N
+ SG_ X m0 : 16|8@1+ (1,0) [0|0] "" N
+ SG_ Y m2 : 16|8@1+ (1,0) [0|0] "" N
+SG_MUL_VAL_ 100 Sub Mux 1-1;
+SG_MUL_VAL_ 100 X Sub 0-0;
+SG_MUL_VAL_ 100 Y Sub 2-2;
+BO_ 200 Plain: 8 N
+ SG_ Speed : 0|8@1+ (1,0) [0|0] "" N
+'''
+    db = cantools.database.load_string(dbc, "dbc")
+    batcher = Batcher(BatchingConfig(), ColumnarCodec(), vehicle="v", on_batch=lambda b: None)
+    collector = Collector("can0", FrameDecoder(db), CollectionConfig.model_validate({"default": {"policy": "on_change"}}),
+                          batcher)
+    collector.process([Frame(1.0, 100, bytes([7] + [0] * 7)), Frame(1.1, 100, bytes([1, 2, 9, 0, 0, 0, 0, 0]))])
+    assert collector.counters.decode_errors == 1
+    speeds = [b"\x01" + bytes(7), b"\x02" + bytes(11), b"\x01" + bytes(7), b"\x01" + bytes(3)]
+    collector.process([Frame(2.0 + i, 200, data, len(data) > 8) for i, data in enumerate(speeds)])
+    assert batcher.open[Priority.normal].columns[("can0", "Plain", "Speed")][1] == [1, 2, 1]
+    assert collector.counters.decode_errors == 2, "the 4-byte frame is too short"

@@ -16,10 +16,10 @@ from agent.can.rawcan import (
     CAN_ERR_BUSOFF,
     CAN_ERR_FLAG,
     CAN_RTR_FLAG,
-    SO_TIMESTAMPNS,
     DrainState,
     drain,
     drain_multi,
+    enable_timestamps,
     pack_frame,
     receive_filters,
 )
@@ -29,7 +29,7 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    rx.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    enable_timestamps(rx)
     rx.setblocking(False)
     return tx, rx
 

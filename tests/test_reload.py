@@ -56,12 +56,18 @@ def test_sighup_reloads_the_file_and_rejects_a_broken_one(tmp_path: Path) -> Non
         filtered = _status(state)["buses"]["pt"]["filtered"]
         _wait(lambda: _status(state)["buses"]["pt"]["filtered"] > filtered, "frames of unwanted messages filtered")
 
+        path.write_text(yaml.safe_dump({**cfg, "collection": {"default": {"policy": "exclude"},
+                                                              "signals": [{"match": "EngineSpeed", "policy": "all"}]},
+                                        "sink": {"type": "file", "path": "elsewhere"}}))
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: _status(state).get("agent", {}).get("config_version") == 2, "the second reload")
+
         path.write_text(yaml.safe_dump({**cfg, "batching": {"max_age_s": -5}}))
         proc.send_signal(signal.SIGHUP)
         time.sleep(2)
         frames = _status(state)["buses"]["pt"]["frames"]
         _wait(lambda: _status(state)["buses"]["pt"]["frames"] > frames, "frames still collected")
-        assert _status(state)["agent"]["config_version"] == 1, "a broken file changes nothing"
+        assert _status(state)["agent"]["config_version"] == 2, "a broken file changes nothing"
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=60)
@@ -71,3 +77,5 @@ def test_sighup_reloads_the_file_and_rejects_a_broken_one(tmp_path: Path) -> Non
     assert len(rejected) == 1 and rejected[0]["file"] == str(path)
     assert any("batching.max_age_s" in e for e in rejected[0]["errors"]), rejected[0]
     assert any(e.get("event") == "config_file_reloaded" for e in events)
+    restart = [e for e in events if e.get("event") == "config_reload_needs_restart"]
+    assert len(restart) == 1 and restart[0]["settings"] == ["sink"], "a sink change waits for a restart, and says so"

@@ -19,13 +19,13 @@ import can
 from agent.app import build_pipeline
 from agent.batcher import Batcher
 from agent.bench.trace import Trace, cpu_best
-from agent.can.rawcan import RCVBUF_BYTES, SO_TIMESTAMPNS, DrainState, drain, pack_frame
+from agent.can.rawcan import RCVBUF_BYTES, RawCanSource, enable_timestamps, pack_frame
 from agent.can.source import BusSource
 from agent.codec import Codec, Columns, Scaling, codec_for
 from agent.collect.collector import BusCounters, Collector
 from agent.config import AgentConfig
 from agent.decode.fast import FastDecoder
-from agent.model import Batch, Frame
+from agent.model import Batch
 from agent.store import Store
 
 
@@ -156,7 +156,7 @@ def _sender(datagrams: list[bytes], rate: float, seconds: float) -> Iterator[soc
     """The receiving end of a socketpair fed by a sender process (see agent.bench.sender)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-    ours.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    enable_timestamps(ours)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF_BYTES)
     ours.setblocking(False)
     with tempfile.NamedTemporaryFile(prefix="bench-frames-") as f:
@@ -184,13 +184,13 @@ def with_socket_read(trace: Trace, directory: Path) -> dict[str, float]:
     for bus in trace.frames:
         grams = [pack_frame(f.id, f.data, fd=f.is_fd) for f in trace.frames[bus]]
         sent += len(grams)
-        process, state, got = p.collectors[bus].process, DrainState(), 0
+        process, got = p.collectors[bus].process, 0
         with _sender(grams, 0, 0) as sock:
+            read = RawCanSource(bus, "bench", sock=sock).read  # the agent's drain (recvmmsg where libc has it)
             start = time.process_time()
             deadline = time.monotonic() + 60
             while got < len(grams) and time.monotonic() < deadline:
-                out: list[Frame] = []
-                drain(sock, out, state, limit=DRAIN_LIMIT)
+                out = read()
                 if out:
                     got += len(out)
                     process(out)
@@ -204,8 +204,6 @@ def with_socket_read(trace: Trace, directory: Path) -> dict[str, float]:
     p.close()
     return stage(cpu, received, sent=sent, lost=sent - received)
 
-
-DRAIN_LIMIT = 2000
 
 
 def with_python_can_read(trace: Trace, directory: Path) -> dict[str, float]:

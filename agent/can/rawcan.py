@@ -34,7 +34,9 @@ SOL_CAN_RAW = getattr(socket, "SOL_CAN_RAW", 101)
 CAN_RAW_FILTER = getattr(socket, "CAN_RAW_FILTER", 1)
 CAN_RAW_ERR_FILTER = 2
 CAN_RAW_FD_FRAMES = getattr(socket, "CAN_RAW_FD_FRAMES", 5)
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # SO_TIMESTAMPNS_OLD: a timespec of C longs
+SO_TIMESTAMPNS_NEW = 64  # Linux 5.1+: always two 64-bit fields, also for 32-bit processes
+TIMESTAMP_KINDS = frozenset((SO_TIMESTAMPNS, SO_TIMESTAMPNS_NEW))
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 CAN_EFF_FLAG, CAN_RTR_FLAG, CAN_ERR_FLAG = 0x80000000, 0x40000000, 0x20000000
@@ -45,6 +47,7 @@ CANFD_BRS = 0x01
 CAN_MTU, CANFD_MTU = 16, 72
 FRAME_HEADER = struct.Struct("=IB")  # can_id, len (then flags/pad, res0, res1/len8_dlc, data)
 TIMESPEC = struct.Struct("=qq")
+TIMESPEC32 = struct.Struct("=ii")  # SO_TIMESTAMPNS_OLD in a 32-bit process
 U32 = struct.Struct("=I")
 ANC_SIZE = socket.CMSG_SPACE(TIMESPEC.size) + socket.CMSG_SPACE(U32.size)
 SMALL_BUFFER_TICK_S = 0.02  # ~160 frames of a saturated bus between drains: a third of a default buffer
@@ -59,6 +62,19 @@ class DrainState:
     def __init__(self) -> None:
         self.kernel_drops = 0
         self.error_class = 0
+
+
+def enable_timestamps(sock: socket.socket) -> None:
+    """Kernel receive timestamps: the 64-bit form where the kernel has it, else the old one."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS_NEW, 1)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+def _seconds(cdata: bytes | memoryview) -> float:
+    sec, ns = (TIMESPEC if len(cdata) >= TIMESPEC.size else TIMESPEC32).unpack_from(cdata)
+    return sec + ns * 1e-9
 
 
 def _frame(data: bytes, t: float, state: DrainState) -> Frame | None:
@@ -85,9 +101,8 @@ def drain(sock: socket.socket, out: list[Frame], state: DrainState, limit: int =
             return
         t = None
         for _level, kind, cdata in anc:
-            if kind == SO_TIMESTAMPNS:
-                sec, ns = TIMESPEC.unpack_from(cdata)
-                t = sec + ns * 1e-9
+            if kind in TIMESTAMP_KINDS:
+                t = _seconds(cdata)
             elif kind == SO_RXQ_OVFL:
                 state.kernel_drops = U32.unpack_from(cdata)[0]
         if len(data) < CAN_MTU:  # not a CAN frame (a closed stand-in socket's empty datagram)
@@ -98,7 +113,8 @@ def drain(sock: socket.socket, out: list[Frame], state: DrainState, limit: int =
 
 
 _CMSG_TYPE_AT = socket.CMSG_LEN(0) - 4  # cmsghdr: cmsg_len (size_t), cmsg_level (int), cmsg_type (int)
-_TS_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
+_CMSG_HEADER = socket.CMSG_LEN(0)
+_ALIGN = socket.CMSG_SPACE(1) - socket.CMSG_LEN(0) - 1  # CMSG_ALIGN's alignment minus one
 I32 = struct.Struct("=i")
 
 
@@ -108,8 +124,7 @@ def drain_multi(sock: socket.socket, rx: MultiReceiver, out: list[Frame], state:
     fd, now, append = sock.fileno(), time.time, out.append
     msgs, data_view, ctrl = rx.msgs_view, rx.data_view, rx.ctrl_view
     stride, len_at, ctrl_at, mtu = rx.stride, rx.len_at, rx.ctrllen_at, rx.mtu
-    u32, i32, ts, size_t = U32.unpack_from, I32.unpack_from, TIMESPEC.unpack_from, rx.size_t.unpack_from
-    header = socket.CMSG_LEN(0)
+    u32, i32, size_t = U32.unpack_from, I32.unpack_from, rx.size_t.unpack_from
     while len(out) < limit:
         n = rx.receive(fd)
         for i in range(n):
@@ -120,14 +135,16 @@ def drain_multi(sock: socket.socket, rx: MultiReceiver, out: list[Frame], state:
             t = None
             clen = size_t(msgs, m + ctrl_at)[0]
             off = 0
-            while off + header <= clen:  # the kernel writes the timestamp first, then the drop counter
+            while off + _CMSG_HEADER <= clen:  # walk the control messages as CMSG_NXTHDR does
+                length = size_t(ctrl, c + off)[0]
+                if length < _CMSG_HEADER:
+                    break
                 kind = i32(ctrl, c + off + _CMSG_TYPE_AT)[0]
-                if kind == SO_TIMESTAMPNS:
-                    sec, ns = ts(ctrl, c + off + header)
-                    t = sec + ns * 1e-9
+                if kind in TIMESTAMP_KINDS:
+                    t = _seconds(ctrl[c + off + _CMSG_HEADER:c + off + length])
                 elif kind == SO_RXQ_OVFL:
-                    state.kernel_drops = u32(ctrl, c + off + header)[0]
-                off += _TS_SPACE if kind == SO_TIMESTAMPNS else socket.CMSG_SPACE(U32.size)
+                    state.kernel_drops = u32(ctrl, c + off + _CMSG_HEADER)[0]
+                off += (length + _ALIGN) & ~_ALIGN
             frame = _frame(bytes(data_view[d:d + size]), t or now(), state)
             if frame is not None:
                 append(frame)
@@ -207,7 +224,7 @@ class RawCanSource(FrameSource):
             self.rcvbuf_bytes = _size_receive_buffer(sock, self.bus, self.channel)
             if self.rcvbuf_bytes < RCVBUF_BYTES:  # a default-sized buffer holds ~500 frames: drain more often
                 self.tick_s = min(self.tick_s, SMALL_BUFFER_TICK_S)
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            enable_timestamps(sock)
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             if self.fd:
                 sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)

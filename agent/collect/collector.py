@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
+from cantools.database.errors import DecodeError
 
 from agent.batcher import Batcher
 from agent.codec import Scaling
 from agent.collect.policy import Filter, OnChange, make_filter, resolve_policy
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
-from agent.decode.fast import FastDecoder, ValuesCode
+from agent.decode.fast import FastDecoder, ValuesCode, scaling_of
 from agent.model import Frame, Priority
 
 log = structlog.get_logger()
@@ -171,7 +172,7 @@ class Collector:
                 for sig in fast.pages[None].signals:
                     slot = slots[sig.name]
                     slot.raw = (label is None and not sig.is_float and slot.filt.emits_offered and scaling is not None
-                                and scaling.get(slot.key[1:]) == (sig.conversion.scale, sig.conversion.offset))
+                                and scaling.get(slot.key[1:]) == scaling_of(sig))
                 plan.exact = self.steps[fid] = compile_step(pages[None], fast.pages[None].code, dec.length,
                                                             plan.mask if change_only else None, self._bind, label,
                                                             generic)
@@ -210,8 +211,10 @@ class Collector:
 
     def _step(self, fid: int, plan: _Plan, t: float, data: bytes) -> int:
         """The generic step: multiplexed messages, cantools-decoded ones, payloads of another length."""
-        if plan.exact is not None and len(data) > plan.length:  # e.g. a CAN FD frame padded to its DLC
-            return plan.exact(t, bytes(data[:plan.length]))
+        if len(data) > plan.length:  # e.g. a CAN FD frame padded to its DLC: the DBC's bytes count
+            data = bytes(data[:plan.length])
+            if plan.exact is not None:
+                return plan.exact(t, data)
         last = self.last_payload
         if plan.change_only and len(data) == plan.length:
             bits = int.from_bytes(data, "big") & plan.mask
@@ -224,7 +227,7 @@ class Collector:
             if plan.fast is None:
                 return self._sample(plan, t, plan.decoder.decode(data))
             decoded = plan.fast.decode(data)
-        except (ShortFrameError, ValueError, KeyError) as exc:  # short frames, undefined mux values
+        except (ShortFrameError, ValueError, KeyError, DecodeError) as exc:  # short frames, undefined mux values
             self._decode_error(fid, exc)
             last.pop(fid, None)
             return 0

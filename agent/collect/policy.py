@@ -60,7 +60,11 @@ class KeepAll(Filter):
 
 
 class OnChange(Filter):
-    """Keeps a value when it differs from the last kept one by more than the deadband."""
+    """Keeps a value when it differs from the last kept one by more than the deadband.
+
+    A repeated NaN counts as unchanged, as an unchanged payload does (the collector skips those
+    without decoding), so every decode path keeps the same samples.
+    """
 
     __slots__ = ("deadband", "last")
     emits_offered = True
@@ -71,16 +75,18 @@ class OnChange(Filter):
 
     def offer(self, t: float, v: Value) -> Emit:
         last = self.last
-        if last is not None and (v == last if not self.deadband else abs(v - last) <= self.deadband):
+        # unchanged: equal, both NaN (a float signal's "no value" repeated), or within the deadband
+        if last is not None and (v == last or (v != v and last != last)
+                                 or (self.deadband and abs(v - last) <= self.deadband)):
             return None
         self.last = v
         return (t, v)
 
     def inline(self, f: str, v: str, keep: Keep) -> list[str]:
-        if not self.deadband:
-            return [f"if {v} != {f}.last:", f"    {f}.last = {v}", *_indent(keep("t", v))]
-        return [f"_l = {f}.last", f"if _l is None or not abs({v} - _l) <= {f}.deadband:", f"    {f}.last = {v}",
-                *_indent(keep("t", v))]
+        changed = f"{v} != _l and ({v} == {v} or _l == _l)"  # not equal, and not both NaN
+        if self.deadband:
+            changed += f" and not abs({v} - _l) <= {f}.deadband"
+        return [f"_l = {f}.last", f"if _l is None or ({changed}):", f"    {f}.last = {v}", *_indent(keep("t", v))]
 
 
 class MinInterval(Filter):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from cantools.database import Database
 from cantools.database.can.message import Message
 
+from agent.decode.fast import scaling_of
+
 Value = float | int | str
 
 
@@ -36,7 +38,7 @@ class MessageDecoder:
         m = self.message
         self.name, self.frame_id, self.length = m.name, m.frame_id, m.length
         self.signals = tuple(s.name for s in m.signals)
-        self.scaling = {s.name: (s.scale, s.offset) for s in m.signals}
+        self.scaling = {s.name: scaling_of(s) for s in m.signals}
         self.choices = {s.name: {int(k): str(v) for k, v in s.choices.items()} for s in m.signals if s.choices}
 
     def decode(self, data: bytes) -> dict[str, float | int]:

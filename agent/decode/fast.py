@@ -29,6 +29,13 @@ class UnknownPageError(ValueError):
     """A multiplexed frame whose multiplexer value the database does not define."""
 
 
+def scaling_of(sig: Signal) -> tuple[float, float]:
+    """(scale, offset) as cantools applies them: an enum signal's conversion scales through an inner
+    numeric one, which turns whole-number factors into ints (so 2.0 gives int values, like cantools)."""
+    conversion = getattr(sig.conversion, "_conversion", sig.conversion)
+    return conversion.scale, conversion.offset
+
+
 def _kind(sig: Signal) -> str:
     return "f" if sig.is_float else ("s" if sig.is_signed else "u")
 
@@ -95,7 +102,7 @@ def values_code(signals: Sequence[Signal], nbytes: int) -> ValuesCode:
     values, raws = [], []
     for s in signals:
         raw = where[id(s)]
-        scale, offset = s.conversion.scale, s.conversion.offset
+        scale, offset = scaling_of(s)
         raws.append(raw)
         values.append(raw if scale == 1 and offset == 0 else f"{raw} * {scale!r} + {offset!r}")
     return ValuesCode(env, lines, values, raws)
@@ -156,7 +163,9 @@ class FastDecoder:
                 if sigs:
                     self.pages[page] = _page(sigs, self.length)
                     masked += [s for s in sigs if s not in masked]
-        self.mask = signal_mask(masked, self.length) if masked else 0
+        self.mask = 0  # signal by signal: signals of different pages may share bits
+        for s in masked:
+            self.mask |= signal_mask([s], self.length)
 
     def decode(self, data: bytes) -> tuple[int | None, tuple] | None:
         """(page key, values in `pages[key].signals` order) of a payload of at least `length` bytes.
