@@ -83,10 +83,10 @@ class OnChange(Filter):
         return (t, v)
 
     def inline(self, f: str, v: str, keep: Keep) -> list[str]:
-        changed = f"{v} != _l and ({v} == {v} or _l == _l)"  # not equal, and not both NaN
+        changed = f"{v} != _l and ({v} == {v} or _l == _l)"  # not equal, and not both NaN (None: the first)
         if self.deadband:
-            changed += f" and not abs({v} - _l) <= {f}.deadband"
-        return [f"_l = {f}.last", f"if _l is None or ({changed}):", f"    {f}.last = {v}", *_indent(keep("t", v))]
+            changed = f"_l is None or ({changed} and not abs({v} - _l) <= {f}.deadband)"
+        return [f"_l = {f}.last", f"if {changed}:", f"    {f}.last = {v}", *_indent(keep("t", v))]
 
 
 class MinInterval(Filter):
@@ -126,6 +126,11 @@ class Period(Filter):
             self.end = (t // self.period + 1) * self.period
         self.held = (t, v)
         return out
+
+    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
+        return [f"if t >= {f}.end:", f"    _h = {f}.held", f"    {f}.end = (t // {f}.period + 1) * {f}.period",
+                f"    {f}.held = (t, {v})", "    if _h is not None:", *_indent(_indent(keep("_h[0]", "_h[1]"))),
+                "else:", f"    {f}.held = (t, {v})"]
 
     def flush(self) -> Emit:
         held, self.held = self.held, None
