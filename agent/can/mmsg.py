@@ -63,6 +63,16 @@ class MultiReceiver:
         self.ctrl_view = memoryview(self.ctrl).cast("B")
         self._used = 0
         self.size_t = self._reset = struct.Struct("=" + _SIZE_T)
+        # Per message, for struct.iter_unpack: (msg_controllen, msg_len) from the headers; the control
+        # data as (len, level, type, tv_sec, tv_nsec, len, level, type, drops): a 64-bit timestamp
+        # then the drop counter; the frame as (can_id, len, payload): struct can[fd]_frame.
+        sz, hdr = _SIZE_T, socket.CMSG_LEN(0)
+        self.heads = struct.Struct(f"={self.ctrllen_at}x{sz}{self.len_at - self.ctrllen_at - self.size_t.size}xI"
+                                   f"{self.stride - self.len_at - 4}x")
+        ts_space = socket.CMSG_SPACE(16)
+        self.cmsgs = struct.Struct(f"={sz}ii{hdr - self.size_t.size - 8}xqq{ts_space - hdr - 16}x"
+                                   f"{sz}ii{hdr - self.size_t.size - 8}xI{CTRL_BYTES - ts_space - hdr - 4}x")
+        self.frames = struct.Struct(f"=IB3x{mtu - 8}s")
 
     @classmethod
     def create(cls, count: int = 256, mtu: int = 72) -> MultiReceiver | None:

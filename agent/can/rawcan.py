@@ -114,40 +114,63 @@ def drain(sock: socket.socket, out: list[Frame], state: DrainState, limit: int =
 
 _CMSG_TYPE_AT = socket.CMSG_LEN(0) - 4  # cmsghdr: cmsg_len (size_t), cmsg_level (int), cmsg_type (int)
 _CMSG_HEADER = socket.CMSG_LEN(0)
+_TS_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 _ALIGN = socket.CMSG_SPACE(1) - socket.CMSG_LEN(0) - 1  # CMSG_ALIGN's alignment minus one
 I32 = struct.Struct("=i")
 
 
+def _walk_cmsgs(ctrl: memoryview, c: int, clen: int, size_t: struct.Struct, state: DrainState) -> float | None:
+    """The timestamp (and the drop counter, into `state`) from one message's control data, walked as
+    CMSG_NXTHDR does: for the layouts the fast path of `drain_multi` does not expect."""
+    t, off = None, 0
+    while off + _CMSG_HEADER <= clen:
+        length = size_t.unpack_from(ctrl, c + off)[0]
+        if length < _CMSG_HEADER:
+            break
+        kind = I32.unpack_from(ctrl, c + off + _CMSG_TYPE_AT)[0]
+        if kind in TIMESTAMP_KINDS:
+            t = _seconds(ctrl[c + off + _CMSG_HEADER:c + off + length])
+        elif kind == SO_RXQ_OVFL:
+            state.kernel_drops = U32.unpack_from(ctrl, c + off + _CMSG_HEADER)[0]
+        off += (length + _ALIGN) & ~_ALIGN
+    return t
+
+
 def drain_multi(sock: socket.socket, rx: MultiReceiver, out: list[Frame], state: DrainState,
                 limit: int = MAX_DRAIN) -> None:
-    """`drain` with recvmmsg: up to `rx.count` frames per system call (same frames, same order)."""
+    """`drain` with recvmmsg: up to `rx.count` frames per system call (same frames, same order).
+
+    The buffers are read with `struct.iter_unpack` (C loops): per message its lengths, its control
+    data in the usual layout (a 64-bit timestamp, then the drop counter once the socket has dropped),
+    and its frame header and payload; anything else takes `_walk_cmsgs` and `_frame`.
+    """
     fd, now, append = sock.fileno(), time.time, out.append
-    msgs, data_view, ctrl = rx.msgs_view, rx.data_view, rx.ctrl_view
-    stride, len_at, ctrl_at, mtu = rx.stride, rx.len_at, rx.ctrllen_at, rx.mtu
-    u32, i32, size_t = U32.unpack_from, I32.unpack_from, rx.size_t.unpack_from
+    ts_only, ts_drops, kinds = _TS_SPACE, _TS_SPACE + socket.CMSG_SPACE(U32.size), TIMESTAMP_KINDS
+    special = CAN_RTR_FLAG | CAN_ERR_FLAG
     while len(out) < limit:
         n = rx.receive(fd)
-        for i in range(n):
-            m, d, c = i * stride, i * mtu, i * CTRL_BYTES
-            size = u32(msgs, m + len_at)[0]
+        if not n:
+            return
+        heads = rx.heads.iter_unpack(rx.msgs_view[:n * rx.stride])
+        ctrls = rx.cmsgs.iter_unpack(rx.ctrl_view[:n * CTRL_BYTES])
+        frames = rx.frames.iter_unpack(rx.data_view[:n * rx.mtu])
+        for i, ((clen, size), (_l1, _v1, kind, sec, ns, _l2, _v2, kind2, drops), (can_id, length, payload)) in \
+                enumerate(zip(heads, ctrls, frames, strict=True)):
             if size < CAN_MTU:
                 return
-            t = None
-            clen = size_t(msgs, m + ctrl_at)[0]
-            off = 0
-            while off + _CMSG_HEADER <= clen:  # walk the control messages as CMSG_NXTHDR does
-                length = size_t(ctrl, c + off)[0]
-                if length < _CMSG_HEADER:
-                    break
-                kind = i32(ctrl, c + off + _CMSG_TYPE_AT)[0]
-                if kind in TIMESTAMP_KINDS:
-                    t = _seconds(ctrl[c + off + _CMSG_HEADER:c + off + length])
-                elif kind == SO_RXQ_OVFL:
-                    state.kernel_drops = u32(ctrl, c + off + _CMSG_HEADER)[0]
-                off += (length + _ALIGN) & ~_ALIGN
-            frame = _frame(bytes(data_view[d:d + size]), t or now(), state)
-            if frame is not None:
-                append(frame)
+            if clen == ts_only and kind in kinds:
+                t = sec + ns * 1e-9
+            elif clen == ts_drops and kind in kinds and kind2 == SO_RXQ_OVFL:
+                t, state.kernel_drops = sec + ns * 1e-9, drops
+            else:
+                t = _walk_cmsgs(rx.ctrl_view, i * CTRL_BYTES, clen, rx.size_t, state) or now()
+            if can_id & special:
+                frame = _frame(bytes(rx.data_view[i * rx.mtu:i * rx.mtu + size]), t, state)
+                if frame is not None:
+                    append(frame)
+                continue
+            fid = can_id & (CAN_EFF_MASK if can_id & CAN_EFF_FLAG else CAN_SFF_MASK)
+            append((t, fid, payload[:length], size == CANFD_MTU, False))  # type: ignore[arg-type]
         if n < rx.count:
             return
 
