@@ -56,19 +56,24 @@ class ColumnarCodec(Codec):
     def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None) -> bytes:
         ticks = self.ticks
         scaling = scaling or {}
-        tick_cols = {key: [round(t * ticks) for t in ts] for key, (ts, _) in columns.items()}
-        t0 = min((c[0] for c in tick_cols.values() if c), default=0)
+        first = [ts[0] for ts, _ in columns.values() if ts]
+        t0 = round(min(first) * ticks) if first else 0  # rounding is monotonic: the least first tick
         times: list[list[int]] = []
-        time_index: dict[tuple[int, ...], int] = {}
+        time_index: dict[tuple[int, ...], int] = {}  # tick lists -> index in `times`
+        seen: dict[tuple[float, ...], int] = {}      # the same for timestamp lists already rounded
         series = []
-        for key, (_, values) in columns.items():
+        for key, (ts, values) in columns.items():
             bus, message, signal = key
-            col = tick_cols[key]
-            shape = tuple(col)
-            idx = time_index.get(shape)
+            floats = tuple(ts)  # signals of one message kept together share their timestamps
+            idx = seen.get(floats)
             if idx is None:
-                idx = time_index[shape] = len(times)
-                times.append(_deltas(col, t0))
+                col = [round(t * ticks) for t in ts]
+                shape = tuple(col)
+                idx = time_index.get(shape)
+                if idx is None:
+                    idx = time_index[shape] = len(times)
+                    times.append(_deltas(col, t0))
+                seen[floats] = idx
             scale, offset = scaling.get((message, signal), (1, 0))
             raws = values if type(values) is RawValues else _as_raw(values, scale, offset)
             if raws is not None:
