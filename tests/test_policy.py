@@ -120,3 +120,31 @@ BO_ 200 Plain: 8 N
     collector.process([Frame(2.0 + i, 200, data, len(data) > 8) for i, data in enumerate(speeds)])
     assert batcher.open[Priority.normal].columns[("can0", "Plain", "Speed")][1] == [1, 2, 1]
     assert collector.counters.decode_errors == 2, "the 4-byte frame is too short"
+
+
+def test_one_message_name_at_two_ids_keeps_one_kind_of_column(tmp_path) -> None:
+    """Two frame ids named alike on one bus share a column: it must not mix raw and physical values."""
+    from agent.batcher import Batcher
+    from agent.codec import ColumnarCodec
+    from agent.collect.collector import Collector
+    from agent.config import BatchingConfig, CollectionConfig
+    from agent.decode import FrameDecoder
+    from agent.decode.database import load_databases
+
+    head = 'VERSION ""\nNS_ :\nBS_:\nBU_: ECU\n'
+    (tmp_path / "a.dbc").write_text(head + 'BO_ 256 Status: 8 ECU\n SG_ Temp : 0|8@1+ (0.5,-40) [0|0] "" ECU\n')
+    (tmp_path / "b.dbc").write_text(head + 'BO_ 512 Status: 8 ECU\n SG_ Mode M : 8|8@1+ (1,0) [0|0] "" ECU\n'
+                                    ' SG_ Temp m1 : 0|8@1+ (0.5,-40) [0|0] "" ECU\n')
+    decoder = FrameDecoder(load_databases([tmp_path / "a.dbc", tmp_path / "b.dbc"]))
+    scaling = {("Status", "Temp"): (0.5, -40), ("Status", "Mode"): (1, 0)}
+    for order in ((512, 256), (256, 512)):
+        out: list = []
+        codec = ColumnarCodec()
+        batcher = Batcher(BatchingConfig(), codec, vehicle="v", on_batch=out.append, scaling=scaling)
+        collector = Collector("pt", decoder, CollectionConfig.model_validate({"default": {"policy": "all"}}), batcher,
+                              scaling=scaling)
+        collector.process([(1.0 + i, fid, bytes([100, 1, 0, 0, 0, 0, 0, 0]), False, False)
+                           for i, fid in enumerate(order)])
+        batcher.flush()
+        temps = [s.value for s in codec.decode(out[0].payload)[1] if s.signal == "Temp"]
+        assert temps == [10.0, 10.0], order

@@ -72,8 +72,14 @@ def enable_timestamps(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
-def _seconds(cdata: bytes | memoryview) -> float:
-    sec, ns = (TIMESPEC if len(cdata) >= TIMESPEC.size else TIMESPEC32).unpack_from(cdata)
+def _seconds(cdata: bytes | memoryview) -> float | None:
+    """A timestamp control message's time; None for a size no kernel writes (a truncated one)."""
+    if len(cdata) == TIMESPEC.size:
+        sec, ns = TIMESPEC.unpack_from(cdata)
+    elif len(cdata) == TIMESPEC32.size:
+        sec, ns = TIMESPEC32.unpack_from(cdata)
+    else:
+        return None
     return sec + ns * 1e-9
 
 

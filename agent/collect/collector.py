@@ -10,6 +10,7 @@ built from `wanted_ids`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -148,6 +149,7 @@ class Collector:
         self.last_payload: dict[int, int] = {}
         self.known_ids = set(decoder.by_id)
         self._generation = -1
+        names = Counter(dec.name for dec in decoder.by_id.values())
         for fid, dec in decoder.by_id.items():
             slots: dict[str, Slot] = {}
             for sig in dec.signals:
@@ -171,8 +173,9 @@ class Collector:
             if fast is not None and fast.mux is None and None in fast.pages:
                 for sig in fast.pages[None].signals:
                     slot = slots[sig.name]
+                    # one column per (bus, message, signal): a message name at two ids stays physical
                     slot.raw = (label is None and not sig.is_float and slot.filt.emits_offered and scaling is not None
-                                and scaling.get(slot.key[1:]) == scaling_of(sig))
+                                and names[dec.name] == 1 and scaling.get(slot.key[1:]) == scaling_of(sig))
                 plan.exact = self.steps[fid] = compile_step(pages[None], fast.pages[None].code, dec.length,
                                                             plan.mask if change_only else None, self._bind, label,
                                                             generic)
