@@ -336,3 +336,39 @@ def test_sustained_saturated_bus_loses_nothing(vcan0: str, agents) -> None:
     agent.wait(lambda: agent.bus("pt")["frames"] == sent, f"all {sent} frames", timeout=30)
     assert agent.bus("pt").get("kernel_drops", 0) == 0
     agent.stop()
+
+
+def test_simulator_traffic_decodes_like_its_candump_capture(vcan0: str, agents, tmp_path: Path) -> None:
+    """`vehicle-agent simulate` on vcan0 while can-utils' candump records it: the agent's samples are
+    exactly what `vehicle-agent decode` makes of the capture."""
+    import shutil
+
+    if shutil.which("candump") is None:
+        pytest.skip("can-utils (candump) is not installed")
+    dbc = str(DBC / "powertrain.dbc")
+    agent = agents({"buses": [{"name": "pt", "interface": "socketcan", "channel": vcan0, "databases": [dbc]}],
+                    "collection": {"default": {"policy": "all"}}})
+    agent.wait(lambda: agent.bus("pt").get("state") == "up", "bus up")
+    capture = tmp_path / "capture.log"
+    with capture.open("w") as out:
+        candump = subprocess.Popen(["candump", "-L", vcan0], stdout=out)
+    try:
+        time.sleep(0.5)
+        sim = subprocess.run([sys.executable, "-m", "agent", "simulate", "--dbc", dbc, "--channel", vcan0,
+                              "--interface", "socketcan", "--duration", "1", "--seed", "3"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120 * SLOW)
+        assert sim.returncode == 0, sim.stderr[-2000:]
+        time.sleep(0.5)
+    finally:
+        candump.send_signal(signal.SIGINT)
+        candump.wait(30)
+    lines = capture.read_text().splitlines()
+    assert len(lines) > 100
+    agent.wait(lambda: agent.bus("pt").get("frames") == len(lines), f"all {len(lines)} captured frames")
+    agent.stop()
+    got = Counter((s["message"], s["signal"], round(s["value"], 6)) for s in agent.samples())
+    res = subprocess.run([sys.executable, "-m", "agent", "decode", "--dbc", dbc, str(capture)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120 * SLOW)
+    expected = Counter((m["message"], sig, round(v, 6)) for m in map(json.loads, res.stdout.splitlines())
+                       for sig, v in m["signals"].items())
+    assert got == expected and sum(got.values()) > 100
