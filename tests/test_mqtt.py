@@ -101,6 +101,13 @@ def speeds(cloud: Cloud) -> list[float]:
     return sorted(s.value for _, ss in samples_of(cloud).values() for s in ss if s.signal == "EngineSpeed")
 
 
+def saved_after(broker: MqttBroker, t: float) -> bool:
+    try:
+        return (broker.folder / "mosquitto.db").stat().st_mtime > t
+    except FileNotFoundError:
+        return False
+
+
 def ms_floor(t: float) -> float:
     return math.floor(t * 1000) / 1000
 
@@ -194,7 +201,11 @@ async def test_broker_killed_mid_stream_loses_nothing(tmp_path: Path, broker: Mq
 
     async with running_agent(tmp_path, broker, cloud, "mqtt-kill") as agent:
         await until(lambda: agent.sink.state()["connected"], what="connected")
+        subscribed = time.time()
         await feed(150)
+        # The cloud's persistent session must be on disk before the SIGKILL (autosave every second), or
+        # what the agent sends before the cloud client reconnects has no session to queue in.
+        await until(lambda: saved_after(broker, subscribed), what="broker saved the cloud's session")
         await asyncio.to_thread(broker.kill, signal.SIGKILL)
         await feed(150)  # collected while the broker is away: the store keeps it
         await until(lambda: agent.forwarder.status.state == "failing", what="uplink failing")
