@@ -11,16 +11,14 @@ import time
 
 import pytest
 
+from agent.can.frame_format import CAN_ERR_FLAG, CAN_RTR_FLAG, pack_frame
 from agent.can.mmsg import MultiReceiver
 from agent.can.rawcan import (
     CAN_ERR_BUSOFF,
-    CAN_ERR_FLAG,
-    CAN_RTR_FLAG,
     DrainState,
     drain,
     drain_multi,
     enable_timestamps,
-    pack_frame,
     receive_filters,
 )
 

@@ -24,15 +24,9 @@ import cantools
 import pytest
 import yaml
 
+from agent.can.frame_format import CAN_ERR_FLAG, pack_frame
 from agent.can.logs import LogFrame, read_log
-from agent.can.rawcan import (
-    CAN_ERR_BUSOFF,
-    CAN_ERR_FLAG,
-    CAN_ERR_RESTARTED,
-    CAN_RAW_FD_FRAMES,
-    SOL_CAN_RAW,
-    pack_frame,
-)
+from agent.can.rawcan import CAN_ERR_BUSOFF, CAN_ERR_RESTARTED, CAN_RAW_FD_FRAMES, SOL_CAN_RAW
 from agent.can.source import socketcan_available
 from agent.health import STATUS_FILE
 

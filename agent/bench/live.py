@@ -20,9 +20,10 @@ import can
 import yaml
 
 from agent.app import Agent
-from agent.bench.stages import Pipeline, _sender
+from agent.bench.stages import TimedPipeline, sender_socket
 from agent.bench.trace import Trace
-from agent.can.rawcan import RawCanSource, pack_frame
+from agent.can.frame_format import pack_frame
+from agent.can.rawcan import RawCanSource
 from agent.config import AgentConfig, build_config
 
 
@@ -40,7 +41,7 @@ def realtime(trace: Trace, directory: Path, *, rate: float, seconds: float) -> d
     """CPU share of the agent's read + pipeline while a sender process delivers `rate` frames a second."""
     bus = max(trace.frames, key=lambda b: len(trace.frames[b]))
     grams = [pack_frame(f.id, f.data, fd=f.is_fd) for f in trace.frames[bus]]
-    p = Pipeline(trace.config, directory)
+    p = TimedPipeline(trace.config, directory)
     process, tick = p.collectors[bus].process, p.batcher.tick
     received = 0
 
@@ -62,7 +63,7 @@ def realtime(trace: Trace, directory: Path, *, rate: float, seconds: float) -> d
                 tick()
         return time.monotonic() - wall, time.process_time() - cpu
 
-    with _sender(grams, rate, seconds + 1) as sock:
+    with sender_socket(grams, rate, seconds + 1) as sock:
         source = RawCanSource(bus, "bench", sock=sock)
         wall, cpu = asyncio.run(run(source))
     p.batcher.flush()

@@ -19,7 +19,8 @@ import can
 from agent.app import build_pipeline
 from agent.batcher import Batcher
 from agent.bench.trace import Trace, cpu_best
-from agent.can.rawcan import RCVBUF_BYTES, RawCanSource, enable_timestamps, pack_frame
+from agent.can.frame_format import pack_frame
+from agent.can.rawcan import RCVBUF_BYTES, RawCanSource, enable_timestamps
 from agent.can.source import BusSource
 from agent.codec import Codec, Columns, Scaling, codec_for
 from agent.collect.collector import BusCounters, Collector
@@ -84,7 +85,7 @@ class _TimedCodec(Codec):
         return self.inner.decode(payload)
 
 
-class Pipeline:
+class TimedPipeline:
     """The agent's pipeline after the bus read: collectors -> batcher (encode+compress) -> SQLite store."""
 
     def __init__(self, cfg: AgentConfig, directory: Path) -> None:
@@ -117,11 +118,11 @@ class Pipeline:
 def pipeline(trace: Trace, directory: Path, budget_s: float) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """The whole pipeline after the bus read, and its split into collect / encode / store (best run)."""
     chunks = trace.chunks()
-    best: tuple[float, Pipeline] | None = None
+    best: tuple[float, TimedPipeline] | None = None
     deadline = time.monotonic() + budget_s
     for i in range(3):
         run_dir = Path(tempfile.mkdtemp(dir=directory))
-        p = Pipeline(trace.config, run_dir)
+        p = TimedPipeline(trace.config, run_dir)
         collectors = p.collectors
         start = time.process_time()
         for bus, frames in chunks:
@@ -152,7 +153,7 @@ def pipeline(trace: Trace, directory: Path, budget_s: float) -> tuple[dict[str, 
 
 
 @contextlib.contextmanager
-def _sender(datagrams: list[bytes], rate: float, seconds: float) -> Iterator[socket.socket]:
+def sender_socket(datagrams: list[bytes], rate: float, seconds: float) -> Iterator[socket.socket]:
     """The receiving end of a socketpair fed by a sender process (see agent.bench.sender)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
@@ -179,13 +180,13 @@ def with_socket_read(trace: Trace, directory: Path) -> dict[str, float]:
     Where the kernel has no CAN, the datagrams come over an AF_UNIX socketpair from a sender
     process: the same `struct can_frame` bytes and the same Python-side work as on AF_CAN.
     """
-    p = Pipeline(trace.config, directory)
+    p = TimedPipeline(trace.config, directory)
     cpu, received, sent = 0.0, 0, 0
     for bus in trace.frames:
         grams = [pack_frame(f.id, f.data, fd=f.is_fd) for f in trace.frames[bus]]
         sent += len(grams)
         process, got = p.collectors[bus].process, 0
-        with _sender(grams, 0, 0) as sock:
+        with sender_socket(grams, 0, 0) as sock:
             read = RawCanSource(bus, "bench", sock=sock).read  # the agent's drain (recvmmsg where libc has it)
             start = time.process_time()
             deadline = time.monotonic() + 60
@@ -208,7 +209,7 @@ def with_socket_read(trace: Trace, directory: Path) -> dict[str, float]:
 
 def with_python_can_read(trace: Trace, directory: Path) -> dict[str, float]:
     """python-can's `Bus.recv` path (the virtual bus; frames queued beforehand, sending not counted)."""
-    p = Pipeline(trace.config, directory)
+    p = TimedPipeline(trace.config, directory)
     cpu = 0.0
     rx = can.Bus(interface="virtual", channel="bench-read", receive_own_messages=False)
     tx = can.Bus(interface="virtual", channel="bench-read", receive_own_messages=False)

@@ -14,9 +14,8 @@ from typing import IO
 
 import can
 
-CAN_EFF_FLAG = 0x80000000
-CAN_ERR_FLAG = 0x20000000
-CANFD_BRS = 0x01
+from agent.can.frame_format import CAN_ERR_FLAG, CANFD_BRS
+
 _FD_LENGTHS = {0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64}
 _LINE_RE = re.compile(r"^\s*\((\d+(?:\.\d+)?)\)\s+(\S+)\s+([0-9A-Fa-f]{1,8})(##?)(\S*)\s*$")
 

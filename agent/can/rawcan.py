@@ -24,6 +24,16 @@ from typing import Any
 
 import structlog
 
+from agent.can.frame_format import (
+    CAN_EFF_FLAG,
+    CAN_EFF_MASK,
+    CAN_ERR_FLAG,
+    CAN_MTU,
+    CAN_RTR_FLAG,
+    CAN_SFF_MASK,
+    CANFD_MTU,
+    FRAME_HEADER,
+)
 from agent.can.mmsg import CTRL_BYTES, MultiReceiver
 from agent.can.source import DEFAULT_TICK_S, MAX_DRAIN, FrameSource, sleep_or_stop
 from agent.model import Frame
@@ -39,13 +49,8 @@ SO_TIMESTAMPNS_NEW = 64  # Linux 5.1+: always two 64-bit fields, also for 32-bit
 TIMESTAMP_KINDS = frozenset((SO_TIMESTAMPNS, SO_TIMESTAMPNS_NEW))
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-CAN_EFF_FLAG, CAN_RTR_FLAG, CAN_ERR_FLAG = 0x80000000, 0x40000000, 0x20000000
-CAN_SFF_MASK, CAN_EFF_MASK = 0x7FF, 0x1FFFFFFF
-CAN_ERR_BUSOFF, CAN_ERR_RESTARTED, CAN_ERR_CRTL = 0x40, 0x100, 0x04
+CAN_ERR_BUSOFF, CAN_ERR_RESTARTED = 0x40, 0x100  # error frame classes (linux/can/error.h)
 CAN_RAW_FILTER_MAX = 512
-CANFD_BRS = 0x01
-CAN_MTU, CANFD_MTU = 16, 72
-FRAME_HEADER = struct.Struct("=IB")  # can_id, len (then flags/pad, res0, res1/len8_dlc, data)
 TIMESPEC = struct.Struct("=qq")
 TIMESPEC32 = struct.Struct("=ii")  # SO_TIMESTAMPNS_OLD in a 32-bit process
 U32 = struct.Struct("=I")
@@ -179,15 +184,6 @@ def drain_multi(sock: socket.socket, rx: MultiReceiver, out: list[Frame], state:
             append((t, fid, payload[:length], size == CANFD_MTU, False))  # type: ignore[arg-type]
         if n < rx.count:
             return
-
-
-def pack_frame(frame_id: int, data: bytes, *, fd: bool = False, extended: bool | None = None, brs: bool = True) -> bytes:
-    """The kernel's `struct can_frame` (or `canfd_frame`) for a frame: what a CAN socket sends and receives."""
-    ext = frame_id > CAN_SFF_MASK if extended is None else extended
-    can_id = frame_id | (CAN_EFF_FLAG if ext else 0)
-    if fd:
-        return struct.pack("=IBBBB64s", can_id, len(data), CANFD_BRS if brs else 0, 0, 0, data)
-    return struct.pack("=IBBBB8s", can_id, len(data), 0, 0, 0, data)
 
 
 def receive_filters(ids: set[int] | None) -> bytes | None:

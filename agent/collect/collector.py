@@ -122,7 +122,7 @@ class _Plan:
     decoder: MessageDecoder
     slots: dict[str, Slot]                 # by signal name (shared by every multiplexer page)
     fast: FastDecoder | None               # None: decode with cantools
-    samplers: dict[int | None, Sampler]    # fast path: generated filter + append code per page
+    samplers: dict[int | None, Sampler]    # multiplexed fast path: generated filter + append code per page
     change_only: bool                      # every filter is OnChange: an unchanged payload emits nothing
     mask: int                              # payload bits of the wanted signals
     length: int
@@ -166,11 +166,13 @@ class Collector:
             label = dec.label if cfg.labels else None
             pages = {key: [slots[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
             change_only = fast is not None and all(type(e.filt) is OnChange for e in slots.values())
-            plan = self.plans[fid] = _Plan(
-                dec, slots, fast, {key: compile_sampler(page, self._bind, label) for key, page in pages.items()},
-                change_only, fast.mask if fast else 0, dec.length, cfg.labels)
+            plain = fast is not None and fast.mux is None and None in fast.pages  # gets a generated step
+            samplers = {} if plain else {key: compile_sampler(page, self._bind, label) for key, page in pages.items()}
+            plan = self.plans[fid] = _Plan(dec, slots, fast, samplers, change_only, fast.mask if fast else 0,
+                                           dec.length, cfg.labels)
             generic = partial(self._step, fid, plan)
-            if fast is not None and fast.mux is None and None in fast.pages:
+            if plain:
+                assert fast is not None
                 for sig in fast.pages[None].signals:
                     slot = slots[sig.name]
                     # one column per (bus, message, signal): a message name at two ids stays physical

@@ -108,9 +108,8 @@ def values_code(signals: Sequence[Signal], nbytes: int) -> ValuesCode:
     return ValuesCode(env, lines, values, raws)
 
 
-def compile_values(signals: Sequence[Signal], nbytes: int) -> Callable[[bytes], tuple]:
-    """A function payload -> tuple of scaled values, in the order of `signals`."""
-    code = values_code(signals, nbytes)
+def compile_values(code: ValuesCode) -> Callable[[bytes], tuple]:
+    """A function payload -> tuple of the scaled values `code` computes, in its order."""
     env = dict(code.env)
     lines = ["def decode(data):", *("    " + line for line in code.lines),
              f"    return ({', '.join(code.values)}{',' if len(code.values) == 1 else ''})"]
@@ -128,7 +127,8 @@ class Page:
 
 
 def _page(signals: tuple[Signal, ...], nbytes: int) -> Page:
-    return Page(signals, compile_values(signals, nbytes), values_code(signals, nbytes))
+    code = values_code(signals, nbytes)
+    return Page(signals, compile_values(code), code)
 
 
 class FastDecoder:
@@ -150,7 +150,7 @@ class FastDecoder:
             self._mux_value: Callable[[bytes], tuple] | None = None
             masked = list(plain)
         else:
-            self._mux_value = compile_values([self.mux], self.length)
+            self._mux_value = compile_values(values_code([self.mux], self.length))
             if self.mux.name in wanted_set:  # cantools reports the multiplexer as a signal of every page
                 plain = (self.mux, *plain)
             ids = sorted({i for s in message.signals for i in (s.multiplexer_ids or ())})
