@@ -9,6 +9,7 @@ is its reference decoder.
 from __future__ import annotations
 
 from itertools import accumulate, chain
+from math import floor
 from operator import sub
 
 import msgpack
@@ -57,7 +58,7 @@ class ColumnarCodec(Codec):
         ticks = self.ticks
         scaling = scaling or {}
         first = [ts[0] for ts, _ in columns.values() if ts]
-        t0 = round(min(first) * ticks) if first else 0  # rounding is monotonic: the least first tick
+        t0 = floor(min(first) * ticks + 0.5) if first else 0  # rounding is monotonic: the least first tick
         times: list[list[int]] = []
         time_index: dict[tuple[int, ...], int] = {}  # tick lists -> index in `times`
         seen: dict[tuple[float, ...], int] = {}      # the same for timestamp lists already rounded
@@ -67,7 +68,7 @@ class ColumnarCodec(Codec):
             floats = tuple(ts)  # signals of one message kept together share their timestamps
             idx = seen.get(floats)
             if idx is None:
-                col = [round(t * ticks) for t in ts]
+                col = [floor(t * ticks + 0.5) for t in ts]  # to the nearest tick; `round` costs twice as much
                 shape = tuple(col)
                 idx = time_index.get(shape)
                 if idx is None:

@@ -10,20 +10,22 @@ built from `wanted_ids`).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
+from cantools.database.can.signal import Signal
 from cantools.database.errors import DecodeError
 
 from agent.batcher import Batcher
 from agent.codec import Scaling
-from agent.collect.policy import Filter, OnChange, make_filter, resolve_policy
+from agent.collect.policy import Filter, OnChange, Period, make_filter, resolve_policy
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
-from agent.decode.fast import FastDecoder, ValuesCode, scaling_of
+from agent.decode.fast import FastDecoder, ValuesCode, compile_values, one_to_one, scaling_of, values_code
 from agent.model import Frame, Priority
 
 log = structlog.get_logger()
@@ -66,24 +68,39 @@ Step = Callable[[float, bytes], int]     # (time, payload) -> samples kept
 Label = Callable[[str, float | int], object]
 
 
-def _sampler_code(slots: list[Slot], label: Label | None, env: dict[str, object]) -> list[str]:
-    """Lines taking values v0..vN through their filters' decisions (`Filter.inline`) and appending
-    what is kept to the slots' columns; counts into `kept`. Fills `env` with what they use."""
-    lines = ["kept = 0"]
-    for i, slot in enumerate(slots):
-        env[f"F{i}"], env[f"S{i}"] = slot.filt, slot
+class HeldFrames:
+    """Period downsampling of a plain message's signals that share one period, done on whole frames.
 
-        def keep(et: str, ev: str, i: int = i, slot: Slot = slot) -> list[str]:
-            if slot.raw:  # the value kept is the one offered (Filter.emits_offered): append its raw integer
-                assert ev == f"v{i}", "a raw column gets only the value just decoded"
-                value = f"r{i}"
-            else:
-                value = f"_label({slot.signal!r}, {ev})" if label is not None else ev
-            return [f"_c = S{i}.ts", "if _c is None:", f"    _c = _bind(S{i})", f"_c.append({et})",
-                    f"S{i}.vs.append({value})", "kept += 1"]
+    A `Period` filter per signal holds the latest value of each period, and in a plain message
+    every signal of one period holds a value of the same latest frame. So the compiled step offers
+    the *payload* to one `Period` and decodes the held payload only when its period closes: wheel
+    speeds sent at 100 Hz and kept at 10 Hz are decoded 10 times a second, not 100. The samples are
+    exactly those of a `Period` per signal (tests/test_collect_exact.py); the slots' own filters stay
+    empty.
+    """
 
-        lines += slot.filt.inline(f"F{i}", f"v{i}", keep)
-    return lines
+    __slots__ = ("period", "slots", "values")
+
+    def __init__(self, period: Period, slots: list[Slot], values: Callable[[bytes], tuple]) -> None:
+        self.period, self.slots, self.values = period, slots, values
+
+
+def _keep(i: int, slot: Slot, label: Label | None, et: str, ev: str) -> list[str]:
+    """Lines appending a kept sample (time `et`, value `ev`) to slot `i`'s column; counts into `kept`."""
+    if slot.raw:  # the value kept is the one offered (Filter.emits_offered): append its raw integer
+        assert ev == f"v{i}", "a raw column gets only the value just decoded"
+        value = f"r{i}"
+    else:
+        value = f"_label({slot.signal!r}, {ev})" if label is not None else ev
+    return [f"_c = S{i}.ts", "if _c is None:", f"    _c = _bind(S{i})", f"_c.append({et})",
+            f"S{i}.vs.append({value})", "kept += 1"]
+
+
+def _decide(i: int, slot: Slot, label: Label | None, env: dict[str, object], raw: bool = False) -> list[str]:
+    """Lines taking value v{i} through slot `i`'s filter decision (`Filter.inline`) and keeping what
+    it keeps; with `raw`, the filter may compare the raw integer r{i} instead (one to one with v{i})."""
+    env[f"F{i}"], env[f"S{i}"] = slot.filt, slot
+    return slot.filt.inline(f"F{i}", f"v{i}", partial(_keep, i, slot, label), f"r{i}" if raw else None)
 
 
 def _define(name: str, args: str, body: list[str], env: dict[str, object]) -> Callable:
@@ -95,24 +112,61 @@ def compile_sampler(slots: list[Slot], bind: Callable[[Slot], list[float]], labe
     """Generated code for one page of a multiplexed message: its decoded values through the filters."""
     env: dict[str, object] = {"_bind": bind, "_label": label}
     unpack = f"{', '.join(f'v{i}' for i in range(len(slots)))}, = values"
-    return _define("sample", "t, values", [unpack, *_sampler_code(slots, label, env), "return kept"], env)
+    decide = [line for i, slot in enumerate(slots) for line in _decide(i, slot, label, env)]
+    return _define("sample", "t, values", [unpack, "kept = 0", *decide, "return kept"], env)
 
 
 def compile_step(slots: list[Slot], code: ValuesCode, length: int, mask: int | None, bind: Callable[[Slot], list[float]],
-                 label: Label | None, other: Step) -> Step:
+                 label: Label | None, other: Step, held: Sequence[HeldFrames] = (), raws: Sequence[bool] = ()) -> Step:
     """Generated code for a plain message: (when every filter is on-change) skip a payload whose
     wanted bits did not change, decode the wanted signals, filter, append. Payloads of another
-    length go to `other` (the generic step: short frames are errors, longer ones are cut)."""
+    length go to `other` (the generic step: short frames are errors, longer ones are cut).
+
+    `held`: slots downsampled on whole frames (HeldFrames); when every slot is, the step decodes
+    nothing until a period closes. `raws[i]`: slot i's filter may compare raw integers.
+    """
     env: dict[str, object] = {**code.env, "_bind": bind, "_label": label, "_other": other, "_prev": [None],
                               "_from_bytes": int.from_bytes}
     body = [f"if len(data) != {length}:", "    return _other(t, data)"]
     if mask is not None:
         body += [f"bits = _from_bytes(data, 'big') & {mask}", "if bits == _prev[0]:", "    return 0",
                  "_prev[0] = bits"]
-    body += code.lines
-    for i, (raw, value) in enumerate(zip(code.raws, code.values, strict=True)):
-        body += [f"r{i} = {raw}", f"v{i} = {value.replace(raw, f'r{i}', 1)}"] if slots[i].raw else [f"v{i} = {value}"]
-    return _define("step", "t, data", [*body, *_sampler_code(slots, label, env), "return kept"], env)
+    index = {id(slot): i for i, slot in enumerate(slots)}
+    decide = ["kept = 0"]
+    for g, frames in enumerate(held):
+        env[f"P{g}"], env[f"D{g}"] = frames.period, frames.values
+        env.update({f"S{index[id(slot)]}": slot for slot in frames.slots})
+
+        def keep_frame(et: str, ev: str, g: int = g, frames: HeldFrames = frames) -> list[str]:
+            return [f"_hv = D{g}({ev})", *(line for k, slot in enumerate(frames.slots)
+                                           for line in _keep(index[id(slot)], slot, label, et, f"_hv[{k}]"))]
+
+        decide += frames.period.inline(f"P{g}", "data", keep_frame)
+    free = [i for i in range(len(slots)) if not any(slots[i] in frames.slots for frames in held)]
+    for i in free:
+        decide += _decide(i, slots[i], label, env, i < len(raws) and raws[i])
+    decided = "\n".join(decide)
+    if free:
+        body += code.lines
+    for i in free:
+        raw, value = code.raws[i], code.values[i]
+        if slots[i].raw:
+            body.append(f"r{i} = {raw}")
+            value = value.replace(raw, f"r{i}", 1)
+        if re.search(rf"\bv{i}\b", decided):  # a filter comparing raws needs no scaled value
+            body.append(f"v{i} = {value}")
+    return _define("step", "t, data", [*body, *decide, "return kept"], env)
+
+
+def held_frames(slots: list[Slot], signals: Sequence[Signal], length: int) -> list[HeldFrames]:
+    """The plain message's Period slots grouped by period, each group decoding its held frame."""
+    by_period: dict[float, list[tuple[Slot, Signal]]] = {}
+    for slot, sig in zip(slots, signals, strict=True):
+        if type(slot.filt) is Period:
+            by_period.setdefault(slot.filt.period, []).append((slot, sig))
+    return [HeldFrames(Period(period), [slot for slot, _ in members],
+                       compile_values(values_code([sig for _, sig in members], length)))
+            for period, members in by_period.items()]
 
 
 @dataclass(slots=True)
@@ -128,6 +182,7 @@ class _Plan:
     length: int
     labels: bool
     exact: Step | None = None              # plain message: its generated step (for payloads of its length)
+    held: list[HeldFrames] = field(default_factory=list)  # plain message: Period slots downsampled on frames
 
 
 class Collector:
@@ -173,14 +228,17 @@ class Collector:
             generic = partial(self._step, fid, plan)
             if plain:
                 assert fast is not None
-                for sig in fast.pages[None].signals:
+                signals = fast.pages[None].signals
+                for sig in signals:
                     slot = slots[sig.name]
                     # one column per (bus, message, signal): a message name at two ids stays physical
                     slot.raw = (label is None and not sig.is_float and slot.filt.emits_offered and scaling is not None
                                 and names[dec.name] == 1 and scaling.get(slot.key[1:]) == scaling_of(sig))
+                plan.held = held_frames(pages[None], signals, dec.length)
+                raws = [slots[sig.name].raw and one_to_one(sig) for sig in signals]
                 plan.exact = self.steps[fid] = compile_step(pages[None], fast.pages[None].code, dec.length,
                                                             plan.mask if change_only else None, self._bind, label,
-                                                            generic)
+                                                            generic, plan.held, raws)
             else:
                 self.steps[fid] = generic
 
@@ -278,13 +336,15 @@ class Collector:
         """Emit what downsampling filters still hold (on shutdown or config swap)."""
         kept = 0
         for plan in self.plans.values():
-            for slot in plan.slots.values():
-                emit = slot.filt.flush()
-                if emit is not None:
-                    kept += 1
-                    ts, vs = self.batcher.column(slot.priority, slot.key, slot.raw)
-                    ts.append(emit[0])
-                    vs.append(plan.decoder.label(slot.signal, emit[1]) if plan.labels else emit[1])
+            held = [(slot, emit) for slot in plan.slots.values() if (emit := slot.filt.flush()) is not None]
+            for frames in plan.held:
+                if (frame := frames.period.flush()) is not None:
+                    held += [(slot, (frame[0], v)) for slot, v in zip(frames.slots, frames.values(frame[1]), strict=True)]
+            for slot, (t, value) in held:
+                kept += 1
+                ts, vs = self.batcher.column(slot.priority, slot.key, slot.raw)
+                ts.append(t)
+                vs.append(plan.decoder.label(slot.signal, value) if plan.labels else value)
         if kept:
             self.counters.samples += kept
             self.batcher.settle(kept)

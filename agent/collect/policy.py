@@ -42,8 +42,14 @@ class Filter:
     def flush(self) -> Emit:
         return None
 
-    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
-        """Lines deciding on value `v` at time `t`, with this filter bound to the name `f`."""
+    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
+        """Lines deciding on value `v` at time `t`, with this filter bound to the name `f`.
+
+        `raw`, when given, names the raw integer behind `v`, which the decoder guarantees is one to
+        one with it (see `agent.decode.fast.one_to_one`): a filter that only compares values may
+        compare raws instead and spare the scaling. Such a filter then holds raws, so the collector
+        uses one way (`inline` with raw, or `offer`) per filter object, never both.
+        """
         return [f"_e = {f}.offer(t, {v})", "if _e is not None:", *_indent(keep("_e[0]", "_e[1]"))]
 
 
@@ -55,7 +61,7 @@ class KeepAll(Filter):
     __slots__ = ()
     emits_offered = True
 
-    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
+    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
         return keep("t", v)
 
 
@@ -82,7 +88,9 @@ class OnChange(Filter):
         self.last = v
         return (t, v)
 
-    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
+    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
+        if raw is not None and not self.deadband:  # integers: no NaN, and equal raws are equal values
+            return [f"if {raw} != {f}.last:", f"    {f}.last = {raw}", *_indent(keep("t", v))]
         changed = f"{v} != _l and ({v} == {v} or _l == _l)"  # not equal, and not both NaN (None: the first)
         if self.deadband:
             changed = f"_l is None or ({changed} and not abs({v} - _l) <= {f}.deadband)"
@@ -105,7 +113,7 @@ class MinInterval(Filter):
         self.next_t = t + self.interval
         return (t, v)
 
-    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
+    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
         return [f"if t >= {f}.next_t:", f"    {f}.next_t = t + {f}.interval", *_indent(keep("t", v))]
 
 
@@ -127,7 +135,7 @@ class Period(Filter):
         self.held = (t, v)
         return out
 
-    def inline(self, f: str, v: str, keep: Keep) -> list[str]:
+    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
         return [f"if t >= {f}.end:", f"    _h = {f}.held", f"    {f}.end = (t // {f}.period + 1) * {f}.period",
                 f"    {f}.held = (t, {v})", "    if _h is not None:", *_indent(_indent(keep("_h[0]", "_h[1]"))),
                 "else:", f"    {f}.held = (t, {v})"]

@@ -36,6 +36,24 @@ def scaling_of(sig: Signal) -> tuple[float, float]:
     return conversion.scale, conversion.offset
 
 
+def one_to_one(sig: Signal) -> bool:
+    """Whether distinct raw integers of `sig` always give distinct values (`raw * scale + offset`).
+
+    Then raws compare like values, and an on-change filter can skip the scaling. Whole-number
+    scaling is exact; a float factor is one to one while the raw range and the offset leave the
+    product more than one rounding step apart for neighbouring raws (48 bits of range, |offset| at
+    most 2**48 factors: neighbours differ by |scale|, a rounding error is at most |scale| / 8).
+    """
+    if sig.is_float:
+        return False  # NaN payloads: equal bits, unequal values
+    scale, offset = scaling_of(sig)
+    if scale == 0:
+        return False
+    if (scale == 1 and offset == 0) or (isinstance(scale, int) and isinstance(offset, int)):
+        return True  # the value is the raw itself (see values_code), or integer arithmetic
+    return sig.length <= 48 and abs(offset) <= abs(scale) * 2**48
+
+
 def _kind(sig: Signal) -> str:
     return "f" if sig.is_float else ("s" if sig.is_signed else "u")
 
