@@ -35,7 +35,7 @@ from agent.can.frame_format import (
     FRAME_HEADER,
 )
 from agent.can.mmsg import CTRL_BYTES, MultiReceiver
-from agent.can.source import DEFAULT_TICK_S, MAX_DRAIN, FrameSource, sleep_or_stop
+from agent.can.source import MAX_DRAIN, FrameSource, sleep_or_stop
 from agent.model import Frame
 
 log = structlog.get_logger()
@@ -55,6 +55,10 @@ TIMESPEC = struct.Struct("=qq")
 TIMESPEC32 = struct.Struct("=ii")  # SO_TIMESTAMPNS_OLD in a 32-bit process
 U32 = struct.Struct("=I")
 ANC_SIZE = socket.CMSG_SPACE(TIMESPEC.size) + socket.CMSG_SPACE(U32.size)
+# Between drains, with the 4 MiB buffer: 800 frames of a saturated bus, a tenth of what it holds. Each
+# wake-up costs more than its share here (a cold cache after the sleep): at 8,000 frames/s the agent
+# used 4.4 % of a core on a 50 ms tick, 3.2 % on 100 ms, 3.3 % on 200 ms (docs/performance.md).
+RAW_TICK_S = 0.1
 SMALL_BUFFER_TICK_S = 0.02  # ~160 frames of a saturated bus between drains: a third of a default buffer
 RCVBUF_BYTES = 4 * 1024 * 1024  # ~0.5 s of a saturated 1 Mbit/s bus at the kernel's ~500 B/frame accounting
 
@@ -223,7 +227,7 @@ def interface_up(channel: str) -> bool:
 class RawCanSource(FrameSource):
     """A SocketCAN interface read with a raw socket, drained on a tick, reopened with backoff."""
 
-    def __init__(self, bus: str, channel: str, *, fd: bool = False, tick_s: float = DEFAULT_TICK_S,
+    def __init__(self, bus: str, channel: str, *, fd: bool = False, tick_s: float = RAW_TICK_S,
                  sock: socket.socket | None = None) -> None:
         super().__init__(bus)
         self.channel = channel
