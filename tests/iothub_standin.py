@@ -83,6 +83,23 @@ def make_certs(folder: Path) -> dict[str, Path]:
     return {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
 
 
+def make_device_cert(folder: Path, ca: dict[str, Path], device: str, pass_phrase: str | None = None) -> dict[str, Path]:
+    """A device certificate (CN = device id, clientAuth) signed by `ca`; the key encrypted when a pass phrase is given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "device.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                                       "extendedKeyUsage=clientAuth\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "plain.key", "-out", "device.csr",
+             "-subj", f"/CN={device}", cwd=folder)
+    _openssl("x509", "-req", "-in", "device.csr", "-CA", str(ca["ca"]), "-CAkey", str(ca["ca"].with_suffix(".key")),
+             "-CAcreateserial", "-out", "device.pem", "-days", "2", "-extfile", "device.ext", cwd=folder)
+    if pass_phrase is None:
+        (folder / "plain.key").rename(folder / "device.key")
+    else:
+        _openssl("pkey", "-in", "plain.key", "-aes256", "-passout", f"pass:{pass_phrase}", "-out", "device.key", cwd=folder)
+        (folder / "plain.key").unlink()
+    return {"cert": folder / "device.pem", "key": folder / "device.key"}
+
+
 class Broker:
     """mosquitto on 127.0.0.1: TLS 8883 for the SDK, a plain port for the responder; persistent sessions."""
 
@@ -92,6 +109,7 @@ class Broker:
         self.plain_port = free_port()
         self.proc: subprocess.Popen | None = None
         self.refuse_all = False
+        self.require_client_cert = False  # x509 devices: only clients with a certificate of the CA, named by its CN
 
     def _write_conf(self) -> Path:
         data = self.folder / "data"
@@ -108,6 +126,7 @@ class Broker:
             auth,
             f"listener {TLS_PORT} 127.0.0.1",
             f"cafile {self.certs['ca']}", f"certfile {self.certs['cert']}", f"keyfile {self.certs['key']}",
+            *(["require_certificate true", "use_identity_as_username true"] if self.require_client_cert else []),
             f"listener {self.plain_port} 127.0.0.1",
         ]
         conf.write_text("\n".join(lines) + "\n")

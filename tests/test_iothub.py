@@ -27,6 +27,7 @@ from agent.config import build_config
 from tests.conftest import DATA
 from tests.iothub_standin import (
     DEVICE_KEY,
+    HUB,
     TLS_PORT,
     Broker,
     Responder,
@@ -34,6 +35,7 @@ from tests.iothub_standin import (
     device_connection_string,
     edge_environment,
     make_certs,
+    make_device_cert,
     port_free,
 )
 
@@ -59,9 +61,11 @@ class Hub:
             r.reported_patches.clear()
             r.method_results.clear()
 
-    def restart_broker(self, *, refuse_all: bool = False, sig: int = signal.SIGTERM) -> None:
+    def restart_broker(self, *, refuse_all: bool = False, require_client_cert: bool = False,
+                       sig: int = signal.SIGTERM) -> None:
         self.broker.kill(sig)
         self.broker.refuse_all = refuse_all
+        self.broker.require_client_cert = require_client_cert
         self.broker.start()
 
 
@@ -289,3 +293,48 @@ async def test_module_identity_through_edge_environment(standin: Hub, tmp_path: 
     assert msg[0].properties["$.on"] == "telemetry"
     assert any(c.startswith("/trust-bundle") for c in workload.calls)
     assert any(c.startswith("/modules/vehicle-agent/genid/gen1/sign") for c in workload.calls)
+
+
+async def test_x509_device_certificate_with_an_encrypted_key(standin: Hub, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """The x509 identity: the device certificate is the credential (its key encrypted, the pass phrase
+    from the environment). The broker admits only clients presenting a certificate of its CA and
+    knows them by the certificate's CN, as IoT Hub knows an x509 device by its certificate. A
+    certificate of another CA is refused: the agent keeps its batches and retries."""
+    phrase = "pass-phrase-of-the-device-key"
+    device = make_device_cert(tmp_path / "device", standin.certs, "car-1", pass_phrase=phrase)
+    rogue = make_device_cert(tmp_path / "rogue", make_certs(tmp_path / "rogue-ca"), "car-1")
+    monkeypatch.delenv("VEHICLE_AGENT_IOTHUB_CONNECTION_STRING")
+    monkeypatch.setenv("CAR_1_KEY_PASS", phrase)
+    await asyncio.to_thread(standin.restart_broker, require_client_cert=True)
+    sender = can.Bus(interface="virtual", channel="iothub-x509")
+    try:
+        async with running_agent(tmp_path / "rogue", standin, "iothub-x509", identity="x509", hostname=HUB,
+                                 device_id="car-1", x509_cert_file=str(rogue["cert"]), x509_key_file=str(rogue["key"]),
+                                 gateway_hostname="localhost") as agent:
+            await until(lambda: agent.status()["buses"].get("pt", {}).get("state") == "up", what="bus open")
+            send_engine(sender, 0)
+            await until(lambda: agent.store.stats().batches >= 1, what="batch kept in the store")
+            await until(lambda: agent.forwarder.status.consecutive_failures >= 2, what="refused connections")
+            assert agent.sink.state()["link"] == "failing" and not standin.responder.telemetry
+            assert "connect failed" in agent.forwarder.status.last_error
+        async with running_agent(tmp_path, standin, "iothub-x509", identity="x509", hostname=HUB, device_id="car-1",
+                                 x509_cert_file=str(device["cert"]), x509_key_file=str(device["key"]),
+                                 x509_pass_phrase_env="CAR_1_KEY_PASS", gateway_hostname="localhost") as agent:
+            await until(lambda: agent.sink.state()["link"] == "connected", what="connected with the certificate")
+            send_engine(sender, 0)
+            msg = await until(lambda: standin.responder.telemetry[:1], what="telemetry of the x509 device")
+            await until(lambda: standin.responder.reported.get("agent"), what="reported properties")
+            status = json.dumps(agent.status())
+    finally:
+        sender.shutdown()
+        await asyncio.to_thread(standin.restart_broker)
+        await asyncio.to_thread(standin.responder.connected.wait, 20)
+    assert msg[0].topic.startswith("devices/car-1/messages/events/")
+    assert engine_speeds(standin) == [1000.0]
+    log = (standin.broker.folder / "mosquitto.log").read_text()
+    assert "u'car-1'" in log, "the broker knew the client by its certificate's CN"
+    out = capfd.readouterr()
+    for text in (out.out + out.err, status, json.dumps(standin.responder.reported)):
+        assert phrase not in text, "the key's pass phrase is never logged nor reported"
