@@ -25,7 +25,7 @@ from agent.codec import Scaling
 from agent.collect.policy import Filter, OnChange, Period, make_filter, resolve_policy
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
-from agent.decode.fast import FastDecoder, ValuesCode, compile_values, one_to_one, scaling_of, values_code
+from agent.decode.fast import FastDecoder, Page, compile_values, one_to_one, scaling_of, values_code
 from agent.model import Frame, Priority
 
 log = structlog.get_logger()
@@ -54,11 +54,12 @@ class BusCounters:
 class Slot:
     """A wanted signal: its filter, and where its kept samples go (the open batch's column lists)."""
 
-    __slots__ = ("filt", "priority", "key", "signal", "raw", "ts", "vs")
+    __slots__ = ("filt", "priority", "key", "signal", "raw", "compare_raw", "ts", "vs")
 
     def __init__(self, filt: Filter, priority: Priority, key: ColumnKey, signal: str) -> None:
         self.filt, self.priority, self.key, self.signal = filt, priority, key, signal
         self.raw = False  # its column holds raw integers (agent.codec.RawValues)
+        self.compare_raw = False  # its filter may decide on the raw integer (one to one with the value)
         self.ts: list[float] | None = None  # fetched from the batcher on the first sample of a batch
         self.vs: list | None = None
 
@@ -116,16 +117,17 @@ def compile_sampler(slots: list[Slot], bind: Callable[[Slot], list[float]], labe
     return _define("sample", "t, values", [unpack, "kept = 0", *decide, "return kept"], env)
 
 
-def compile_step(slots: list[Slot], code: ValuesCode, length: int, mask: int | None, bind: Callable[[Slot], list[float]],
-                 label: Label | None, other: Step, held: Sequence[HeldFrames] = (), raws: Sequence[bool] = ()) -> Step:
-    """Generated code for a plain message: (when every filter is on-change) skip a payload whose
-    wanted bits did not change, decode the wanted signals, filter, append. Payloads of another
-    length go to `other` (the generic step: short frames are errors, longer ones are cut).
+def compile_step(slots: list[Slot], page: Page, length: int, mask: int | None, bind: Callable[[Slot], list[float]],
+                 label: Label | None, other: Step, held: Sequence[HeldFrames] = ()) -> Step:
+    """Generated code for a plain message (`page`: its wanted signals, in `slots` order): (when every
+    filter is on-change) skip a payload whose wanted bits did not change, decode the wanted signals,
+    filter, append. Payloads of another length go to `other` (the generic step: short frames are
+    errors, longer ones are cut).
 
-    `held`: slots downsampled on whole frames (HeldFrames); when every slot is, the step decodes
-    nothing until a period closes. `raws[i]`: slot i's filter may compare raw integers.
+    `held`: slots downsampled on whole frames (HeldFrames); the step decodes only the other slots'
+    signals, so when every slot is held it decodes nothing until a period closes.
     """
-    env: dict[str, object] = {**code.env, "_bind": bind, "_label": label, "_other": other, "_prev": [None],
+    env: dict[str, object] = {"_bind": bind, "_label": label, "_other": other, "_prev": [None],
                               "_from_bytes": int.from_bytes}
     body = [f"if len(data) != {length}:", "    return _other(t, data)"]
     if mask is not None:
@@ -142,19 +144,20 @@ def compile_step(slots: list[Slot], code: ValuesCode, length: int, mask: int | N
                                            for line in _keep(index[id(slot)], slot, label, et, f"_hv[{k}]"))]
 
         decide += frames.period.inline(f"P{g}", "data", keep_frame)
-    free = [i for i in range(len(slots)) if not any(slots[i] in frames.slots for frames in held)]
+    free = [i for i, slot in enumerate(slots) if not any(slot in frames.slots for frames in held)]
     for i in free:
-        decide += _decide(i, slots[i], label, env, i < len(raws) and raws[i])
-    decided = "\n".join(decide)
+        decide += _decide(i, slots[i], label, env, slots[i].compare_raw)
     if free:
+        code = page.code if not held else values_code([page.signals[i] for i in free], length)
+        env.update(code.env)
         body += code.lines
-    for i in free:
-        raw, value = code.raws[i], code.values[i]
-        if slots[i].raw:
-            body.append(f"r{i} = {raw}")
-            value = value.replace(raw, f"r{i}", 1)
-        if re.search(rf"\bv{i}\b", decided):  # a filter comparing raws needs no scaled value
-            body.append(f"v{i} = {value}")
+        decided = "\n".join(decide)
+        for i, raw, value in zip(free, code.raws, code.values, strict=True):
+            if slots[i].raw:
+                body.append(f"r{i} = {raw}")
+                value = value.replace(raw, f"r{i}", 1)  # every value expression starts with its raw
+            if re.search(rf"\bv{i}\b", decided):  # a filter comparing raws needs no scaled value
+                body.append(f"v{i} = {value}")
     return _define("step", "t, data", [*body, *decide, "return kept"], env)
 
 
@@ -234,11 +237,11 @@ class Collector:
                     # one column per (bus, message, signal): a message name at two ids stays physical
                     slot.raw = (label is None and not sig.is_float and slot.filt.emits_offered and scaling is not None
                                 and names[dec.name] == 1 and scaling.get(slot.key[1:]) == scaling_of(sig))
+                    slot.compare_raw = slot.raw and one_to_one(sig)
                 plan.held = held_frames(pages[None], signals, dec.length)
-                raws = [slots[sig.name].raw and one_to_one(sig) for sig in signals]
-                plan.exact = self.steps[fid] = compile_step(pages[None], fast.pages[None].code, dec.length,
+                plan.exact = self.steps[fid] = compile_step(pages[None], fast.pages[None], dec.length,
                                                             plan.mask if change_only else None, self._bind, label,
-                                                            generic, plan.held, raws)
+                                                            generic, plan.held)
             else:
                 self.steps[fid] = generic
 
@@ -336,11 +339,11 @@ class Collector:
         """Emit what downsampling filters still hold (on shutdown or config swap)."""
         kept = 0
         for plan in self.plans.values():
-            held = [(slot, emit) for slot in plan.slots.values() if (emit := slot.filt.flush()) is not None]
+            emits = [(slot, emit) for slot in plan.slots.values() if (emit := slot.filt.flush()) is not None]
             for frames in plan.held:
                 if (frame := frames.period.flush()) is not None:
-                    held += [(slot, (frame[0], v)) for slot, v in zip(frames.slots, frames.values(frame[1]), strict=True)]
-            for slot, (t, value) in held:
+                    emits += [(slot, (frame[0], v)) for slot, v in zip(frames.slots, frames.values(frame[1]), strict=True)]
+            for slot, (t, value) in emits:
                 kept += 1
                 ts, vs = self.batcher.column(slot.priority, slot.key, slot.raw)
                 ts.append(t)

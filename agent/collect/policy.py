@@ -45,8 +45,8 @@ class Filter:
     def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
         """Lines deciding on value `v` at time `t`, with this filter bound to the name `f`.
 
-        `raw`, when given, names the raw integer behind `v`, which the decoder guarantees is one to
-        one with it (see `agent.decode.fast.one_to_one`): a filter that only compares values may
+        `raw`, when given, names the raw integer behind `v`, which the collector checked is one to
+        one with it (`agent.decode.fast.one_to_one`): a filter that only compares values may
         compare raws instead and spare the scaling. Such a filter then holds raws, so the collector
         uses one way (`inline` with raw, or `offer`) per filter object, never both.
         """

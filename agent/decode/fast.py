@@ -14,6 +14,7 @@ collector can skip a frame whose relevant bits did not change without decoding i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,8 @@ def one_to_one(sig: Signal) -> bool:
         return False
     if (scale == 1 and offset == 0) or (isinstance(scale, int) and isinstance(offset, int)):
         return True  # the value is the raw itself (see values_code), or integer arithmetic
-    return sig.length <= 48 and abs(offset) <= abs(scale) * 2**48
+    # and every value finite: beyond the float range, distinct raws all scale to inf
+    return sig.length <= 48 and abs(offset) <= abs(scale) * 2**48 and math.isfinite(abs(scale) * 2**49 + abs(offset))
 
 
 def _kind(sig: Signal) -> str:
