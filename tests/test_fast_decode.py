@@ -64,21 +64,23 @@ def test_fast_decoder_matches_cantools_on_real_world_style_dbcs(path: Path) -> N
     assert compared > 1000
 
 
-def _random_message(rng: random.Random, frame_id: int) -> Message:
-    """A message with random non-overlapping signals of random byte order, sign, type and scaling."""
+def _random_message(rng: random.Random, frame_id: int, aligned: float = 0.0) -> Message:
+    """A message with random non-overlapping signals of random byte order, sign, type and scaling;
+    a share `aligned` of them whole 1-, 2-, 4- or 8-byte fields (decoded with struct, not bitstruct)."""
     length = rng.choice([1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64])
     used: set[int] = set()  # occupied bits in network (MSB-first) numbering
     signals: list[Signal] = []
     for n in range(rng.randint(1, 12) * 3):
         is_float = rng.random() < 0.1
-        size = rng.choice([32, 64]) if is_float else rng.randint(1, 64)
+        whole = rng.random() < aligned
+        size = rng.choice([32, 64]) if is_float else rng.choice([8, 16, 32, 64]) if whole else rng.randint(1, 64)
         big = rng.random() < 0.5
         if big:  # start is the MSB in cantools' sawtooth numbering
-            first = rng.randrange(8 * length)
+            first = rng.randrange(length) * 8 if whole else rng.randrange(8 * length)
             bits = set(range(first, first + size))
             start = (first // 8) * 8 + (7 - first % 8)
         else:
-            start = rng.randrange(8 * length)
+            start = rng.randrange(length) * 8 if whole else rng.randrange(8 * length)
             bits = {(b // 8) * 8 + 7 - b % 8 for b in range(start, start + size)}
         if max(bits) >= 8 * length or bits & used:
             continue
@@ -91,9 +93,10 @@ def _random_message(rng: random.Random, frame_id: int) -> Message:
     return Message(frame_id=frame_id, name=f"M{frame_id}", length=length, signals=signals, strict=True)
 
 
-def test_fast_decoder_matches_cantools_on_random_layouts() -> None:
-    rng = random.Random(20261126)
-    messages = [m for m in (_random_message(rng, i) for i in range(1, 200)) if m.signals]
+@pytest.mark.parametrize("aligned", [0.0, 0.8, 1.0], ids=["bit-level", "mostly-whole-bytes", "whole-bytes"])
+def test_fast_decoder_matches_cantools_on_random_layouts(aligned: float) -> None:
+    rng = random.Random(f"20261126{aligned}")
+    messages = [m for m in (_random_message(rng, i, aligned) for i in range(1, 200)) if m.signals]
     db = Database(messages=messages)
     db.refresh()
     compared = 0

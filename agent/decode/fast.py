@@ -15,6 +15,7 @@ collector can skip a frame whose relevant bits did not change without decoding i
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -107,17 +108,56 @@ class ValuesCode:
     raws: list[str]      # the raw integer (or float) behind each value, before scaling
 
 
+_STRUCT_CODES = {("u", 8): "B", ("u", 16): "H", ("u", 32): "I", ("u", 64): "Q", ("s", 8): "b", ("s", 16): "h",
+                 ("s", 32): "i", ("s", 64): "q", ("f", 32): "f", ("f", 64): "d"}
+
+
+def _byte_aligned(signals: Sequence[Signal], nbytes: int, order: str) -> tuple[str, list[Signal]] | None:
+    """A `struct` format (and its signals in order) reading `signals` of one byte order from the
+    payload, when every one is a whole 1-, 2-, 4- or 8-byte field; else None.
+
+    `struct` reads such fields about twice as fast as bitstruct, which must also reverse the payload
+    for little-endian ones; J1939 and most OEM databases are mostly made of them.
+    """
+    fields = []
+    for s in signals:
+        code = _STRUCT_CODES.get((_kind(s), s.length))
+        first = start_bit(s) if order == ">" else s.start  # MSB (network numbering) / LSB of the field
+        if code is None or first % 8:
+            return None
+        fields.append((first // 8, code, s))
+    fields.sort(key=lambda f: f[0])
+    fmt, at = order, 0
+    for byte, code, s in fields:
+        if byte < at:
+            return None  # overlapping fields
+        fmt += "x" * (byte - at) + code
+        at = byte + s.length // 8
+    if at > nbytes:
+        return None
+    return fmt + "x" * (nbytes - at), [s for _, _, s in fields]
+
+
 def values_code(signals: Sequence[Signal], nbytes: int) -> ValuesCode:
     """The statements and value expressions decoding `signals` from a payload of `nbytes` named `data`."""
     (big, big_sigs), (little, little_sigs) = _layouts(signals, nbytes)
     env: dict[str, object] = {}
     lines = []
     if big_sigs:
-        env["_big"] = bitstruct.c.compile(big).unpack
+        aligned = _byte_aligned(big_sigs, nbytes, ">")
+        if aligned is not None:
+            env["_big"], big_sigs = struct.Struct(aligned[0]).unpack, aligned[1]
+        else:
+            env["_big"] = bitstruct.c.compile(big).unpack
         lines.append("b = _big(data)")
     if little_sigs:
-        env["_little"] = bitstruct.c.compile(little).unpack
-        lines.append("l = _little(data[::-1])")
+        aligned = _byte_aligned(little_sigs, nbytes, "<")
+        if aligned is not None:
+            env["_little"], little_sigs = struct.Struct(aligned[0]).unpack, aligned[1]
+            lines.append("l = _little(data)")
+        else:
+            env["_little"] = bitstruct.c.compile(little).unpack
+            lines.append("l = _little(data[::-1])")
     where = {id(s): f"b[{i}]" for i, s in enumerate(big_sigs)} | {id(s): f"l[{i}]" for i, s in enumerate(little_sigs)}
     values, raws = [], []
     for s in signals:
