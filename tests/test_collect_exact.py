@@ -18,11 +18,11 @@ import cantools
 import pytest
 
 from agent.batcher import Batcher
+from agent.can.simulator import VehicleSimulator
 from agent.codec import JsonCodec
 from agent.collect.collector import Collector
 from agent.collect.policy import make_filter, resolve_policy
 from agent.config import BatchingConfig, CollectionConfig
-from agent.can.simulator import VehicleSimulator
 from agent.decode import FrameDecoder
 from agent.decode.fast import one_to_one, scaling_of
 from agent.model import Batch

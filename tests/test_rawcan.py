@@ -11,10 +11,10 @@ import time
 
 import pytest
 
+from agent.can.bus_health import CAN_ERR_BUSOFF
 from agent.can.frame_format import CAN_ERR_FLAG, CAN_RTR_FLAG, pack_frame
 from agent.can.mmsg import MultiReceiver
 from agent.can.rawcan import (
-    CAN_ERR_BUSOFF,
     DrainState,
     drain,
     drain_multi,
@@ -109,3 +109,64 @@ def test_receive_filters_pass_exactly_the_wanted_ids() -> None:
     assert raw is not None and len(raw) == 16
     ids = {int.from_bytes(raw[i:i + 4], "little") for i in (0, 8)}
     assert ids == {0x123, 0x18FEF100 | 0x80000000}
+
+
+def _error_frame(error_class: int, status: int = 0, tx_errors: int = 0, rx_errors: int = 0) -> bytes:
+    """An error frame as the kernel queues it: class bits in the id, details in the payload."""
+    return pack_frame(CAN_ERR_FLAG | error_class, bytes([0, status, 0, 0, 0, 0, tx_errors, rx_errors]), extended=False)
+
+
+async def test_error_frames_become_bus_health_in_status() -> None:
+    """Error frames sum up to what a fleet engineer reads in status: counts per class, the controller's
+    state (active, warning, passive, bus-off and back) and its error counters."""
+    import asyncio
+
+    from agent.can.bus_health import CAN_ERR_BUSOFF, CAN_ERR_CNT, CAN_ERR_CRTL, CAN_ERR_RESTARTED
+    from agent.can.rawcan import RawCanSource
+    from agent.twin.reporter import reported_doc
+
+    tx, rx = _pair()
+    source = RawCanSource("pt", "test", sock=rx, tick_s=0.01)
+    stop = asyncio.Event()
+    received: list = []
+
+    async def consume() -> None:
+        async for frames in source.frames(stop):
+            received.extend(frames)
+
+    async def after(grams: list[bytes]) -> dict:
+        want = len(received) + len(grams)
+        for g in grams:
+            tx.send(g)
+        for _ in range(500):
+            if len(received) >= want:
+                return source.status()
+            await asyncio.sleep(0.01)
+        raise AssertionError("frames not drained")
+
+    task = asyncio.create_task(consume())
+    try:
+        st = await after([pack_frame(0x100, bytes(8))])
+        assert st["controller"] == "error_active" and st["errors"] == {} and st["tx_error_counter"] is None
+        st = await after([_error_frame(CAN_ERR_CRTL | CAN_ERR_CNT, 0x08, tx_errors=97, rx_errors=3)])
+        assert (st["controller"], st["tx_error_counter"], st["rx_error_counter"]) == ("error_warning", 97, 3)
+        st = await after([_error_frame(0x008 | 0x080), _error_frame(0x020), _error_frame(0x020),
+                          _error_frame(CAN_ERR_CRTL | CAN_ERR_CNT, 0x20, tx_errors=130, rx_errors=5)])
+        assert st["controller"] == "error_passive" and st["state"] == "up" and st["tx_error_counter"] == 130
+        assert st["errors"] == {"controller": 2, "protocol": 1, "bus_error": 1, "no_ack": 2}
+        st = await after([_error_frame(CAN_ERR_CRTL | CAN_ERR_CNT, 0x04, tx_errors=100, rx_errors=0)])
+        assert (st["controller"], st["tx_error_counter"]) == ("error_warning", 100), "back down from passive"
+        st = await after([_error_frame(CAN_ERR_BUSOFF)])
+        assert st["controller"] == "bus_off" and st["state"] == "bus_off"
+        st = await after([_error_frame(CAN_ERR_RESTARTED)])
+        assert st["controller"] == "error_active" and st["state"] == "up"
+        assert st["errors"] == {"controller": 3, "protocol": 1, "bus_error": 1, "no_ack": 2, "bus_off": 1,
+                                "restarted": 1}
+        assert sum(1 for f in received if f[4]) == 8, "error frames still reach the collector, which counts them"
+        reported = reported_doc({"buses": {"pt": st}})["buses"]["pt"]  # what the twin's reported properties carry
+        assert reported["controller"] == "error_active" and reported["errors"]["bus_off"] == 1
+    finally:
+        stop.set()
+        tx.close()
+        await asyncio.wait_for(task, 5)
+        source.close()

@@ -24,9 +24,10 @@ import cantools
 import pytest
 import yaml
 
+from agent.can.bus_health import CAN_ERR_BUSOFF, CAN_ERR_CNT, CAN_ERR_CRTL, CAN_ERR_RESTARTED
 from agent.can.frame_format import CAN_ERR_FLAG, pack_frame
 from agent.can.logs import LogFrame, read_log
-from agent.can.rawcan import CAN_ERR_BUSOFF, CAN_ERR_RESTARTED, CAN_RAW_FD_FRAMES, SOL_CAN_RAW
+from agent.can.rawcan import CAN_RAW_FD_FRAMES, SOL_CAN_RAW
 from agent.can.source import socketcan_available
 from agent.health import STATUS_FILE
 
@@ -260,12 +261,16 @@ def test_interface_down_deleted_recreated_and_error_frames(vcan0: str, agents) -
     try:
         sender.send_all([(engine, bytes([i + 1] * 8), False) for i in range(10)])
         agent.wait(lambda: agent.bus("pt").get("frames") == 20, "frames after the outage")
+        sender.send(CAN_ERR_FLAG | CAN_ERR_CRTL | CAN_ERR_CNT, bytes([0, 0x20, 0, 0, 0, 0, 135, 2]))
+        agent.wait(lambda: agent.bus("pt").get("controller") == "error_passive"
+                   and agent.bus("pt").get("tx_error_counter") == 135, "error passive and its counters shown")
         sender.send(CAN_ERR_FLAG | CAN_ERR_BUSOFF, bytes(8))
-        agent.wait(lambda: agent.bus("pt").get("error_frames") == 1 and agent.bus("pt").get("state") == "bus_off",
+        agent.wait(lambda: agent.bus("pt").get("error_frames") == 2 and agent.bus("pt").get("state") == "bus_off",
                    "bus-off error frame counted and shown")
         sender.send(CAN_ERR_FLAG | CAN_ERR_RESTARTED, bytes(8))
-        agent.wait(lambda: agent.bus("pt").get("error_frames") == 2 and agent.bus("pt").get("state") == "up",
-                   "controller restart shown")
+        agent.wait(lambda: agent.bus("pt").get("error_frames") == 3 and agent.bus("pt").get("state") == "up"
+                   and agent.bus("pt").get("controller") == "error_active", "controller restart shown")
+        assert agent.bus("pt")["errors"] == {"controller": 1, "bus_off": 1, "restarted": 1}
     finally:
         sender.close()
         agent.stop()

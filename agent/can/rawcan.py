@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from agent.can.bus_health import BUS_OFF, BusHealth
 from agent.can.frame_format import (
     CAN_EFF_FLAG,
     CAN_EFF_MASK,
@@ -49,7 +50,6 @@ SO_TIMESTAMPNS_NEW = 64  # Linux 5.1+: always two 64-bit fields, also for 32-bit
 TIMESTAMP_KINDS = frozenset((SO_TIMESTAMPNS, SO_TIMESTAMPNS_NEW))
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-CAN_ERR_BUSOFF, CAN_ERR_RESTARTED = 0x40, 0x100  # error frame classes (linux/can/error.h)
 CAN_RAW_FILTER_MAX = 512
 TIMESPEC = struct.Struct("=qq")
 TIMESPEC32 = struct.Struct("=ii")  # SO_TIMESTAMPNS_OLD in a 32-bit process
@@ -60,6 +60,7 @@ ANC_SIZE = socket.CMSG_SPACE(TIMESPEC.size) + socket.CMSG_SPACE(U32.size)
 # used 4.4 % of a core on a 50 ms tick, 3.2 % on 100 ms, 3.3 % on 200 ms (docs/performance.md).
 RAW_TICK_S = 0.1
 SMALL_BUFFER_TICK_S = 0.02  # ~160 frames of a saturated bus between drains: a third of a default buffer
+ERROR_LOG_S = 10.0
 RCVBUF_BYTES = 4 * 1024 * 1024  # ~0.5 s of a saturated 1 Mbit/s bus at the kernel's ~500 B/frame accounting
 
 
@@ -238,7 +239,8 @@ class RawCanSource(FrameSource):
         self.wanted: set[int] | None = None
         self.drain_state = DrainState()
         self.kernel_drops = 0
-        self.error_frames = 0
+        self.health = BusHealth()
+        self._errors_logged = 0.0  # when error frames were last logged (at most one line per ERROR_LOG_S)
         self.rcvbuf_bytes = 0
         self.reopen_max_s = 30.0
         self._multi = MultiReceiver.create()  # None: one recvmsg per frame
@@ -337,16 +339,23 @@ class RawCanSource(FrameSource):
                         new=st.kernel_drops - self.kernel_drops)
             self.kernel_drops = st.kernel_drops
         if st.error_class:
-            self.error_frames += sum(1 for f in batch if f[4])  # is_error
-            if st.error_class & CAN_ERR_BUSOFF:
-                self.state = "bus_off"
-            elif st.error_class & CAN_ERR_RESTARTED:
-                self.state = "up"
-            log.warning("can_error_frame", bus=self.bus, channel=self.channel, error_class=hex(st.error_class))
             st.error_class = 0
+            health = self.health
+            changed = False
+            for _t, error_class, data, _fd, is_error in batch:
+                if is_error:
+                    changed |= health.note(error_class, data)
+            if changed:
+                self.state = "bus_off" if health.controller == BUS_OFF else "up"
+                log.warning("can_controller_state", bus=self.bus, channel=self.channel, state=health.controller,
+                            tx_error_counter=health.tx_errors, rx_error_counter=health.rx_errors)
+            if changed or time.monotonic() - self._errors_logged >= ERROR_LOG_S:  # an error storm: one line per 10 s
+                self._errors_logged = time.monotonic()
+                log.warning("can_error_frames", bus=self.bus, channel=self.channel, errors=dict(health.counts))
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "kernel_drops": self.kernel_drops, "rcvbuf_bytes": self.rcvbuf_bytes}
+        return {**super().status(), "kernel_drops": self.kernel_drops, "rcvbuf_bytes": self.rcvbuf_bytes,
+                **self.health.as_dict()}
 
     def close(self) -> None:
         if self.sock is not None:
