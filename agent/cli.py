@@ -332,7 +332,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                      f"samples in memory (not yet in a batch) {doc.get('pending_samples', 0) if alive else 0}")
     for name, b in doc["buses"].items():
         lines.append(f"  bus {name}: {b.get('state', '?')}, frames {b['frames']}, samples {b['samples']}, "
-                     f"unknown ids {b['unknown_ids']}, decode errors {b['decode_errors']}, error frames {b['error_frames']}")
+                     f"unknown ids {b['unknown_ids']}, decode errors {b['decode_errors']}, error frames {b['error_frames']}"
+                     + _bus_health_text(b))
     if "batches" in st and st["batches"] is not None:
         lines += _store_lines(st)
     else:
@@ -345,6 +346,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                      + (f", last error: {sk['last_error']}" if sk.get("last_error") else ""))
     _out("\n".join(lines))
     return EXIT_OK
+
+
+def _bus_health_text(bus: dict[str, Any]) -> str:
+    """The raw SocketCAN reader's extras: kernel drops, the controller's state, errors by class."""
+    if "controller" not in bus:
+        return ""
+    counters = f" (TX {bus['tx_error_counter']}, RX {bus['rx_error_counter']})" if bus.get("tx_error_counter") is not None else ""
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(bus.get("errors", {}).items()) if v)
+    return (f", kernel drops {bus.get('kernel_drops', 0)}, controller {bus['controller']}{counters}"
+            + (f", errors: {errors}" if errors else ""))
 
 
 # ---------------------------------------------------------------------------------------- bench

@@ -67,7 +67,7 @@ def test_drain_reads_every_frame_as_sent(multi: bool) -> None:
     assert (0x104, bytes([4]) * 4, False, False) in data
     assert (0x18FEF100, bytes(range(8)), False, False) in data
     assert (0x200, bytes(range(64)), True, False) in data
-    assert (CAN_ERR_BUSOFF, bytes(8), False, True) in data and state.error_class == CAN_ERR_BUSOFF
+    assert (CAN_ERR_BUSOFF, bytes(8), False, True) in data and state.error_frames == 14
     assert all(before - 1 <= f[0] <= after + 1 for f in out), "kernel receive timestamps"
     assert [f[0] for f in out] == sorted(f[0] for f in out)
     tx.close()
@@ -147,21 +147,23 @@ async def test_error_frames_become_bus_health_in_status() -> None:
     task = asyncio.create_task(consume())
     try:
         st = await after([pack_frame(0x100, bytes(8))])
-        assert st["controller"] == "error_active" and st["errors"] == {} and st["tx_error_counter"] is None
+        assert st["controller"] == "error_active" and not any(st["errors"].values()) and st["tx_error_counter"] is None
+        assert set(st["errors"]) >= {"bus_off", "no_ack", "protocol"}, "every class, zeros included (twin merge patches)"
         st = await after([_error_frame(CAN_ERR_CRTL | CAN_ERR_CNT, 0x08, tx_errors=97, rx_errors=3)])
         assert (st["controller"], st["tx_error_counter"], st["rx_error_counter"]) == ("error_warning", 97, 3)
         st = await after([_error_frame(0x008 | 0x080), _error_frame(0x020), _error_frame(0x020),
                           _error_frame(CAN_ERR_CRTL | CAN_ERR_CNT, 0x20, tx_errors=130, rx_errors=5)])
         assert st["controller"] == "error_passive" and st["state"] == "up" and st["tx_error_counter"] == 130
-        assert st["errors"] == {"controller": 2, "protocol": 1, "bus_error": 1, "no_ack": 2}
+        assert source.health.counts_seen() == {"controller": 2, "protocol": 1, "bus_error": 1, "no_ack": 2}
         st = await after([_error_frame(CAN_ERR_CRTL | CAN_ERR_CNT, 0x04, tx_errors=100, rx_errors=0)])
         assert (st["controller"], st["tx_error_counter"]) == ("error_warning", 100), "back down from passive"
         st = await after([_error_frame(CAN_ERR_BUSOFF)])
         assert st["controller"] == "bus_off" and st["state"] == "bus_off"
         st = await after([_error_frame(CAN_ERR_RESTARTED)])
         assert st["controller"] == "error_active" and st["state"] == "up"
-        assert st["errors"] == {"controller": 3, "protocol": 1, "bus_error": 1, "no_ack": 2, "bus_off": 1,
-                                "restarted": 1}
+        assert (st["tx_error_counter"], st["rx_error_counter"]) == (0, 0), "a restart starts the counters afresh"
+        assert source.health.counts_seen() == {"controller": 3, "protocol": 1, "bus_error": 1, "no_ack": 2,
+                                               "bus_off": 1, "restarted": 1}
         assert sum(1 for f in received if f[4]) == 8, "error frames still reach the collector, which counts them"
         reported = reported_doc({"buses": {"pt": st}})["buses"]["pt"]  # what the twin's reported properties carry
         assert reported["controller"] == "error_active" and reported["errors"]["bus_off"] == 1
@@ -170,3 +172,57 @@ async def test_error_frames_become_bus_health_in_status() -> None:
         tx.close()
         await asyncio.wait_for(task, 5)
         source.close()
+
+
+def test_bus_health_of_older_kernels_and_a_reopened_interface() -> None:
+    """Drivers of kernels before 6.0 fill the error counters without CAN_ERR_CNT; bringing an interface
+    up again after bus-off (no error frame says so) starts the controller afresh."""
+    from agent.can.bus_health import CAN_ERR_BUSOFF, CAN_ERR_CRTL, BusHealth
+
+    health = BusHealth()
+    health.note(CAN_ERR_CRTL, bytes([0, 0x10, 0, 0, 0, 0, 0, 131]))
+    assert (health.controller, health.tx_errors, health.rx_errors) == ("error_passive", 0, 131)
+    health.note(CAN_ERR_CRTL, bytes([0, 0x01, 0, 0, 0, 0, 0, 0]))  # an RX overflow: no state, no counters
+    assert (health.controller, health.rx_errors, health.counts["controller_overflow"]) == ("error_passive", 131, 1)
+    health.note(CAN_ERR_BUSOFF, bytes(8))
+    assert health.controller == "bus_off"
+    health.restarted()
+    assert (health.controller, health.tx_errors, health.rx_errors) == ("error_active", 0, 0)
+    assert health.counts_seen() == {"controller": 2, "controller_overflow": 1, "bus_off": 1}
+
+
+def test_frames_read_before_a_socket_error_are_handed_over() -> None:
+    """The interface goes down in the middle of a drain: the frames already read still reach the
+    collector, and the error comes with the next read (then the source reopens)."""
+    import errno
+
+    from agent.can.rawcan import RawCanSource
+
+    real = MultiReceiver.create(count=8)
+    if real is None:
+        pytest.skip("libc has no recvmmsg")
+
+    class GoesDown:  # libc's recvmmsg, until the interface goes away after the first call
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def __getattr__(self, name: str):  # noqa: ANN204 - the buffers and layouts of the real receiver
+            return getattr(real, name)
+
+        def receive(self, fd: int) -> int:
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError(errno.ENETDOWN, "Network is down")
+            return real.receive(fd)
+
+    tx, rx = _pair()
+    for i in range(20):
+        tx.send(pack_frame(0x100 + i, bytes(8)))
+    source = RawCanSource("pt", "test", sock=rx)
+    source._multi = GoesDown()  # noqa: SLF001
+    got = source.read()
+    assert [f[1] for f in got] == [0x100 + i for i in range(8)], "the first call's frames are not lost"
+    with pytest.raises(OSError, match="Network is down"):
+        source.read()
+    tx.close()
+    source.close()

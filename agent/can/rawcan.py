@@ -65,13 +65,13 @@ RCVBUF_BYTES = 4 * 1024 * 1024  # ~0.5 s of a saturated 1 Mbit/s bus at the kern
 
 
 class DrainState:
-    """What a drain learned besides frames: the kernel's cumulative drop counter, the last error class."""
+    """What a drain learned besides frames: the kernel's cumulative drop counter, error frames seen."""
 
-    __slots__ = ("kernel_drops", "error_class")
+    __slots__ = ("kernel_drops", "error_frames")
 
     def __init__(self) -> None:
         self.kernel_drops = 0
-        self.error_class = 0
+        self.error_frames = 0  # since the source last looked (it resets this)
 
 
 def enable_timestamps(sock: socket.socket) -> None:
@@ -99,7 +99,7 @@ def _frame(data: bytes, t: float, state: DrainState) -> Frame | None:
     if can_id & CAN_RTR_FLAG:
         return None
     if can_id & CAN_ERR_FLAG:
-        state.error_class = can_id & CAN_EFF_MASK
+        state.error_frames += 1
         return (t, can_id & CAN_EFF_MASK, data[8:16], False, True)  # type: ignore[return-value]
     fid = can_id & (CAN_EFF_MASK if can_id & CAN_EFF_FLAG else CAN_SFF_MASK)
     # a plain tuple in Frame's field order: building the NamedTuple would cost more than the unpack
@@ -240,7 +240,8 @@ class RawCanSource(FrameSource):
         self.drain_state = DrainState()
         self.kernel_drops = 0
         self.health = BusHealth()
-        self._errors_logged = 0.0  # when error frames were last logged (at most one line per ERROR_LOG_S)
+        self._errors_logged = self._state_logged = float("-inf")  # rate limits of the error log lines
+        self._deferred: OSError | None = None  # a socket error met after some frames of a drain
         self.rcvbuf_bytes = 0
         self.reopen_max_s = 30.0
         self._multi = MultiReceiver.create()  # None: one recvmsg per frame
@@ -286,13 +287,25 @@ class RawCanSource(FrameSource):
                 log.warning("can_filter_failed", bus=self.bus, channel=self.channel, error=str(exc))
 
     def read(self) -> list[Frame]:
-        """One drain of what the socket holds (the benchmark calls this directly)."""
+        """One drain of what the socket holds (the benchmark calls this directly).
+
+        A socket error part-way through a drain (the interface went down) is raised on the next
+        call, after the frames already read are handed over: they are counted and collected.
+        """
+        if self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
         out: list[Frame] = []
         assert self.sock is not None
-        if self._multi is not None:
-            drain_multi(self.sock, self._multi, out, self.drain_state)
-        else:
-            drain(self.sock, out, self.drain_state)
+        try:
+            if self._multi is not None:
+                drain_multi(self.sock, self._multi, out, self.drain_state)
+            else:
+                drain(self.sock, out, self.drain_state)
+        except OSError as exc:
+            if not out:
+                raise
+            self._deferred = exc
         return out
 
     async def frames(self, stop: asyncio.Event) -> AsyncIterator[list[Frame]]:
@@ -303,6 +316,7 @@ class RawCanSource(FrameSource):
                 try:
                     self.sock = self._open()
                     self.state, self.last_error, failures = "up", None, 0
+                    self.health.restarted()  # a fresh open starts the controller afresh
                     log.info("bus_open", bus=self.bus, interface="socketcan", channel=self.channel, raw=True,
                              filter_ids=None if self.wanted is None else len(self.wanted))
                 except OSError as exc:
@@ -316,48 +330,57 @@ class RawCanSource(FrameSource):
             await asyncio.sleep(self.tick_s)  # cheaper than a wait on `stop` every tick; checked above
             try:
                 batch = self.read()
-                if not self._given and time.monotonic() - checked > 1.0:
-                    checked = time.monotonic()
-                    if not interface_up(self.channel):
-                        raise OSError(errno.ENETDOWN, f"interface {self.channel} went down")
             except OSError as exc:
-                self.state, self.last_error = "down", str(exc)
-                log.warning("bus_read_failed", bus=self.bus, channel=self.channel, error=str(exc))
-                self.close()
+                self._down(exc)
                 if self._given:
                     return
                 continue
             self._note(batch)
             if batch:
                 yield batch
+            if not self._given and time.monotonic() - checked > 1.0:
+                checked = time.monotonic()
+                if not interface_up(self.channel):
+                    self._down(OSError(errno.ENETDOWN, f"interface {self.channel} went down"))
+
+    def _down(self, exc: OSError) -> None:
+        self.state, self.last_error = "down", str(exc)
+        log.warning("bus_read_failed", bus=self.bus, channel=self.channel, error=str(exc))
+        self.close()
 
     def _note(self, batch: list[Frame]) -> None:
-        """Kernel drops and bus-off/restart from the drain, into status and the log."""
+        """Kernel drops and error frames from the drain, into status and the log."""
         st = self.drain_state
         if st.kernel_drops != self.kernel_drops:
             log.warning("can_kernel_drops", bus=self.bus, channel=self.channel, dropped=st.kernel_drops,
                         new=st.kernel_drops - self.kernel_drops)
             self.kernel_drops = st.kernel_drops
-        if st.error_class:
-            st.error_class = 0
-            health = self.health
-            changed = False
-            for _t, error_class, data, _fd, is_error in batch:
-                if is_error:
-                    changed |= health.note(error_class, data)
-            if changed:
-                self.state = "bus_off" if health.controller == BUS_OFF else "up"
+        if not st.error_frames:
+            return
+        st.error_frames = 0
+        health = self.health
+        before = health.controller
+        for _t, error_class, data, _fd, is_error in batch:
+            if is_error:
+                health.note(error_class, data)
+        now = time.monotonic()
+        if health.controller != before:
+            self.state = "bus_off" if health.controller == BUS_OFF else "up"
+            # a controller hovering around a limit flips state every drain: one line per 10 s, except bus-off
+            if BUS_OFF in (before, health.controller) or now - self._state_logged >= ERROR_LOG_S:
+                self._state_logged = now
                 log.warning("can_controller_state", bus=self.bus, channel=self.channel, state=health.controller,
                             tx_error_counter=health.tx_errors, rx_error_counter=health.rx_errors)
-            if changed or time.monotonic() - self._errors_logged >= ERROR_LOG_S:  # an error storm: one line per 10 s
-                self._errors_logged = time.monotonic()
-                log.warning("can_error_frames", bus=self.bus, channel=self.channel, errors=dict(health.counts))
+        if now - self._errors_logged >= ERROR_LOG_S:  # an error storm: one line per 10 s
+            self._errors_logged = now
+            log.warning("can_error_frames", bus=self.bus, channel=self.channel, errors=health.counts_seen())
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "kernel_drops": self.kernel_drops, "rcvbuf_bytes": self.rcvbuf_bytes,
                 **self.health.as_dict()}
 
     def close(self) -> None:
+        self._deferred = None  # the error of this socket, not of the next one
         if self.sock is not None:
             try:
                 self.sock.close()

@@ -11,6 +11,7 @@ built from `wanted_ids`).
 from __future__ import annotations
 
 import re
+import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -293,7 +294,7 @@ class Collector:
             if plan.fast is None:
                 return self._sample(plan, t, plan.decoder.decode(data))
             decoded = plan.fast.decode(data)
-        except (ShortFrameError, ValueError, KeyError, DecodeError) as exc:  # short frames, undefined mux values
+        except (ShortFrameError, ValueError, KeyError, DecodeError, struct.error) as exc:  # short frames, undefined mux values
             self._decode_error(fid, exc)
             last.pop(fid, None)
             return 0
