@@ -88,3 +88,35 @@ async def test_live_swap_changes_what_is_collected_without_losing_frames(tmp_pat
     assert speeds == [1000 + i for i in range(100)]
     temps = [r for r in rows if r["signal"] == "CoolantTemp"]
     assert len(temps) == 200  # still collected before and after the swap: no frame dropped
+
+
+def test_a_swap_reuses_parsed_databases_and_compiles_ids_as_they_appear(tmp_path: Path) -> None:
+    """A config swap usually keeps its databases: they are not parsed again unless their bytes
+    changed, and a collector compiles an id's decoding at its first frame, so a swap with a large
+    database costs the policy lookup only."""
+    from agent.app import build_pipeline
+    from agent.batcher import Batcher
+    from agent.codec import codec_for
+    from agent.config import build_config
+    from agent.decode.database import load_databases
+    from agent.model import Priority
+
+    head = 'VERSION ""\nNS_ :\nBS_:\nBU_: ECU\n'
+    dbc = tmp_path / "big.dbc"
+    dbc.write_text(head + "".join(f'BO_ {256 + m} Msg{m}: 8 ECU\n SG_ Sig{m} : 0|16@1+ (0.5,0) [0|0] "" ECU\n'
+                                  for m in range(300)))
+    first = load_databases([dbc])
+    assert load_databases([dbc]) is first, "unchanged: not parsed again"
+    text = dbc.read_text()
+    dbc.write_text(text.replace("(0.5,0)", "(0.7,0)", 1))  # same size, maybe the same mtime: new content
+    assert load_databases([dbc]) is not first
+    assert load_databases([dbc]).get_message_by_name("Msg0").get_signal_by_name("Sig0").scale == 0.7
+
+    cfg = build_config({"buses": [{"name": "pt", "databases": [str(dbc)]}],
+                        "collection": {"default": {"policy": "all"}}}, base_dir=tmp_path)
+    batcher = Batcher(cfg.batching, codec_for("columnar"), vehicle="v", on_batch=lambda b: None)
+    collector = build_pipeline(cfg, batcher, {}).collectors["pt"]
+    assert len(collector.wanted_ids) == 300 and not collector.plans, "nothing compiled before frames arrive"
+    collector.process([(1.0, 256 + 7, bytes([4, 0, 0, 0, 0, 0, 0, 0]), False, False)])
+    assert set(collector.plans) == {256 + 7}
+    assert batcher.open[Priority.normal].columns[("pt", "Msg7", "Sig7")][1] == [4]  # the raw integer column

