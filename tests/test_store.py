@@ -105,3 +105,34 @@ def test_store_bench_reports_commit_and_drain_figures(tmp_path: Path) -> None:
         assert f["commit_batches_per_s"] > 0 and f["drain_batches_per_s"] > 0
         assert abs(f["commit_samples_per_s"] - f["commit_batches_per_s"] * f["batch_samples"]) <= 0.01 * f["commit_samples_per_s"]
     assert list(tmp_path.iterdir()) == [], "the bench cleans up its store files"
+
+
+def test_a_clock_set_after_boot_does_not_expire_what_was_stored_before(tmp_path: Path) -> None:
+    """A unit boots without a real-time clock (2000-01-01 here), stores batches, then NTP or GNSS sets
+    the clock: the batches age from when they were really stored, not from 26 years ago."""
+    clock = {"t": 946_684_800.0}
+    with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={"low": 3600, "normal": 86400},
+               wallclock=lambda: clock["t"]) as s:
+        s.put(make_batch(1, created=clock["t"]))
+        s.put(make_batch(2, Priority.low, created=clock["t"] + 5))
+        clock["t"] = 1_795_700_000.0 + 10  # the clock is set: a step of ~28 years
+        assert s.expire() == 0, "nothing expires because the clock was set"
+        st = s.stats().as_dict(now=clock["t"])
+        assert st["batches"] == 2 and 0 <= st["oldest_pending_age_s"] < 60
+        assert st["counters"]["clock_steps"] == 1
+        created = sorted(b.created for b in s.next_batches(10))
+        assert created[0] > 1_795_700_000.0 - 60, "creation times moved by the step"
+        assert s.expire(now=clock["t"] + 3600 + 60) == 1, "an hour later the low batch's TTL is reached"
+
+
+def test_batches_of_an_unset_clock_from_an_earlier_run_age_from_now(tmp_path: Path) -> None:
+    """The clock was set while the agent was not running: batches an earlier run stored with the unset
+    clock (before 2020) are dated when the store first looks, instead of expiring at once."""
+    path = tmp_path / "s.db"
+    with Store(path, max_bytes=10**6, wallclock=lambda: 946_684_800.0) as s:  # 2000-01-01, no RTC
+        s.put(make_batch(1, created=946_684_800.0))
+    now = 1_795_700_000.0
+    with Store(path, max_bytes=10**6, ttl_s={"normal": 86400}, wallclock=lambda: now) as s:
+        assert s.expire() == 0
+        assert s.next_batches(1)[0].created == now
+        assert s.stats().counters["batches_dated_after_clock_set"] == 1

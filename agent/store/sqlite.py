@@ -13,7 +13,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -161,12 +161,28 @@ class _SchemaMismatch(sqlite3.DatabaseError):
     """A valid SQLite file that is not our store (wrong columns) or fails its integrity check."""
 
 
+CLOCK_STEP_S = 2.0  # a change of (wall clock - monotonic clock) beyond this is the wall clock being set
+CLOCK_SET_AFTER = 1_600_000_000.0  # 2020-09-13: a creation time before this is a clock that was not set yet
+
+
 class Store:
-    """A bounded, prioritised queue of batches in one SQLite file."""
+    """A bounded, prioritised queue of batches in one SQLite file.
+
+    Batches age by their creation time on the wall clock (time-to-live, oldest pending). Telematics
+    units often boot without a real-time clock and set it later from NTP or GNSS; batches stored
+    before that carry times of the unset clock and would all expire at once. So the store follows
+    the clock: a step of the wall clock against the monotonic one shifts the stored creation times
+    by the step, and creation times from before 2020 (a clock not set when they were stored, by an
+    earlier run) count from the moment the clock is right. Samples keep their kernel timestamps.
+    """
 
     def __init__(self, path: str | Path, *, max_bytes: int, max_batches: int | None = None,
-                 synchronous: str = "NORMAL", ttl_s: Mapping[str, float] | None = None) -> None:
+                 synchronous: str = "NORMAL", ttl_s: Mapping[str, float] | None = None,
+                 wallclock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.wallclock = wallclock  # injectable: tests step it as NTP would
+        self._clock_offset = wallclock() - time.monotonic()
+        self._clock_checked = False
         self.max_bytes = max_bytes
         self.max_batches = max_batches
         self.ttl_s = dict(ttl_s or {})
@@ -228,6 +244,7 @@ class Store:
             raise _SchemaMismatch(f"integrity check failed: {check}")
         self.total_bytes, self.total_batches = self.db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
+        self._clock_checked = False  # look once for batches of an unset clock (an earlier run's)
 
     def recover_if_corrupt(self, exc: BaseException) -> bool:
         """After SQLITE_CORRUPT/NOTADB during operation: move the file aside, start fresh; True if it did."""
@@ -273,6 +290,33 @@ class Store:
             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             [(k, v) for k, v in deltas.items() if v])
 
+    def _follow_clock(self) -> None:
+        """Shift stored creation times by a step of the wall clock; date batches of an unset clock."""
+        now = self.wallclock()
+        offset = now - time.monotonic()
+        step = offset - self._clock_offset
+        stepped = abs(step) >= CLOCK_STEP_S
+        if stepped:
+            self._clock_offset = offset
+        if not stepped and self._clock_checked:
+            return
+        self._clock_checked = True
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            shifted = self.db.execute("UPDATE batches SET created = created + ?", (step,)).rowcount if stepped else 0
+            unset = self.db.execute("UPDATE batches SET created = ? WHERE created < ?",
+                                    (now, CLOCK_SET_AFTER)).rowcount if now >= CLOCK_SET_AFTER else 0
+            self._count(clock_steps=int(stepped), batches_dated_after_clock_set=unset)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        if stepped:
+            log.warning("clock_stepped", step_s=round(step, 3), batches_shifted=shifted, path=str(self.path))
+        if unset:
+            log.warning("batches_of_unset_clock", batches=unset, path=str(self.path),
+                        action="their age counts from now")
+
     @_guarded
     def put(self, batch: Batch) -> list[Evicted]:
         """Commit a batch (durable when this returns); returns the batches evicted to make room.
@@ -282,6 +326,7 @@ class Store:
         """
         if batch.size > self.max_bytes:
             raise StoreFullError(f"batch {batch.id} ({batch.size} B) is larger than the store limit")
+        self._follow_clock()
         evicted: list[Evicted] = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -360,7 +405,8 @@ class Store:
     @_guarded
     def expire(self, now: float | None = None) -> int:
         """Drop batches older than their priority's time-to-live; returns how many."""
-        now = time.time() if now is None else now
+        self._follow_clock()  # first: a clock just set must not make every batch look ancient
+        now = self.wallclock() if now is None else now
         dropped = 0
         for prio in Priority:
             ttl = self.ttl_s.get(prio.name)
