@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import socket
 import sqlite3
@@ -110,10 +109,6 @@ class Agent:
                                                        timestamp_resolution=cfg.encoding.timestamp_resolution,
                                                        level=cfg.encoding.compression_level),
                                vehicle=cfg.vehicle_id, on_batch=self._store_batch)
-        for bus in cfg.buses:  # parsed once and kept by load_databases, then out of the cyclic GC's way: a
-            load_bus_databases(cfg, bus)  # full collection would walk every object of a large database (~0.1 s
-        gc.collect()                      # for 1,500 messages, stalling the drain) again and again
-        gc.freeze()
         self.pipeline = build_pipeline(cfg, self.batcher, self.counters)
         self.batcher.scaling = dict(self.pipeline.scaling)
         self.sources: dict[str, FrameSource] = {}

@@ -43,6 +43,9 @@ BO_ 301 Huge: 8 ECU
  SG_ Tiny : 16|16@1- (1E-300,0) [0|0] "" ECU
 BO_ 303 BigEndian: 8 ECU
  SG_ BigEndian50 : 7|50@0- (0.001,100) [0|0] "" ECU
+BO_ 304 Infinite: 8 ECU
+ SG_ InfFactor : 0|16@1+ (1e999,0) [0|0] "" ECU
+ SG_ InfOffset : 16|8@1+ (1,1e999) [0|0] "" ECU
 BO_ 302 Enums: 8 ECU
  SG_ Doubled : 0|4@1+ (2,0) [0|0] "" ECU
  SG_ Mode : 8|3@1+ (1,0) [0|0] "" ECU
@@ -80,7 +83,7 @@ def _frames(db: cantools.database.Database, rng: random.Random) -> Frames:
     out = []
     for f in VehicleSimulator(db, seed=rng.randrange(1000), start_t=1_700_000_000.0).frames_until(20.0):
         data, roll = f.data, rng.random()
-        if roll < 0.2 or db.get_message_by_frame_id(f.id).frame_id in (300, 301, 302, 303):
+        if roll < 0.2 or db.get_message_by_frame_id(f.id).frame_id in (300, 301, 302, 303, 304):
             data = rng.randbytes(len(data)) if rng.random() < 0.5 else data
         if roll < 0.03:
             data = data + bytes(rng.choice([1, 4, 8]))
@@ -183,3 +186,25 @@ def test_one_to_one_scaling() -> None:
     db = cantools.database.load_string(EXTREME, "dbc")
     sig = {s.name: s for m in db.messages for s in m.signals}
     assert [name for name in sig if one_to_one(sig[name])] == ["Small", "Tiny", "Doubled", "Mode", "Level"]
+
+
+def test_a_message_the_compiler_fails_on_is_decoded_with_cantools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiling happens at an id's first frame, on the hot path: should it ever fail, the message is
+    decoded with cantools (logged once) and keeps exactly the same samples; nothing is lost."""
+    import agent.collect.collector as collector_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("compiler bug")
+
+    db = _database("powertrain.dbc")
+    decoder = FrameDecoder(db)
+    rng = random.Random("fallback")
+    cfg = _collection(db, rng, True, False)
+    frames = _frames(db, rng)
+    scaling = {(m.name, s.name): scaling_of(s) for m in db.messages for s in m.signals}
+    monkeypatch.setattr(collector_module, "compile_step", broken)
+    got = _collected(db, decoder, cfg, frames, len(frames) // 2, scaling)
+    expected = _reference(db, decoder, cfg, frames, len(frames) // 2)
+    assert got.keys() == expected.keys() and sum(map(len, expected.values())) > 500
+    for key, points in expected.items():
+        assert _comparable(got[key]) == _comparable(points), key

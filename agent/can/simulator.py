@@ -304,7 +304,10 @@ class _MessageSim:
             if page is not None and s.sig.multiplexer_ids is not None and page not in s.sig.multiplexer_ids:
                 continue
             values[s.sig.name] = 0 if s.kind == "checksum" else s.next(car, dt)
-        data = self.msg.encode(values, scaling=True, strict=False)
+        try:
+            data = self.msg.encode(values, scaling=True, strict=False)
+        except (ValueError, OverflowError):  # a factor or offset no value survives (inf, nan): raw zeros
+            return bytes(self.msg.length)
         checksums = [s for s in self.signals if s.kind == "checksum" and s.sig.name in values]
         if checksums:
             x = 0

@@ -11,6 +11,7 @@ built from `wanted_ids`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
 from collections import Counter
@@ -24,7 +25,7 @@ from cantools.database.errors import DecodeError
 
 from agent.batcher import Batcher
 from agent.codec import Scaling
-from agent.collect.policy import Filter, OnChange, Period, make_filter, resolve_policy
+from agent.collect.policy import Filter, OnChange, Period, make_filter, policy_resolver
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
 from agent.decode.fast import FastDecoder, Page, compile_values, one_to_one, scaling_of, values_code
@@ -212,10 +213,11 @@ class Collector:
         self._labels, self._scaling = cfg.labels, scaling
         self._names = Counter(dec.name for dec in decoder.by_id.values())
         self._wanted: dict[int, tuple[MessageDecoder, dict[str, Slot]]] = {}
+        resolve = policy_resolver(cfg)
         for fid, dec in decoder.by_id.items():
             slots: dict[str, Slot] = {}
             for sig in dec.signals:
-                policy = resolve_policy(cfg, dec.name, sig)
+                policy = resolve(dec.name, sig)
                 factory = make_filter(policy)
                 if factory is not None:
                     slots[sig] = Slot(factory(), policy.priority_level, (bus, dec.name, sig), sig)
@@ -232,24 +234,32 @@ class Collector:
     def _first_step(self, fid: int, t: float, data: bytes) -> int:
         """The first frame of an id: compile its plan now (a database of 1,500 messages of which a
         car sends 200 compiles 200; a config swap compiles nothing), then step as usual."""
-        return self._build(fid)(t, data)
+        try:
+            step = self._build(fid)
+        except Exception as exc:  # noqa: BLE001 - a message the compiler cannot handle: cantools decodes it
+            log.error("compile_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid][0].name,
+                      error=repr(exc), action="decoding this message with cantools")
+            step = self._build(fid, compiled=False)
+        return step(t, data)
 
-    def _build(self, fid: int) -> Step:
-        """Resolve what to do with frames of `fid`; installs and returns its step."""
+    def _build(self, fid: int, compiled: bool = True) -> Step:
+        """Resolve what to do with frames of `fid` (`compiled`: the fast path, else cantools); installs
+        the plan and the step only once both are built, and returns the step."""
         dec, slots = self._wanted[fid]
         scaling = self._scaling
-        try:
-            fast: FastDecoder | None = FastDecoder(dec.message, list(slots))
-        except NotImplementedError:
-            fast = None
+        fast: FastDecoder | None = None
+        if compiled:
+            with contextlib.suppress(NotImplementedError):  # nested multiplexing: cantools
+                fast = FastDecoder(dec.message, list(slots))
         label = dec.label if self._labels else None
         pages = {key: [slots[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
         change_only = fast is not None and all(type(e.filt) is OnChange for e in slots.values())
         plain = fast is not None and fast.mux is None and None in fast.pages  # gets a generated step
         samplers = {} if plain else {key: compile_sampler(page, self._bind, label) for key, page in pages.items()}
-        plan = self.plans[fid] = _Plan(dec, slots, fast, samplers, change_only, fast.mask if fast else 0,
-                                       dec.length, self._labels)
-        generic = partial(self._step, fid, plan)
+        plan = _Plan(dec, slots, fast, samplers, change_only, fast.mask if fast else 0, dec.length, self._labels)
+        step: Step = partial(self._step, fid, plan)
+        for slot in slots.values():
+            slot.raw = slot.compare_raw = False
         if plain:
             assert fast is not None
             signals = fast.pages[None].signals
@@ -260,12 +270,10 @@ class Collector:
                             and self._names[dec.name] == 1 and scaling.get(slot.key[1:]) == scaling_of(sig))
                 slot.compare_raw = slot.raw and one_to_one(sig)
             plan.held = held_frames(pages[None], signals, dec.length)
-            plan.exact = self.steps[fid] = compile_step(pages[None], fast.pages[None], dec.length,
-                                                        plan.mask if change_only else None, self._bind, label,
-                                                        generic, plan.held)
-        else:
-            self.steps[fid] = generic
-        return self.steps[fid]
+            plan.exact = step = compile_step(pages[None], fast.pages[None], dec.length,
+                                             plan.mask if change_only else None, self._bind, label, step, plan.held)
+        self.plans[fid], self.steps[fid] = plan, step
+        return step
 
     @property
     def wanted_ids(self) -> set[int]:

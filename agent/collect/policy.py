@@ -7,7 +7,6 @@ the signal name or `Message.Signal`), so the per-frame cost is one call per want
 from __future__ import annotations
 
 import fnmatch
-import functools
 import re
 from collections.abc import Callable
 
@@ -20,21 +19,25 @@ Keep = Callable[[str, str], list[str]]
 
 
 def resolve_policy(cfg: CollectionConfig, message: str, signal: str) -> SignalPolicy:
-    """The first rule whose `match` fits the signal name or 'Message.Signal'; else the default.
-
-    Globs are `fnmatch`'s, case-sensitive; compiled once per set of rules, because a large database
-    (a J1939 DBC has ~12,000 signals) is resolved on every config swap while frames wait.
-    """
-    qualified = f"{message}.{signal}"
-    for match, rule in zip(_matchers(tuple(rule.match for rule in cfg.signals)), cfg.signals, strict=True):
-        if match(signal) or match(qualified):
-            return rule
-    return cfg.default
+    """The first rule whose `match` fits the signal name or 'Message.Signal'; else the default."""
+    return policy_resolver(cfg)(message, signal)
 
 
-@functools.lru_cache(maxsize=16)
-def _matchers(globs: tuple[str, ...]) -> list[Callable[[str], object]]:
-    return [re.compile(fnmatch.translate(glob)).match for glob in globs]
+def policy_resolver(cfg: CollectionConfig) -> Callable[[str, str], SignalPolicy]:
+    """`resolve_policy` for many signals of one config: the globs (`fnmatch`'s, case-sensitive) are
+    compiled once, because a large database (a J1939 DBC has ~12,000 signals) is resolved on every
+    config swap while frames wait."""
+    rules = [(re.compile(fnmatch.translate(rule.match)).match, rule) for rule in cfg.signals]
+    default = cfg.default
+
+    def resolve(message: str, signal: str) -> SignalPolicy:
+        qualified = f"{message}.{signal}"
+        for match, rule in rules:
+            if match(signal) or match(qualified):
+                return rule
+        return default
+
+    return resolve
 
 
 class Filter:

@@ -62,39 +62,42 @@ def load_database(path: Path) -> Database:
         raise DatabaseError(path, reason, _line_of_message(path, reason)) from None
 
 
-_LOADED: dict[tuple[tuple[str, str], ...], Database] = {}  # file identities -> merged database
-_LOADED_MAX = 8
+_LOADED: dict[tuple[str, ...], tuple[tuple[str, ...], Database]] = {}  # paths -> (their digests, database)
+_LOADED_MAX = 16  # sets of paths (a bus's databases); each keeps only its latest content
 
 
-def _identity(path: Path) -> tuple[str, str] | None:
-    """What says a file is unchanged: its resolved path and a digest of its bytes (hashing a large
-    DBC costs about a millisecond; modification times are coarse on some file systems)."""
+def _digest(path: Path) -> str | None:
+    """A digest of a regular file's bytes (hashing a large DBC costs about a millisecond; modification
+    times are coarse on some file systems); None for anything else, which load_database reports."""
     try:
-        return (str(path.resolve()), hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest())
-    except OSError:
-        return None  # load_database reports the missing file
+        if not path.is_file():
+            return None
+        return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return None
 
 
 def load_databases(paths: Iterable[str | Path]) -> Database:
     """Several files merged into one database; a frame id defined twice is an error naming both files.
 
-    Parsed databases are kept (the last few sets, by path and content), because a
-    config swap usually keeps its databases: a 1,500-message J1939 DBC takes ~0.8 s to parse here
-    and several seconds on a head unit, while frames wait in the kernel's buffer. The merged
-    database is only read afterwards (decoders are built from it), so sharing it is safe.
+    Parsed databases are kept (per set of paths, the latest content only), because a config swap
+    usually keeps its databases: a 1,500-message J1939 DBC takes ~0.8 s to parse here and several
+    seconds on a head unit, while frames wait in the kernel's buffer. The merged database is only
+    read afterwards (decoders are built from it), so sharing it is safe.
     """
     files = [Path(raw) for raw in paths]
-    identities = [_identity(path) for path in files]
-    if None in identities:
-        return _merge(files)  # raises, naming the file it cannot read
-    key = tuple(identities)  # type: ignore[arg-type]
-    if key in _LOADED:
-        _LOADED[key] = _LOADED.pop(key)  # most recently used last
-        return _LOADED[key]
-    merged = _merge(files)
-    _LOADED[key] = merged
-    while len(_LOADED) > _LOADED_MAX:
-        del _LOADED[next(iter(_LOADED))]
+    names = tuple(str(path.absolute()) for path in files)
+    digests = tuple(_digest(path) for path in files)
+    kept = _LOADED.get(names)
+    if kept is not None and kept[0] == digests and None not in digests:
+        _LOADED[names] = _LOADED.pop(names)  # most recently used last
+        return kept[1]
+    merged = _merge(files)  # raises DatabaseError naming the file it cannot use
+    if None not in digests and tuple(_digest(path) for path in files) == digests:  # not replaced while parsing
+        _LOADED.pop(names, None)
+        _LOADED[names] = (digests, merged)
+        while len(_LOADED) > _LOADED_MAX:
+            del _LOADED[next(iter(_LOADED))]
     return merged
 
 

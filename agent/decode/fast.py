@@ -164,8 +164,13 @@ def values_code(signals: Sequence[Signal], nbytes: int) -> ValuesCode:
         raw = where[id(s)]
         scale, offset = scaling_of(s)
         raws.append(raw)
-        values.append(raw if scale == 1 and offset == 0 else f"{raw} * {scale!r} + {offset!r}")
+        values.append(raw if scale == 1 and offset == 0 else f"{raw} * {_literal(scale)} + {_literal(offset)}")
     return ValuesCode(env, lines, values, raws)
+
+
+def _literal(number: float) -> str:
+    """Python source for a DBC factor or offset; `repr` of inf and nan is no Python literal."""
+    return repr(number) if math.isfinite(number) else f"float('{number!r}')"
 
 
 def compile_values(code: ValuesCode) -> Callable[[bytes], tuple]:
