@@ -161,7 +161,13 @@ class _SchemaMismatch(sqlite3.DatabaseError):
     """A valid SQLite file that is not our store (wrong columns) or fails its integrity check."""
 
 
-CLOCK_STEP_S = 2.0  # a change of (wall clock - monotonic clock) beyond this is the wall clock being set
+CLOCK_STEP_S = 2.0  # a change of (wall clock - time since boot) beyond this is the wall clock being set
+
+
+def _since_boot() -> float:
+    """Seconds since boot, suspend included (CLOCK_BOOTTIME): a unit that sleeps in suspend-to-RAM
+    must not look as if its clock was set. The monotonic clock elsewhere."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 CLOCK_SET_AFTER = 1_600_000_000.0  # 2020-09-13: a creation time before this is a clock that was not set yet
 
 
@@ -171,7 +177,7 @@ class Store:
     Batches age by their creation time on the wall clock (time-to-live, oldest pending). Telematics
     units often boot without a real-time clock and set it later from NTP or GNSS; batches stored
     before that carry times of the unset clock and would all expire at once. So the store follows
-    the clock: a step of the wall clock against the monotonic one shifts the stored creation times
+    the clock: a step of the wall clock against the time since boot shifts the stored creation times
     by the step, and creation times from before 2020 (a clock not set when they were stored, by an
     earlier run) count from the moment the clock is right. Samples keep their kernel timestamps.
     """
@@ -181,7 +187,7 @@ class Store:
                  wallclock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.wallclock = wallclock  # injectable: tests step it as NTP would
-        self._clock_offset = wallclock() - time.monotonic()
+        self._clock_offset = wallclock() - _since_boot()
         self._clock_checked = False
         self.max_bytes = max_bytes
         self.max_batches = max_batches
@@ -293,7 +299,7 @@ class Store:
     def _follow_clock(self) -> None:
         """Shift stored creation times by a step of the wall clock; date batches of an unset clock."""
         now = self.wallclock()
-        offset = now - time.monotonic()
+        offset = now - _since_boot()
         step = offset - self._clock_offset
         stepped = abs(step) >= CLOCK_STEP_S
         if stepped:
