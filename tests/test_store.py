@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from agent.model import Batch, Priority
 from agent.store import Store, StoreFullError
 
 
-def make_batch(i: int, priority: Priority = Priority.normal, size: int = 1000, created: float = 1000.0) -> Batch:
+def make_batch(i: int, priority: Priority = Priority.normal, size: int = 1000, created: float = 1_750_000_000.0) -> Batch:
     return Batch(id=f"b{i:04d}", priority=priority, encoding="columnar", content_type="x", content_encoding="zstd",
                  payload=bytes([i % 256]) * size, sample_count=10 + i, first_t=created, last_t=created + 1,
                  created=created, vehicle="car", buses=("pt", "ch"))
@@ -87,13 +88,14 @@ def test_batch_count_limit(tmp_path: Path) -> None:
 
 def test_ttl_per_priority(tmp_path: Path) -> None:
     with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={"low": 100, "high": 1000}) as s:
-        s.put(make_batch(1, Priority.low, created=1000))
-        s.put(make_batch(2, Priority.high, created=1000))
-        s.put(make_batch(3, Priority.low, created=1150))
-        assert s.expire(now=1200) == 1
+        t = 1_750_000_000.0
+        s.put(make_batch(1, Priority.low, created=t))
+        s.put(make_batch(2, Priority.high, created=t))
+        s.put(make_batch(3, Priority.low, created=t + 150))
+        assert s.expire(now=t + 200) == 1
         assert [b.id for b in s.next_batches(10)] == ["b0002", "b0003"]
         assert s.stats().counters["expired_low_batches"] == 1
-        assert s.stats().as_dict(now=1200)["oldest_pending_age_s"] == 200
+        assert s.stats().as_dict(now=t + 200)["oldest_pending_age_s"] == 200
 
 
 def test_store_bench_reports_commit_and_drain_figures(tmp_path: Path) -> None:
@@ -107,32 +109,51 @@ def test_store_bench_reports_commit_and_drain_figures(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "the bench cleans up its store files"
 
 
+class SettableClock:
+    """A wall clock that runs with the time since boot, as the real one does, and can be set."""
+
+    def __init__(self, now: float) -> None:
+        self.offset = now - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def __call__(self) -> float:
+        return self.offset + time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def set(self, now: float) -> None:  # what NTP or GNSS does
+        self.offset = now - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def test_a_clock_set_after_boot_does_not_expire_what_was_stored_before(tmp_path: Path) -> None:
     """A unit boots without a real-time clock (2000-01-01 here), stores batches, then NTP or GNSS sets
-    the clock: the batches age from when they were really stored, not from 26 years ago."""
-    clock = {"t": 946_684_800.0}
-    with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={"low": 3600, "normal": 86400},
-               wallclock=lambda: clock["t"]) as s:
-        s.put(make_batch(1, created=clock["t"]))
-        s.put(make_batch(2, Priority.low, created=clock["t"] + 5))
-        clock["t"] = 1_795_700_000.0 + 10  # the clock is set: a step of ~28 years
+    the clock: the batches age from when they were really stored, not from 26 years ago; a batch made
+    before the clock was set and stored after it (the memory spill) too. An earlier run's batches,
+    stored with a right clock, keep their times."""
+    path = tmp_path / "s.db"
+    with Store(path, max_bytes=10**6, wallclock=SettableClock(1_795_650_000.0)) as s:
+        s.put(make_batch(9, created=1_795_650_000.0))  # an earlier run, clock right
+    clock = SettableClock(946_684_800.0)
+    with Store(path, max_bytes=10**6, ttl_s={"low": 3600, "normal": 86400}, wallclock=clock) as s:
+        s.put(make_batch(1, created=clock()))
+        s.put(make_batch(2, Priority.low, created=clock() + 5))
+        spilled = make_batch(3, created=clock())
+        clock.set(1_795_700_000.0)  # a step of ~28 years
         assert s.expire() == 0, "nothing expires because the clock was set"
-        st = s.stats().as_dict(now=clock["t"])
-        assert st["batches"] == 2 and 0 <= st["oldest_pending_age_s"] < 60
-        assert st["counters"]["clock_steps"] == 1
-        created = sorted(b.created for b in s.next_batches(10))
-        assert created[0] > 1_795_700_000.0 - 60, "creation times moved by the step"
-        assert s.expire(now=clock["t"] + 3600 + 60) == 1, "an hour later the low batch's TTL is reached"
+        s.put(spilled)
+        st = s.stats().as_dict(now=clock())
+        assert st["batches"] == 4 and st["counters"]["clock_steps"] == 1
+        created = {b.id: b.created for b in s.next_batches(10)}
+        assert created["b0009"] == 1_795_650_000.0, "a right time of an earlier run is not shifted"
+        assert all(clock() - 60 < created[i] <= clock() + 10 for i in ("b0001", "b0002", "b0003"))
+        assert s.expire(now=clock() + 3600 + 60) == 1, "an hour later the low batch's TTL is reached"
 
 
 def test_batches_of_an_unset_clock_from_an_earlier_run_age_from_now(tmp_path: Path) -> None:
     """The clock was set while the agent was not running: batches an earlier run stored with the unset
     clock (before 2020) are dated when the store first looks, instead of expiring at once."""
     path = tmp_path / "s.db"
-    with Store(path, max_bytes=10**6, wallclock=lambda: 946_684_800.0) as s:  # 2000-01-01, no RTC
+    with Store(path, max_bytes=10**6, wallclock=SettableClock(946_684_800.0)) as s:  # 2000-01-01, no RTC
         s.put(make_batch(1, created=946_684_800.0))
-    now = 1_795_700_000.0
-    with Store(path, max_bytes=10**6, ttl_s={"normal": 86400}, wallclock=lambda: now) as s:
+    clock = SettableClock(1_795_700_000.0)
+    with Store(path, max_bytes=10**6, ttl_s={"normal": 86400}, wallclock=clock) as s:
         assert s.expire() == 0
-        assert s.next_batches(1)[0].created == now
+        assert clock() - 60 < s.next_batches(1)[0].created <= clock()
         assert s.stats().counters["batches_dated_after_clock_set"] == 1

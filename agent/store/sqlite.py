@@ -188,7 +188,8 @@ class Store:
         self.path = Path(path)
         self.wallclock = wallclock  # injectable: tests step it as NTP would
         self._clock_offset = wallclock() - _since_boot()
-        self._clock_checked = False
+        self._unset_dated = False
+        self._first_seq = 0  # rows after this seq were stored by this connection (its clock steps shift them)
         self.max_bytes = max_bytes
         self.max_batches = max_batches
         self.ttl_s = dict(ttl_s or {})
@@ -250,7 +251,8 @@ class Store:
             raise _SchemaMismatch(f"integrity check failed: {check}")
         self.total_bytes, self.total_batches = self.db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
-        self._clock_checked = False  # look once for batches of an unset clock (an earlier run's)
+        self._unset_dated = False  # batches of an unset clock (an earlier run's) are dated once the clock is set
+        self._first_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM batches").fetchone()[0]
 
     def recover_if_corrupt(self, exc: BaseException) -> bool:
         """After SQLITE_CORRUPT/NOTADB during operation: move the file aside, start fresh; True if it did."""
@@ -296,32 +298,40 @@ class Store:
             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             [(k, v) for k, v in deltas.items() if v])
 
-    def _follow_clock(self) -> None:
-        """Shift stored creation times by a step of the wall clock; date batches of an unset clock."""
+    def _follow_clock(self) -> bool:
+        """Shift this run's stored creation times by a step of the wall clock, and date batches of an
+        unset clock once the clock is set; True if the clock stepped.
+
+        Only rows stored since this connection opened are shifted: earlier runs' rows carry times of
+        their own clock (right, or before 2020 when it was unset, which the second rule handles).
+        The new offset counts as seen only once the shift is committed, so a failed write retries it.
+        """
         now = self.wallclock()
         offset = now - _since_boot()
         step = offset - self._clock_offset
         stepped = abs(step) >= CLOCK_STEP_S
-        if stepped:
-            self._clock_offset = offset
-        if not stepped and self._clock_checked:
-            return
-        self._clock_checked = True
+        date_unset = now >= CLOCK_SET_AFTER and not self._unset_dated
+        if not stepped and not date_unset:
+            return False
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            shifted = self.db.execute("UPDATE batches SET created = created + ?", (step,)).rowcount if stepped else 0
+            shifted = self.db.execute("UPDATE batches SET created = created + ? WHERE seq > ?",
+                                      (step, self._first_seq)).rowcount if stepped else 0
             unset = self.db.execute("UPDATE batches SET created = ? WHERE created < ?",
-                                    (now, CLOCK_SET_AFTER)).rowcount if now >= CLOCK_SET_AFTER else 0
+                                    (now, CLOCK_SET_AFTER)).rowcount if date_unset else 0
             self._count(clock_steps=int(stepped), batches_dated_after_clock_set=unset)
             self.db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
         if stepped:
+            self._clock_offset = offset
             log.warning("clock_stepped", step_s=round(step, 3), batches_shifted=shifted, path=str(self.path))
+        self._unset_dated = self._unset_dated or date_unset
         if unset:
             log.warning("batches_of_unset_clock", batches=unset, path=str(self.path),
                         action="their age counts from now")
+        return stepped
 
     @_guarded
     def put(self, batch: Batch) -> list[Evicted]:
@@ -333,6 +343,9 @@ class Store:
         if batch.size > self.max_bytes:
             raise StoreFullError(f"batch {batch.id} ({batch.size} B) is larger than the store limit")
         self._follow_clock()
+        created = batch.created
+        if created < CLOCK_SET_AFTER and self._unset_dated:  # made before the clock was set (memory spill)
+            created = self.wallclock()
         evicted: list[Evicted] = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -358,7 +371,7 @@ class Store:
                 evicted.append(Evicted(vid, Priority(prio), count, size))
             self.db.execute(
                 f"INSERT OR IGNORE INTO batches ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (batch.id, int(batch.priority), batch.created, batch.encoding, batch.content_type,
+                (batch.id, int(batch.priority), created, batch.encoding, batch.content_type,
                  batch.content_encoding, batch.sample_count, batch.first_t, batch.last_t, batch.vehicle,
                  ",".join(batch.buses), batch.size, batch.payload))
             self._count(stored_batches=1, stored_samples=batch.sample_count, stored_bytes=batch.size)
@@ -411,8 +424,8 @@ class Store:
     @_guarded
     def expire(self, now: float | None = None) -> int:
         """Drop batches older than their priority's time-to-live; returns how many."""
-        self._follow_clock()  # first: a clock just set must not make every batch look ancient
-        now = self.wallclock() if now is None else now
+        if self._follow_clock() or now is None:  # first: a clock just set must not make every batch look ancient
+            now = self.wallclock()                 # (and a `now` read before the step is not the time)
         dropped = 0
         for prio in Priority:
             ttl = self.ttl_s.get(prio.name)
