@@ -48,7 +48,7 @@ def test_generated_sampler_decides_exactly_like_the_filters() -> None:
     """The collector's generated per-message code keeps the same samples as each filter's `offer`."""
     import random
 
-    from agent.collect.collector import Slot, compile_sampler
+    from agent.collect.codegen import Slot, compile_sampler
     from agent.collect.policy import KeepAll, MinInterval, OnChange, Period
 
     def filters() -> list:
