@@ -14,13 +14,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.app import load_bus_databases
 from agent.bench import live, stages
 from agent.bench.store import bench_store
 from agent.bench.trace import build_trace
 from agent.bench.wire import wire
+from agent.can.simulator import frames_per_second
 from agent.config import AgentConfig
 
 Progress = Callable[[str], None]
+
+
+MAX_FRAMES = 60_000  # the bundled car's 60 s drive is 44,880 frames
+
+
+def simulated_seconds(cfg: AgentConfig, seconds: float) -> float:
+    """How long a drive to simulate: 60 s (20 s for a quick run), fewer for a database so large that
+    the drive would pass MAX_FRAMES (a third for a quick run): every stage runs over the whole
+    drive, so its size, not the database's, must bound the benchmark's time."""
+    sim_s, cap = (60.0, MAX_FRAMES) if seconds >= 10 else (20.0, MAX_FRAMES // 3)
+    rate = sum(frames_per_second(load_bus_databases(cfg, bus)) for bus in cfg.buses)
+    return sim_s if rate * sim_s <= cap else max(1.0, round(cap / rate, 1))
 
 
 def run_bench(cfg: AgentConfig, *, seconds: float = 20.0, progress: Progress = lambda _: None) -> dict[str, Any]:
@@ -28,7 +42,7 @@ def run_bench(cfg: AgentConfig, *, seconds: float = 20.0, progress: Progress = l
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vehicle-agent-bench-") as tmp:
         directory = Path(tmp)
-        sim_s = 60.0 if seconds >= 10 else 20.0
+        sim_s = simulated_seconds(cfg, seconds)
         progress(f"simulating {sim_s:.0f} s of driving on {len(cfg.buses)} bus(es)")
         trace = build_trace(cfg, sim_s)
         result: dict[str, Any] = {"frames": trace.count, "buses": [b.name for b in cfg.buses],

@@ -28,6 +28,16 @@ from agent.can.logs import format_candump
 log = structlog.get_logger()
 
 DEFAULT_CYCLE_S = 0.1
+
+
+def cycle_s(msg: Message) -> float:
+    """How often the simulator sends a message: its `GenMsgCycleTime`, else every 100 ms."""
+    return (msg.cycle_time or 0) / 1000.0 or DEFAULT_CYCLE_S
+
+
+def frames_per_second(db: Database) -> float:
+    """The simulated traffic of a database: every message at its cycle time."""
+    return sum(1.0 / cycle_s(m) for m in db.messages)
 _GEAR_RATIOS = (3.5, 2.1, 1.4, 1.0, 0.8, 0.65)
 _GEAR_UP_KMH = (0.0, 18.0, 35.0, 55.0, 75.0, 95.0)
 _FINAL_DRIVE = 3.5
@@ -286,7 +296,7 @@ class _MessageSim:
 
     def __init__(self, msg: Message, rng: random.Random) -> None:
         self.msg = msg
-        self.cycle = (msg.cycle_time or 0) / 1000.0 or DEFAULT_CYCLE_S
+        self.cycle = cycle_s(msg)
         self.due = rng.uniform(0.0, self.cycle)
         self.signals = [_SignalSim(s, rng) for s in msg.signals if not s.is_multiplexer]
         self.mux = next((s for s in msg.signals if s.is_multiplexer), None)
