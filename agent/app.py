@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 import sqlite3
@@ -66,6 +67,16 @@ class Pipeline:
 
 def load_bus_databases(cfg: AgentConfig, bus: BusConfig) -> Database:
     return load_databases([cfg.resolve(p) for p in bus.databases])
+
+
+def preload(cfg: AgentConfig) -> None:
+    """Parse every bus's databases (load_databases keeps them), then take everything alive out of
+    the cyclic GC's way (`gc.freeze`): a full collection would otherwise walk every object of a
+    large database (~0.1 s for 1,500 messages) again and again while frames wait. Once, at start."""
+    for bus in cfg.buses:
+        load_bus_databases(cfg, bus)
+    gc.collect()
+    gc.freeze()
 
 
 def build_pipeline(cfg: AgentConfig, batcher: Batcher, counters: dict[str, BusCounters]) -> Pipeline:

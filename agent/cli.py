@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import signal
 import sqlite3
 import sys
@@ -61,14 +60,11 @@ def _load_config_or_exit(path: str | None) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg, data = _load_config_or_exit(args.config)
     configure_logging(cfg.log_level)
-    from agent.app import Agent, load_bus_databases
+    from agent.app import Agent, preload
 
     async def main() -> None:
         try:
-            for bus in cfg.buses:  # parsed once (load_databases keeps them), then out of the cyclic GC's way:
-                load_bus_databases(cfg, bus)  # a full collection would walk every object of a large
-            gc.collect()                      # database (~0.1 s for 1,500 messages) while frames wait
-            gc.freeze()
+            preload(cfg)
             agent = Agent(cfg, base=data, progress=sys.stderr.isatty() and not args.no_progress)
         except DatabaseError as exc:
             log.error("database_invalid", file=str(exc.path), line=exc.line, reason=exc.reason)

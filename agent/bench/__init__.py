@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.app import load_bus_databases
+from agent.app import load_bus_databases, preload
 from agent.bench import live, stages
 from agent.bench.store import bench_store
 from agent.bench.trace import build_trace
@@ -42,6 +42,7 @@ def run_bench(cfg: AgentConfig, *, seconds: float = 20.0, progress: Progress = l
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vehicle-agent-bench-") as tmp:
         directory = Path(tmp)
+        preload(cfg)  # the heap as `vehicle-agent run` has it
         sim_s = simulated_seconds(cfg, seconds)
         progress(f"simulating {sim_s:.0f} s of driving on {len(cfg.buses)} bus(es)")
         trace = build_trace(cfg, sim_s)
