@@ -1,6 +1,6 @@
 """The benchmark's live parts: CPU at a real bus rate, memory of the running agent, a config swap.
 
-These run the agent's real parts on real clocks: the raw SocketCAN source on its 50 ms tick fed by
+These run the agent's real parts on real clocks: the raw SocketCAN source on its 100 ms tick fed by
 a sender process at 8,000 frames/s; the `vehicle-agent run` process itself on three simulated
 buses (its RSS sampled from /proc); and `Agent.apply_config` on a running agent while frames flow.
 """

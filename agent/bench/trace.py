@@ -19,7 +19,7 @@ from agent.config import AgentConfig
 from agent.model import Frame
 
 START_T = 1_700_000_000.0
-CHUNK = 400  # frames per collector call: what one 50 ms tick of a saturated 1 Mbit/s bus drains
+CHUNK = 400  # frames per collector call: a 50 ms drain of a saturated 1 Mbit/s bus (the raw source drains 100 ms)
 
 
 @dataclass(slots=True)
