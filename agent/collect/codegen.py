@@ -122,7 +122,8 @@ def compile_step(slots: list[Slot], page: Page, length: int, mask: int | None, b
                                            for line in _keep(index[id(slot)], slot, label, et, f"_hv[{k}]"))]
 
         decide += frames.period.inline(f"P{g}", "data", keep_frame)
-    free = [i for i, slot in enumerate(slots) if not any(slot in frames.slots for frames in held)]
+    held_ids = {id(slot) for frames in held for slot in frames.slots}
+    free = [i for i, slot in enumerate(slots) if id(slot) not in held_ids]
     for i in free:
         decide += _decide(i, slots[i], label, env, slots[i].compare_raw)
     if free:

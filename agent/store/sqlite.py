@@ -162,13 +162,13 @@ class _SchemaMismatch(sqlite3.DatabaseError):
 
 
 CLOCK_STEP_S = 2.0  # a change of (wall clock - time since boot) beyond this is the wall clock being set
+CLOCK_SET_AFTER = 1_600_000_000.0  # 2020-09-13: a creation time before this is a clock that was not set yet
 
 
 def _since_boot() -> float:
     """Seconds since boot, suspend included (CLOCK_BOOTTIME): a unit that sleeps in suspend-to-RAM
     must not look as if its clock was set. The monotonic clock elsewhere."""
     return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
-CLOCK_SET_AFTER = 1_600_000_000.0  # 2020-09-13: a creation time before this is a clock that was not set yet
 
 
 class Store:
