@@ -46,6 +46,7 @@ from agent.logs import set_level
 from agent.model import Batch
 from agent.store import Store, StoreFullError
 from agent.systemd import Notifier
+from agent.twin.control import make_plane
 from agent.twin.desired import DesiredState
 from agent.uplink import Sink
 from agent.uplink.factory import make_sink
@@ -113,7 +114,7 @@ class Agent:
                            max_batches=cfg.store.max_batches, synchronous=cfg.store.synchronous,
                            ttl_s=cfg.store.ttl_s)
         self.sink = sink or make_sink(cfg)
-        self.sink.attach(self)
+        self.control = make_plane(self, self.desired, cfg, self.sink)  # remote control: agent/twin/
         self.forwarder = Forwarder(self.store, self.sink, retry_initial_s=cfg.sink.retry_initial_s,
                                    retry_max_s=cfg.sink.retry_max_s)
         self.batcher = Batcher(cfg.batching, codec_for(cfg.encoding.format,
@@ -298,10 +299,7 @@ class Agent:
         self.config_version += 1
         log.info("config_applied", version=self.config_version, buses=[b.name for b in new.buses])
 
-    # ---------------------------------------------------------------- control (twin, methods)
-    def handle_desired(self, doc: dict[str, Any], *, full: bool) -> dict[str, Any] | None:
-        return self.desired.handle(doc, full=full)
-
+    # ---------------------------------------------------------------- what the control plane may ask
     def flush_now(self) -> None:
         for collector in self.pipeline.collectors.values():
             collector.flush()
@@ -309,8 +307,8 @@ class Agent:
         self.forwarder.notify()
 
     def set_log_level(self, level: str, duration_s: float | None = None) -> None:
+        log.warning("log_level_set", requested_level=level, duration_s=duration_s)  # `level` is the record's own
         set_level(level)
-        log.info("log_level_set", level=level, duration_s=duration_s)
         if duration_s:
             asyncio.get_running_loop().call_later(duration_s, set_level, self.cfg.log_level)
 
@@ -335,6 +333,7 @@ class Agent:
                                 "dropped_samples": self.spill_dropped},
                       "corrupt_moved_aside": [str(p) for p in self.store.quarantined]},
             "sink": {"type": self.sink.name, **self.forwarder.status.as_dict(), **self.sink.state()},
+            "control": self.control.state(),
         }
 
     def _store_stats(self) -> dict[str, Any]:
@@ -360,7 +359,8 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=0.25)
             self.batcher.tick()
-            self.notifier.watchdog()
+            if self.control.healthy():  # a wedged control channel starves the watchdog: systemd restarts us
+                self.notifier.watchdog()
             if self.spill:
                 self._retry_spill()
             now = time.monotonic()
@@ -384,7 +384,8 @@ class Agent:
         for bus in self.cfg.buses:
             self._start_bus(bus)
         self._tasks += [asyncio.create_task(self.forwarder.run(self.stop), name="forwarder"),
-                        asyncio.create_task(self._housekeeping(), name="housekeeping")]
+                        asyncio.create_task(self._housekeeping(), name="housekeeping"),
+                        asyncio.create_task(self.control.run(self.stop), name="control")]
         self.notifier.ready(f"collecting from {len(self.cfg.buses)} bus(es), sink {self.sink.name}")
         try:
             while not self.stop.is_set():

@@ -9,6 +9,8 @@ config by reading the error, not the code.
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +23,13 @@ from agent.model import Priority
 DEFAULT_CONFIG = Path("config/agent.yaml")
 ENV_PREFIX = "VEHICLE_AGENT_"
 IOTHUB_MAX_MESSAGE_BYTES = 256 * 1024
+# Bounds of the numbers the cloud may write (docs/iothub.md, "Limits"): beyond them a value is a typo
+# or an attack, never a setting.
+MAX_BITRATE = 20_000_000           # CAN FD data phases reach 8-12 Mbit/s
+MAX_INTERVAL_MS = 86_400_000       # a day
+MAX_STORE_BYTES = 2**40
+MIN_STORE_BATCHES = 4              # the store holds several batches, or it evicts what it just stored
+MIN_TTL_S, MAX_TTL_S = 60.0, 10 * 365 * 86400.0
 
 
 class ConfigError(ValueError):
@@ -33,30 +42,33 @@ class ConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BusConfig(_Model):
     """One CAN bus: where frames come from and which databases decode them."""
 
-    name: str = Field(description="Bus name used in samples, status and topics, e.g. 'powertrain'.")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                      description="Bus name used in samples, status and topics, e.g. 'powertrain'.")
     interface: str = Field(
         "auto",
         description="python-can interface: socketcan, virtual, pcan, kvaser, ... or 'auto' "
         "(socketcan if the channel exists on this machine, else virtual with the built-in simulator).",
     )
     channel: str = Field("vcan0", description="python-can channel, e.g. can0, vcan0.")
-    bitrate: int | None = Field(None, gt=0, description="Nominal bitrate (interfaces that set it).")
-    data_bitrate: int | None = Field(None, gt=0, description="CAN FD data bitrate.")
+    bitrate: int | None = Field(None, gt=0, le=MAX_BITRATE, description="Nominal bitrate (interfaces that set it).")
+    data_bitrate: int | None = Field(None, gt=0, le=MAX_BITRATE, description="CAN FD data bitrate.")
     fd: bool = Field(False, description="Open the bus in CAN FD mode.")
     databases: list[str] = Field(
-        min_length=1, description="Database files for this bus (anything cantools loads: dbc, kcd, arxml, sym)."
+        min_length=1, max_length=32,
+        description="Database files for this bus (anything cantools loads: dbc, kcd, arxml, sym). From the "
+        "cloud: names inside databases_dir only.",
     )
     replay: str | None = Field(
         None, description="Read frames from this log (candump .log, .asc, .blf) instead of a live bus."
     )
     replay_rate: float = Field(
-        0.0, ge=0, description="Replay speed: 1.0 = real time, 0 = as fast as possible."
+        0.0, ge=0, le=1000, description="Replay speed: 1.0 = real time, 0 = as fast as possible."
     )
     simulate: bool | None = Field(
         None,
@@ -72,11 +84,13 @@ PolicyKind = Literal["all", "on_change", "min_interval", "period", "exclude"]
 class SignalPolicy(_Model):
     """How samples of the matched signals are kept."""
 
-    match: str = Field("*", description="Signal name or glob (`Wheel*`); also matches 'Message.Signal'.")
+    match: str = Field("*", min_length=1, max_length=256, description="Signal name or glob (`Wheel*`); also matches 'Message.Signal'.")
     policy: PolicyKind = Field("all", description="all | on_change | min_interval | period | exclude.")
-    deadband: float = Field(0.0, ge=0, description="on_change: keep only changes larger than this (absolute).")
-    min_interval_ms: int = Field(0, ge=0, description="min_interval: at most one sample per interval.")
-    period_ms: int = Field(0, ge=0, description="period: the latest value once per period (downsampling).")
+    deadband: float = Field(0.0, ge=0, le=1e12, description="on_change: keep only changes larger than this (absolute).")
+    min_interval_ms: int = Field(0, ge=0, le=MAX_INTERVAL_MS,
+                                 description="min_interval: at most one sample per interval (at most a day).")
+    period_ms: int = Field(0, ge=0, le=MAX_INTERVAL_MS,
+                           description="period: the latest value once per period (downsampling; at most a day).")
     priority: Literal["low", "normal", "high"] = Field("normal", description="Upload priority of these samples.")
 
     @model_validator(mode="after")
@@ -96,15 +110,16 @@ class CollectionConfig(_Model):
     """Which signals are kept and how; the first matching rule wins."""
 
     default: SignalPolicy = Field(default_factory=lambda: SignalPolicy(policy="all"))
-    signals: list[SignalPolicy] = Field(default_factory=list)
+    signals: list[SignalPolicy] = Field(default_factory=list, max_length=1000)
     labels: bool = Field(False, description="Send enum signals as their label string instead of the number.")
 
 
 class BatchingConfig(_Model):
     """When a batch is closed. max_age_s also bounds what a power loss can lose (the in-memory window)."""
 
-    max_samples: int = Field(20000, gt=0)
-    max_age_s: float = Field(10.0, gt=0, le=3600)
+    max_samples: int = Field(20000, gt=0, le=10_000_000, description="Close a batch at this many samples.")
+    max_age_s: float = Field(10.0, ge=0.05, le=3600,
+                             description="Close a batch at this age (s); also the most a power loss can lose.")
     max_bytes: int = Field(
         IOTHUB_MAX_MESSAGE_BYTES - 4096, gt=1024, le=IOTHUB_MAX_MESSAGE_BYTES,
         description="Upper bound of an encoded batch (IoT Hub's message limit is 256 KB).",
@@ -123,17 +138,19 @@ class StoreConfig(_Model):
     """The durable store-and-forward queue (SQLite, WAL)."""
 
     path: str = Field("store.db", description="SQLite file; relative paths are under state_dir.")
-    max_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Byte limit of stored batches.")
-    max_batches: int | None = Field(None, gt=0, description="Optional batch-count limit.")
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0, le=MAX_STORE_BYTES,
+                           description="Byte limit of stored batches; at least 4 x batching.max_bytes.")
+    max_batches: int | None = Field(None, ge=MIN_STORE_BATCHES, le=100_000_000,
+                                    description="Optional batch-count limit (at least 4).")
     synchronous: Literal["NORMAL", "FULL"] = Field("NORMAL", description="SQLite synchronous setting.")
     spill_max_bytes: int = Field(
-        16 * 1024 * 1024, gt=0,
+        16 * 1024 * 1024, gt=0, le=1024**3,
         description="Memory spill while the store cannot be written (disk full, read-only, corrupt): batches "
         "beyond this many bytes are dropped oldest first and counted as lost.",
     )
-    ttl_s: dict[str, float] = Field(
+    ttl_s: dict[Literal["low", "normal", "high"], Annotated[float, Field(ge=MIN_TTL_S, le=MAX_TTL_S)]] = Field(
         default_factory=lambda: {"low": 86400.0, "normal": 7 * 86400.0, "high": 30 * 86400.0},
-        description="Time-to-live of a stored batch per priority, seconds.",
+        description="Time-to-live of a stored batch per priority, seconds (1 minute to 10 years).",
     )
 
 
@@ -221,8 +238,11 @@ class AgentConfig(_Model):
 
     vehicle_id: str = Field("demo-car", description="This vehicle's id, in every batch.")
     state_dir: str = Field("state", description="Folder for the store, status file and outbox.")
+    databases_dir: str | None = Field(
+        None, description="The folder the cloud may name databases in (by name only); default: the config "
+        "file's folder. Local only.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    buses: list[BusConfig] = Field(min_length=1)
+    buses: list[BusConfig] = Field(min_length=1, max_length=32)
     collection: CollectionConfig = Field(default_factory=CollectionConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     encoding: EncodingConfig = Field(default_factory=EncodingConfig)
@@ -238,6 +258,17 @@ class AgentConfig(_Model):
         if dupes:
             raise ValueError(f"bus names must be unique, repeated: {', '.join(dupes)}")
         return buses
+
+    @model_validator(mode="after")
+    def _store_holds_several_batches(self) -> AgentConfig:
+        if self.store.max_bytes < MIN_STORE_BATCHES * self.batching.max_bytes:
+            raise ValueError(f"store.max_bytes ({self.store.max_bytes}) must hold at least {MIN_STORE_BATCHES} "
+                             f"batches of batching.max_bytes ({self.batching.max_bytes})")
+        return self
+
+    def databases_folder(self) -> Path:
+        """The folder the cloud's database names are looked up in (databases_dir, else the config's folder)."""
+        return self.resolve(self.databases_dir or ".")
 
     def resolve(self, path: str) -> Path:
         """A config path made absolute against the config file's folder."""
@@ -302,6 +333,85 @@ def build_config(data: Mapping[str, Any], *, base_dir: str | Path = ".", source:
     if errors:
         raise ConfigError(errors, source)
     return cfg
+
+
+# ------------------------------------------------------------------ what the cloud may write
+# Identity, state paths, the sink and its credentials stay local. Of a bus the cloud may not set what
+# reads local files (a replay log, python-can options that open paths); those stay as the local file
+# has them for a bus of the same name.
+CLOUD_WRITABLE = ("buses", "collection", "batching", "encoding", "log_level", "store")
+CLOUD_STORE_KEYS = ("max_bytes", "max_batches", "ttl_s")
+CLOUD_BUS_KEYS = ("name", "interface", "channel", "bitrate", "data_bitrate", "fd", "databases", "simulate")
+LOCAL_BUS_KEYS = ("replay", "replay_rate", "options")
+CLOUD_INTERFACES = ("auto", "socketcan", "virtual")  # besides the local file's interface of that bus
+DATABASE_SUFFIXES = (".dbc", ".kcd", ".arxml", ".sym", ".xml")
+MAX_DATABASE_BYTES = 64 * 1024 * 1024
+_CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_NAME_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+ -]{0,127}$")
+
+
+def confine_database(name: Any, folder: Path) -> Path:
+    """The file a cloud-given database name means: a regular file inside `folder`, or ValueError.
+
+    Only names: no absolute path, no `..`, no symlink leading out of the folder, no device or FIFO.
+    The reasons name the entry, never anything read from a file.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("a database is named by a non-empty string")
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or not all(_NAME_PART_RE.match(p) for p in parts):
+        raise ValueError("only a file name inside databases_dir is allowed (no absolute path, no '..')")
+    if not name.lower().endswith(DATABASE_SUFFIXES):
+        raise ValueError(f"not a database file name (allowed: {', '.join(DATABASE_SUFFIXES)})")
+    root = folder.resolve()
+    try:
+        real = (root / name).resolve(strict=True)
+        st = real.stat()
+    except (OSError, RuntimeError):
+        raise ValueError("not found in databases_dir") from None
+    if not real.is_relative_to(root):
+        raise ValueError("leads out of databases_dir")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("not a regular file")
+    if st.st_size > MAX_DATABASE_BYTES:
+        raise ValueError(f"larger than {MAX_DATABASE_BYTES // 2**20} MiB")
+    return real
+
+
+def cloud_bus_errors(index: int, bus: Any, local: Mapping[str, Any] | None, folder: Path) -> list[str]:
+    """Why a bus entry written by the cloud is refused (empty: allowed)."""
+    where = f"buses[{index}]"
+    if not isinstance(bus, Mapping):
+        return [f"{where}: expected an object"]
+    errors = [f"{where}.{k}: not writable from the cloud (reads local files)" for k in bus if k in LOCAL_BUS_KEYS]
+    errors += [f"{where}.{k}: unknown key" for k in bus if k not in CLOUD_BUS_KEYS and k not in LOCAL_BUS_KEYS]
+    interface = bus.get("interface", "auto")
+    if interface not in CLOUD_INTERFACES and interface != (local or {}).get("interface"):
+        errors.append(f"{where}.interface: the cloud may set {', '.join(CLOUD_INTERFACES)} or the local one")
+    channel = bus.get("channel", "vcan0")
+    if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
+        errors.append(f"{where}.channel: an interface name (letters, digits, _ . : -), not a path")
+    databases = bus.get("databases")
+    if isinstance(databases, list):
+        for j, name in enumerate(databases[:64]):
+            try:
+                confine_database(name, folder)
+            except ValueError as exc:
+                shown = name if isinstance(name, str) and _NAME_PART_RE.match(name.rsplit("/", 1)[-1]) else "?"
+                errors.append(f"{where}.databases[{j}] ({shown[:64]!r}): {exc}")
+    return errors
+
+
+def localize_cloud_bus(bus: Mapping[str, Any], local: Mapping[str, Any] | None, folder: Path) -> dict[str, Any]:
+    """A checked cloud bus entry as a config entry: database names made paths inside `folder`, and the
+    local-only keys taken from the local file's bus of the same name."""
+    out = {k: v for k, v in bus.items() if k in CLOUD_BUS_KEYS}
+    if isinstance(bus.get("databases"), list):
+        out["databases"] = [str(confine_database(name, folder)) for name in bus["databases"]]
+    for key in LOCAL_BUS_KEYS:
+        if local and key in local:
+            out[key] = local[key]
+    return out
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

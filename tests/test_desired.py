@@ -27,15 +27,17 @@ def test_patch_validation_ack_and_stale(tmp_path: Path) -> None:
     ok = d.handle({"$version": 3, "collection": {"default": {"policy": "on_change"}}}, full=False)
     assert ok == {"collection": {"value": {"default": {"policy": "on_change"}}, "ac": 200, "av": 3, "ad": "applied"}}
     assert agent.cfg.collection.default.policy == "on_change"
-    bad = d.handle({"$version": 4, "batching": {"max_age_s": -1}, "log_level": "debug"}, full=False)
-    assert bad["batching"]["ac"] == 400 and "batching.max_age_s" in bad["batching"]["ad"]
-    assert bad["log_level"]["ac"] == 400  # all or nothing
-    assert agent.cfg.log_level == "info" and agent.cfg.batching.max_age_s == 0.2
-    assert d.handle({"$version": 2, "log_level": "debug"}, full=False) is None  # stale
+    mixed = d.handle({"$version": 4, "batching": {"max_age_s": -1}, "log_level": "debug"}, full=False)
+    assert mixed["batching"]["ac"] == 400 and "batching.max_age_s" in mixed["batching"]["ad"]
+    assert mixed["log_level"] == {"value": "debug", "ac": 200, "av": 4, "ad": "applied"}  # per property
+    assert agent.cfg.log_level == "debug" and agent.cfg.batching.max_age_s == 0.2
+    stale = d.handle({"$version": 2, "log_level": "error"}, full=False)
+    assert stale["log_level"]["ac"] == 400 and stale["log_level"]["ad"].startswith("stale: $version 2 is older")
+    assert agent.cfg.log_level == "debug"
     denied = d.handle({"$version": 5, "vehicle_id": "other"}, full=False)
     assert denied["vehicle_id"]["ac"] == 400 and "not writable" in denied["vehicle_id"]["ad"]
     missing = d.handle({"$version": 6, "buses": [{"name": "pt", "databases": ["nope.dbc"]}]}, full=False)
-    assert missing["buses"]["ac"] == 400 and "file not found" in missing["buses"]["ad"]
+    assert missing["buses"]["ac"] == 400 and "not found in databases_dir" in missing["buses"]["ad"]
     agent.store.close()
 
 

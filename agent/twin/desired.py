@@ -1,17 +1,24 @@
-"""Desired state: one apply path for every transport (IoT Hub twin, MQTT twin topic).
+"""Desired state: one apply path for every control channel (IoT Hub twin, MQTT, the local file).
 
-A desired document (full twin after a connect, or a patch) is merged over the last applied desired
-state, laid over the local config file, validated as a whole, and only then swapped into the
-running pipeline. Either every property of a patch applies or none does. Each property is
-acknowledged with the IoT Plug and Play writable-property convention:
-`{"value": ..., "ac": 200|400|500, "av": <desired $version>, "ad": "<why>"}`.
-The applied desired state is persisted, so an agent that starts offline runs the last twin config.
+Every document first passes the guard (size, depth, 64-bit integers, finite numbers, Unicode). Then
+each top-level property is validated, applied and acknowledged on its own (the IoT Plug and Play
+convention `{"value", "ac": 200|400|500, "av": <$version>, "ad": "<why>"}`): a rejected property
+never blocks the others, so a key the hub keeps after a 400 cannot hold back later changes. A full
+document (the twin after a connect, the MQTT retained document) is applied the same way, property
+by property; a key it no longer has falls back to the local config file.
+
+Versions: a patch older than the applied `$version` is acked "stale"; a full twin with a lower
+`$version` means the hub's sequence restarted (a re-created device): it wins, loudly.
+The applied state is checked to be storable before it is applied, and saved, so an agent that
+starts offline runs the last applied config.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,23 +26,54 @@ from typing import Any
 import orjson
 import structlog
 
-from agent.config import AgentConfig, ConfigError, build_config, deep_merge
-from agent.decode import DatabaseError
+from agent.config import (
+    CLOUD_STORE_KEYS,
+    CLOUD_WRITABLE,
+    AgentConfig,
+    ConfigError,
+    build_config,
+    cloud_bus_errors,
+    deep_merge,
+    localize_cloud_bus,
+)
+from agent.decode import DatabaseError, load_databases
+from agent.twin import guard
 
 log = structlog.get_logger()
 
 DESIRED_FILE = "desired.json"
-# What the cloud may change at run time. Identity, state paths and the sink's credentials stay local.
-WRITABLE = ("buses", "collection", "batching", "encoding", "log_level", "store")
-_STORE_WRITABLE = ("max_bytes", "max_batches", "ttl_s")
+WRITABLE = CLOUD_WRITABLE
+ECHO_MAX_BYTES = 4096   # an ack echoes the value up to this size (the reported section has 32 KB in all)
+_DELETE = object()
+PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")  # what may be acked under its own name
 
 
-def _strip_meta(doc: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if not k.startswith("$")}
-
-
-def ack(value: Any, code: int, version: int, why: str) -> dict[str, Any]:
+def ack(value: Any, code: int, version: int | None, why: str) -> dict[str, Any]:
     return {"value": value, "ac": code, "av": version, "ad": why}
+
+
+def _echo(value: Any) -> Any:
+    """The value an ack repeats: the desired value, unless it is too large for the reported section."""
+    try:
+        return value if len(orjson.dumps(value)) <= ECHO_MAX_BYTES else None
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
+def database_reason(exc: DatabaseError, folder: Path) -> str:
+    """A database error as the cloud may see it: the file's name, its line, a fixed reason. cantools'
+    own message quotes the file's text, so it stays in the local log."""
+    try:
+        name = str(exc.path.resolve().relative_to(folder.resolve()))
+    except (ValueError, OSError, RuntimeError):
+        name = exc.path.name
+    if exc.reason == "file not found":
+        why = "file not found"
+    elif "is already defined in" in exc.reason:
+        why = "a frame id defined in two of the bus's databases"
+    else:
+        why = "not a database cantools can read"
+    return f"{name}{f':{exc.line}' if exc.line else ''}: {why}"
 
 
 class DesiredState:
@@ -48,28 +86,42 @@ class DesiredState:
         self.path = state_dir / DESIRED_FILE
         self.apply = apply
         self.desired: dict[str, Any] = {}   # the applied desired properties (writable keys only)
-        self.version = 0                    # the desired $version they came with
+        self.version = 0                    # the highest desired $version seen
+        self.document: dict[str, Any] = {}  # how the last document was taken: {"ac", "av", "ad"}
+        self.version_reset: dict[str, Any] | None = None
+        self.rejected_documents = 0
+        self.rejected_properties = 0
 
     # ----------------------------------------------------------------- persistence
     def load(self) -> AgentConfig | None:
-        """The config of the last applied desired state (for an offline start), or None."""
+        """The config of the last applied desired state (for an offline start), or None.
+
+        The saved state came from the cloud: it passes the same checks again, property by property
+        (an upgrade may have tightened them); what fails now is dropped with a log line.
+        """
         try:
-            saved = orjson.loads(self.path.read_bytes())
-            desired, version = dict(saved["desired"]), int(saved["version"])
+            saved = guard.parse(self.path.read_bytes(), guard.Limits(4 * guard.MAX_DESIRED_BYTES))
+            desired, version = dict(saved["desired"]), saved["version"]
+            if not isinstance(version, int):
+                raise TypeError("version is not an integer")
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("desired_state_unreadable", file=str(self.path), error=str(exc),
                       action="starting with the local config file")
             return None
+        accepted, errors = self._accept({k: v for k, v in desired.items() if k in WRITABLE}, {})
+        for key, why in errors.items():
+            log.error("desired_state_invalid", file=str(self.path), version=version, property=key, error=why,
+                      action="this property falls back to the local config file")
         try:
-            cfg = self._build(desired)
+            cfg = self._build(accepted)
         except (ConfigError, DatabaseError) as exc:
             log.error("desired_state_invalid", file=str(self.path), version=version, error=str(exc),
                       action="starting with the local config file")
             return None
-        self.desired, self.version = desired, version
-        log.info("desired_state_loaded", version=version, keys=sorted(desired))
+        self.desired, self.version = accepted, version
+        log.info("desired_state_loaded", version=version, keys=sorted(accepted))
         return cfg
 
     def _save(self) -> None:
@@ -78,12 +130,31 @@ class DesiredState:
         tmp.write_bytes(orjson.dumps({"version": self.version, "desired": self.desired}))
         os.replace(tmp, self.path)
 
-    # ----------------------------------------------------------------- apply
+    # ----------------------------------------------------------------- building configs
+    def _local_buses(self) -> dict[str, Mapping[str, Any]]:
+        buses = self.base.get("buses")
+        return {b["name"]: b for b in buses if isinstance(b, Mapping) and isinstance(b.get("name"), str)} \
+            if isinstance(buses, list) else {}
+
+    def _databases_folder(self) -> Path:
+        folder = Path(os.path.expanduser(str(self.base.get("databases_dir") or ".")))
+        return folder if folder.is_absolute() else self.base_dir / folder
+
     def _build(self, desired: Mapping[str, Any]) -> AgentConfig:
-        merged = deep_merge(self.base, desired)
+        merged = deep_merge(self.base, {k: v for k, v in desired.items() if k != "buses"})
         if "buses" in desired:  # a list replaces the file's list as a whole
-            merged["buses"] = desired["buses"]
+            buses = desired["buses"]
+            if isinstance(buses, list):
+                folder = self._databases_folder()
+                buses = [localize_cloud_bus(b, self._local_bus(b), folder) if isinstance(b, Mapping) else b
+                         for b in buses]
+            merged["buses"] = buses
         return build_config(merged, base_dir=self.base_dir, source="desired")
+
+    def _local_bus(self, bus: Any) -> Mapping[str, Any] | None:
+        """The local file's bus of the same name as a cloud bus entry (its local-only keys are kept)."""
+        name = bus.get("name") if isinstance(bus, Mapping) else None
+        return self._local_buses().get(name) if isinstance(name, str) else None
 
     def rebase(self, base: Mapping[str, Any]) -> AgentConfig:
         """A new local config file (SIGHUP): the applied desired state laid over it, validated, applied.
@@ -102,55 +173,177 @@ class DesiredState:
         log.info("config_file_reloaded", desired_version=self.version)
         return cfg
 
-    def _check_writable(self, patch: Mapping[str, Any]) -> list[str]:
-        errors = []
-        for key, value in patch.items():
-            if key not in WRITABLE:
-                errors.append(f"{key}: not writable from the cloud (writable: {', '.join(WRITABLE)})")
-            elif key == "store" and isinstance(value, Mapping):
-                errors += [f"store.{k}: not writable from the cloud" for k in value if k not in _STORE_WRITABLE]
-        return errors
+    # ----------------------------------------------------------------- one property
+    def _refusal(self, key: str, value: Any) -> str | None:
+        """Why the cloud may not write `value` to `key` at all (before any config is built)."""
+        if key not in WRITABLE:
+            return f"{guard.short(key)}: not writable from the cloud (writable: {', '.join(WRITABLE)})"
+        if key == "store" and isinstance(value, Mapping):
+            denied = [k for k in value if k not in CLOUD_STORE_KEYS]
+            if denied:
+                return "; ".join(f"store.{guard.short(k)}: not writable from the cloud" for k in denied)
+        if key == "buses" and isinstance(value, list):
+            folder = self._databases_folder()
+            errors = [e for i, bus in enumerate(value) for e in cloud_bus_errors(i, bus, self._local_bus(bus), folder)]
+            if errors:
+                return "; ".join(errors)
+        try:
+            orjson.dumps(value)
+        except (TypeError, orjson.JSONEncodeError):
+            return f"{key}: cannot be stored (not plain JSON)"
+        return None
 
-    def handle(self, doc: Mapping[str, Any], *, full: bool) -> dict[str, Any] | None:
-        """Apply a desired document; returns the reported patch (acks), or None if it was stale.
+    def _try(self, key: str, trial: Mapping[str, Any]) -> str | None:
+        """Build the config of `trial` (and load a changed bus's databases); the reason it fails, or None."""
+        try:
+            cfg = self._build(trial)
+            if key == "buses":
+                for bus in cfg.buses:
+                    load_databases([cfg.resolve(p) for p in bus.databases])
+        except ConfigError as exc:
+            return "; ".join(exc.errors)
+        except DatabaseError as exc:  # (a ValueError too: first)
+            log.warning("desired_database_unusable", file=str(exc.path), line=exc.line, error=exc.reason)
+            return f"buses: {database_reason(exc, self._databases_folder())}"
+        except ValueError as exc:  # a database name that is no longer confined (changed under us)
+            return f"{key}: {exc}"
+        return None
 
-        `full` is the whole desired section after a (re)connect: it replaces the desired state.
-        Otherwise `doc` is a patch over the last applied state (null deletes a key).
+    def _accept(self, changes: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Lay `changes` (key -> value or _DELETE) over `base` one property at a time; (accepted, refusals)."""
+        accepted = dict(base)
+        errors: dict[str, str] = {}
+        for key, value in changes.items():
+            if value is _DELETE:
+                trial = {k: v for k, v in accepted.items() if k != key}
+            else:
+                why = self._refusal(key, value)
+                if why:
+                    errors[key] = why
+                    continue
+                trial = {**accepted, key: value}
+            why = self._try(key, trial)
+            if why:
+                errors[key] = why
+            else:
+                accepted = trial
+        return accepted, errors
+
+    # ----------------------------------------------------------------- documents
+    def _document(self, code: int, version: Any, why: str) -> dict[str, Any]:
+        self.document = {"ac": code, "av": version if isinstance(version, int) else None, "ad": why}
+        return self.document
+
+    def reject_document(self, why: str, version: Any = None) -> dict[str, Any]:
+        """A document refused as a whole (outside the limits, not an object, no usable $version)."""
+        self.rejected_documents += 1
+        log.warning("desired_rejected", error=why, version=version if isinstance(version, int) else None)
+        return {}
+
+    def handle(self, doc: Any, *, full: bool, at_connect: bool = False) -> dict[str, Any]:
+        """Apply a desired document; returns the acks per property (empty when there is nothing to ack).
+
+        `full` is the whole desired section (twin after a connect, MQTT's retained document): it
+        replaces the desired state. Otherwise `doc` is a patch over the applied state (null deletes a key).
+        `at_connect`: the cloud's whole state as read on a (re)connect; a lower `$version` there means
+        the cloud's sequence restarted, and the cloud wins. Anywhere else a lower `$version` is stale.
+        `self.document` then says how the document as a whole was taken.
         """
+        try:  # the document's size as a whole; depth and values are checked per property below
+            guard.check(doc, guard.Limits(4 * guard.MAX_DESIRED_BYTES, max_depth=guard.UNLIMITED_DEPTH),
+                        size_only=True)
+        except guard.Rejected as exc:
+            self._document(400, None, f"desired document refused: {exc}")
+            return self.reject_document(str(exc))
+        if not isinstance(doc, dict):
+            self._document(400, None, "desired document refused: expected a JSON object")
+            return self.reject_document("not an object")
         version = doc.get("$version")
-        if not isinstance(version, int):
-            log.warning("desired_without_version", keys=sorted(doc))
-            return None
-        body = _strip_meta(doc)
-        if version < self.version or (version == self.version and not full):
-            log.info("desired_stale", version=version, applied=self.version)
-            return None
-        if full and version == self.version and body == self.desired:
-            return None  # already running exactly this
-        errors = self._check_writable(body)
-        if not errors:
-            candidate = copy.deepcopy(body) if full else deep_merge(self.desired, body)
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= guard.INT64_MAX:
+            why = 'refused: "$version" must be a non-negative 64-bit integer'
+            self._document(400, None, f"desired document {why}")
+            self.reject_document("no usable $version")
+            return {k: ack(None, 400, None, why) for k in doc if isinstance(k, str) and PROPERTY_NAME.match(k)}
+        body = {k: v for k, v in doc.items() if not k.startswith("$")}
+        refused: dict[str, str] = {}
+        for key, value in body.items():
             try:
-                cfg = self._build(candidate)
-            except ConfigError as exc:
-                errors = list(exc.errors)
-            except DatabaseError as exc:
-                errors = [str(exc)]
+                guard.check({key: value}, guard.DESIRED)
+            except guard.Rejected as exc:
+                refused[key] = f"{guard.short(key)}: refused: {exc}"
+        if version < self.version and not (full and at_connect):
+            why = f"stale: $version {version} is older than the applied {self.version}"
+            log.warning("desired_stale", version=version, applied=self.version, keys=sorted(map(guard.short, body)))
+            self._document(400, version, why)
+            self.rejected_properties += len(body)
+            return {k: ack(_echo(v), 400, version, why) for k, v in body.items() if PROPERTY_NAME.match(k)}
+        if version == self.version and not full:
+            log.info("desired_repeated", version=version)  # the same patch delivered twice
+            self._document(200, version, "already applied")
+            return {}
+        if version < self.version:
+            self.version_reset = {"from": self.version, "to": version, "at": time.time()}
+            log.warning("desired_version_reset", applied=self.version, received=version,
+                        action="the hub's version sequence restarted (re-created device?): applying its twin")
+        return self._apply_properties(body, version, full=full, refused=refused)
+
+    def _apply_properties(self, body: dict[str, Any], version: int, *, full: bool,
+                          refused: dict[str, str]) -> dict[str, Any]:
+        changes: dict[str, Any] = {}
+        if full:
+            changes.update({k: _DELETE for k in self.desired if k not in body})
+        for key, value in body.items():
+            if key in refused:
+                continue
+            if value is None:
+                changes[key] = _DELETE
+            elif full or not (isinstance(value, Mapping) and isinstance(self.desired.get(key), Mapping)):
+                changes[key] = copy.deepcopy(value)
+            else:
+                changes[key] = deep_merge(self.desired[key], value)
+        unchanged = {k for k, v in changes.items() if v is not _DELETE and self.desired.get(k) == v}
+        base = {k: v for k, v in self.desired.items() if k not in changes or k in unchanged}
+        accepted, errors = self._accept({k: v for k, v in changes.items() if k not in unchanged}, base)
+        errors.update(refused)
+        self.version = version
+        acks: dict[str, Any] = {}
+        code, why = 200, "applied"
+        if accepted != self.desired:
+            try:
+                orjson.dumps({"version": version, "desired": accepted})
+                cfg = self._build(accepted)
+                self.apply(cfg)
+            except (ConfigError, DatabaseError, ValueError, TypeError, OSError, orjson.JSONEncodeError) as exc:
+                log.error("desired_apply_failed", version=version, error=str(exc))
+                code, why = 500, f"valid but could not be applied: {type(exc).__name__}"
+            else:
+                self.desired = accepted
+                try:
+                    self._save()
+                except OSError as exc:
+                    log.warning("desired_state_not_saved", file=str(self.path), error=str(exc))
+        unnamed = 0
+        for key, value in body.items():
+            if not PROPERTY_NAME.match(key):
+                unnamed += 1  # a reported property cannot carry this name (the hub would refuse the whole patch)
+            elif key in errors:
+                acks[key] = ack(None if key in refused else _echo(value), 400, version, errors[key])
+            else:
+                acks[key] = ack(_echo(value), code, version, why)
+        self.rejected_properties += len(errors)
         if errors:
-            why = "; ".join(errors)
-            log.warning("desired_rejected", version=version, errors=errors)
-            self.version = version  # seen: a stale copy must not be retried, the next patch builds on ours
-            return {k: ack(v, 400, version, why) for k, v in body.items()}
-        try:
-            self.apply(cfg)
-        except (ConfigError, DatabaseError, ValueError, OSError) as exc:
-            log.error("desired_apply_failed", version=version, error=str(exc))
-            self.version = version
-            return {k: ack(v, 500, version, f"valid but could not be applied: {exc}") for k, v in body.items()}
-        self.desired, self.version = candidate, version
-        try:
-            self._save()
-        except OSError as exc:
-            log.warning("desired_state_not_saved", file=str(self.path), error=str(exc))
-        log.info("desired_applied", version=version, keys=sorted(body))
-        return {k: ack(v, 200, version, "applied") for k, v in body.items()}
+            log.warning("desired_rejected", version=version, errors={guard.short(k): v for k, v in errors.items()})
+        applied = sorted(k for k in body if k not in errors)
+        if applied:
+            log.info("desired_applied", version=version, keys=applied, code=code)
+        summary = "applied" if not errors else f"received; {len(errors)} of {len(body)} properties refused"
+        if unnamed:
+            summary += f" ({unnamed} with names that cannot be reported)"
+        self._document(200, version, summary)
+        return acks
+
+    def report(self) -> dict[str, Any]:
+        """The `control` section's desired part: the applied version, the last document, a version reset."""
+        return {"desired_version": self.version, "last_document": dict(self.document),
+                "rejected_documents": self.rejected_documents, "rejected_properties": self.rejected_properties,
+                "version_reset": self.version_reset}

@@ -6,12 +6,16 @@ IoT Hub direct methods and the MQTT method topics both land here, so `flush`, `g
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.logs import LEVELS
-from agent.uplink.base import Control
+from agent.twin.guard import short
+
+if TYPE_CHECKING:
+    from agent.twin.control import Control
 
 METHODS = ("flush", "get_status", "set_log_level")
+MAX_LOG_LEVEL_S = 86400  # a raised log level reverts within a day at the latest
 
 
 def dispatch_method(control: Control, name: str, payload: Any) -> tuple[int, Any]:
@@ -25,11 +29,11 @@ def dispatch_method(control: Control, name: str, payload: Any) -> tuple[int, Any
     if name == "set_log_level":
         level = args.get("level")
         duration = args.get("duration_s")
-        if level not in LEVELS:
-            return 400, {"error": f"level must be one of {', '.join(LEVELS)}, got {level!r}"}
+        if not isinstance(level, str) or level not in LEVELS:
+            return 400, {"error": f"level must be one of {', '.join(LEVELS)}"}
         if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)
-                                     or duration <= 0):
-            return 400, {"error": f"duration_s must be a positive number of seconds, got {duration!r}"}
+                                     or not 0 < duration <= MAX_LOG_LEVEL_S):
+            return 400, {"error": f"duration_s must be a number of seconds in (0, {MAX_LOG_LEVEL_S}]"}
         control.set_log_level(level, duration)
         return 200, {"level": level, "duration_s": duration}
-    return 404, {"error": f"unknown method {name!r}; available: {', '.join(METHODS)}"}
+    return 404, {"error": f"unknown method {short(name)}; available: {', '.join(METHODS)}"}

@@ -1,4 +1,4 @@
-"""Reported state for any twin transport: built from `Control.status()`, throttled, changes coalesced.
+"""Reported state for any control channel: built from `Control.status()`, throttled, changes coalesced.
 
 IoT Hub limits twin updates per device (and MQTT brokers should not be flooded either), so the
 reporter publishes at most one patch per `interval_s`, holding only the top-level sections that
@@ -46,11 +46,18 @@ def reported_doc(status: dict[str, Any]) -> dict[str, Any]:
         "config_version": agent.get("config_version"),
         "frames_per_s": status.get("frames_per_s"),
         "buses": buses,
-        "store": {k: store[k] for k in ("batches", "bytes", "oldest_pending_age_s", "evictions", "counters",
-                                        "error") if k in store},
-        "uplink": {k: sink[k] for k in ("type", "state", "connected", "last_send", "backoff_s", "last_error",
-                                        "sent_batches", "consecutive_failures") if k in sink},
+        "store": {**{k: store[k] for k in ("batches", "bytes", "oldest_pending_age_s", "counters", "error")
+                     if k in store}, "evictions": evictions(store.get("counters") or {})},
+        "uplink": {k: sink[k] for k in ("type", "state", "connected", "link", "last_send", "backoff_s",
+                                        "last_error", "sent_batches", "consecutive_failures") if k in sink},
+        "control": status.get("control"),
     })
+
+
+def evictions(counters: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Batches and samples evicted from the full store, per priority (from the store's counters)."""
+    return {p: {"batches": int(counters.get(f"evicted_{p}_batches", 0)),
+                "samples": int(counters.get(f"evicted_{p}_samples", 0))} for p in ("low", "normal", "high")}
 
 
 class Reporter:
@@ -77,8 +84,8 @@ class Reporter:
 
     async def publish_due(self) -> bool:
         """Publish the coalesced changes if the interval allows; True if something was sent."""
-        if time.monotonic() - self.last_publish < self.interval_s and self.last:
-            return False
+        if self.published and time.monotonic() - self.last_publish < self.interval_s:
+            return False  # also after a reconnect: a flapping link must not flood the hub
         patch = self.changes()
         if not patch:
             return False
@@ -96,7 +103,7 @@ class Reporter:
             except Exception as exc:  # noqa: BLE001 - the transport's errors vary; never kill the loop
                 log.warning("reported_publish_failed", error=str(exc) or type(exc).__name__)
                 self.last_publish = time.monotonic()
-            wait = max(1.0, self.interval_s - (time.monotonic() - self.last_publish)) if self.last else 1.0
+            wait = max(1.0, self.interval_s - (time.monotonic() - self.last_publish)) if self.published else 1.0
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(stop, self.wake), timeout=wait)

@@ -7,7 +7,7 @@ the forwarder retries with backoff and the store keeps the batch until a send re
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from typing import Any
 
 from agent.model import Batch
 
@@ -20,33 +20,11 @@ class SinkError(Exception):
         self.retry_after = retry_after
 
 
-class Control(Protocol):
-    """What a cloud transport may ask of the running agent (implemented by agent.app.Agent).
-
-    Twin-capable sinks (IoT Hub, MQTT) receive it through `attach` and route desired state,
-    direct methods and reported state through it: one apply path, several transports.
-    """
-
-    def handle_desired(self, doc: dict[str, Any], *, full: bool) -> dict[str, Any] | None:
-        """Apply a desired document (full twin or patch); returns the acks to report, None if stale."""
-
-    def status(self) -> dict[str, Any]:
-        """The status document (as `vehicle-agent status --json` shows it)."""
-
-    def flush_now(self) -> None:
-        """Close the open batches now and wake the forwarder."""
-
-    def set_log_level(self, level: str, duration_s: float | None = None) -> None:
-        """Change the log level, optionally reverting after duration_s."""
-
-
 class Sink(ABC):
-    name: str = "sink"
-    control: Control | None = None
+    """Sends batches, nothing else. A cloud sink may let the control plane (agent/twin/) share its
+    connection: the control channel of that transport subscribes through it, the sink never calls back up."""
 
-    def attach(self, control: Control) -> None:
-        """Called once by the agent before `open`; twin-capable sinks keep it."""
-        self.control = control
+    name: str = "sink"
 
     async def open(self) -> None:
         """Connect or prepare; may raise SinkError (the forwarder retries)."""

@@ -5,6 +5,9 @@ at-least-once delivery), content type/encoding are the batch's, and custom prope
 filter without opening the body. `send` returns only after the hub's PUBACK; the SDK queues
 nothing while disconnected, so the store is the queue and the forwarder's backoff the retry.
 A wrong key is its own state (`credential_error`) with slow retries. Secrets come from env/files.
+The control plane's twin channel (agent/twin/iothub.py) shares the client: it is told of every
+(re)connect through `add_control` and does its twin work on its own task, so a twin that cannot be
+fetched or applied never holds back telemetry.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,6 @@ from azure.iot.device.aio import IoTHubDeviceClient, IoTHubModuleClient
 
 from agent.config import IoTHubConfig
 from agent.model import Batch
-from agent.twin.iothub import TwinLink
 from agent.uplink.base import Sink, SinkError
 
 log = structlog.get_logger()
@@ -101,16 +104,27 @@ class IoTHubSink(Sink):
         self.cfg = cfg
         self.base_dir = Path(base_dir)
         self.client: Any = None
-        self.twin: TwinLink | None = None
         self.link_state = "disconnected"   # disconnected | connected | credential_error | failing
         self.connects = 0
         self.last_error: str | None = None
         self.last_connect: float | None = None
-        self._reporter_stop = asyncio.Event()
-        self._reporter_task: asyncio.Task | None = None
-        self._reconcile_pending = False
+        self._on_connect: Callable[[], None] | None = None
         self._lock = asyncio.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    def add_control(self, on_connect: Callable[[], None]) -> None:
+        """Let a control channel share the client: `on_connect()` runs on the agent's loop after every
+        (re)connect, ours or the SDK's own; it must only schedule work."""
+        self._on_connect = on_connect
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.client is not None and self.client.connected)
+
+    @property
+    def sends_to_output(self) -> bool:
+        """Module identities send to an output (`$.on`), which edgeHub and the hub's routes read."""
+        return self.cfg.identity in ("edge", "module_connection_string")
 
     # ------------------------------------------------------------- connection
     async def open(self) -> None:
@@ -118,34 +132,19 @@ class IoTHubSink(Sink):
         if self.client is None:
             self.client = make_client(self.cfg, self.base_dir)
             self.client.on_connection_state_change = self._on_connection_change
-            if self.control is not None:
-                self.twin = TwinLink(self.client, self.control, self.loop, timeout_s=self.cfg.twin_timeout_s,
-                                     reported_interval_s=self.cfg.reported_interval_s)
         await self._ensure_connected()
-        if self.twin is not None and self._reporter_task is None:
-            self._reporter_task = asyncio.create_task(self.twin.reporter.run(self._reporter_stop),
-                                                      name="iothub-reported")
 
     def _on_connection_change(self) -> None:
-        """SDK thread: after the SDK's own reconnect, reconcile the twin on the agent loop."""
+        """SDK thread: tell the control channel (on the agent loop) after the SDK's own reconnect."""
         if self.loop is not None and self.client.connected:
-            self.loop.call_soon_threadsafe(self._schedule_reconcile)
+            self.loop.call_soon_threadsafe(self._connected_now)
 
-    def _schedule_reconcile(self) -> None:
-        if self.link_state == "connected" and not self._lock.locked():
-            self._reconcile_pending = True
-            asyncio.ensure_future(self._reconcile_after_reconnect())
-
-    async def _reconcile_after_reconnect(self) -> None:
-        async with self._lock:
-            if not self._reconcile_pending:
-                return
-            self._reconcile_pending = False
+    def _connected_now(self) -> None:
+        if self._on_connect is not None:
             try:
-                await self.twin.reconcile() if self.twin else None
-                log.info("iothub_reconnected", connects=self.connects)
-            except Exception as exc:  # noqa: BLE001 - the next send reconnects and reconciles again
-                log.warning("twin_reconcile_failed", error=str(exc) or type(exc).__name__)
+                self._on_connect()
+            except Exception as exc:  # noqa: BLE001 - a listener's bug must not stop telemetry
+                log.exception("iothub_listener_failed", error=repr(exc))
 
     async def _ensure_connected(self) -> None:
         async with self._lock:
@@ -154,9 +153,6 @@ class IoTHubSink(Sink):
             try:
                 if not self.client.connected:
                     await asyncio.wait_for(self.client.connect(), self.cfg.connect_timeout_s)
-                if self.twin is not None:
-                    self.twin.install()
-                    await self.twin.reconcile()
             except sdk_errors.CredentialError as exc:
                 self._failed("credential_error", exc)
                 log.error("iothub_credentials_rejected", identity=self.cfg.identity,
@@ -172,6 +168,7 @@ class IoTHubSink(Sink):
             self.last_connect = time.time()
             self.last_error = None
             log.info("iothub_connected", identity=self.cfg.identity, connects=self.connects)
+            self._connected_now()
 
     def _failed(self, state: str, exc: BaseException) -> None:
         self.link_state = state
@@ -185,7 +182,7 @@ class IoTHubSink(Sink):
             await self._ensure_connected()
         msg = message_for(batch)
         try:
-            if self.cfg.identity == "edge":
+            if self.sends_to_output:
                 coro = self.client.send_message_to_output(msg, self.cfg.output_name)
             else:
                 coro = self.client.send_message(msg)
@@ -198,9 +195,6 @@ class IoTHubSink(Sink):
             raise SinkError(f"iothub send of batch {batch.id} failed: {self.last_error}") from None
 
     async def close(self) -> None:
-        self._reporter_stop.set()
-        if self._reporter_task is not None:
-            await asyncio.gather(self._reporter_task, return_exceptions=True)
         if self.client is not None:
             try:
                 await asyncio.wait_for(self.client.shutdown(), 10)
@@ -209,7 +203,7 @@ class IoTHubSink(Sink):
         self.link_state = "disconnected"
 
     def state(self) -> dict[str, Any]:
-        return {"identity": self.cfg.identity, "link": self.link_state,
-                "connected": bool(self.client is not None and self.client.connected),
-                "connects": self.connects, "last_connect": self.last_connect, "link_error": self.last_error,
-                "desired_version": self.twin.desired_version if self.twin else None}
+        connected = self.connected
+        link = "connected" if connected else ("disconnected" if self.link_state == "connected" else self.link_state)
+        return {"identity": self.cfg.identity, "link": link, "connected": connected,
+                "connects": self.connects, "last_connect": self.last_connect, "link_error": self.last_error}

@@ -4,8 +4,9 @@ One session task owns the connection (aiomqtt style: one async context, no callb
 the agent): connect, subscribe to desired state and method requests, announce "online", then serve
 incoming messages until the link drops; reconnect with capped, jittered backoff and subscribe again.
 `send` publishes a batch at QoS 1 and returns only after the broker's PUBACK, so the store deletes
-only what the broker has. Desired state goes through the agent's one apply path (`Control`), and
-reported state through the same throttled reporter as the IoT Hub twin. Layout: docs/mqtt.md.
+only what the broker has. The control plane's MQTT channel (agent/twin/mqtt.py) shares the
+connection: it registers its topics and a callback that only queues (`add_control`), so nothing it
+does runs on, or can end, the session. Layout: docs/mqtt.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,6 @@ import structlog
 
 from agent.config import MqttConfig
 from agent.model import Batch
-from agent.twin.methods import dispatch_method
-from agent.twin.reporter import Reporter
 from agent.uplink.base import Sink, SinkError
 from agent.uplink.forwarder import backoff_delay
 
@@ -119,15 +119,10 @@ def read_password(cfg: MqttConfig, base_dir: Path, env: dict[str, str] | None = 
         raise SinkError(f"mqtt password file {path}: {exc.strerror}") from None
 
 
-def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
-    for k, v in patch.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
-
-
 # ------------------------------------------------------------------------------ the sink
+MessageCallback = Callable[[str, bytes, bool], None]
+
+
 class MqttSink(Sink):
     name = "mqtt"
 
@@ -141,11 +136,20 @@ class MqttSink(Sink):
         self.connects = 0
         self.last_error: str | None = None
         self.last_connect: float | None = None
-        self.reported: dict[str, Any] = {}
-        self.reporter: Reporter | None = None
+        self.session_restarts = 0
+        self._subscriptions: list[tuple[str, int]] = []
+        self._on_message: MessageCallback | None = None
+        self._on_connect: Callable[[], None] | None = None
         self._connected = asyncio.Event()
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._session_task: asyncio.Task | None = None
+
+    def add_control(self, subscriptions: list[tuple[str, int]], on_message: MessageCallback,
+                    on_connect: Callable[[], None]) -> None:
+        """Let a control channel share the connection: its topics are subscribed on every connect;
+        `on_message(topic, payload, retained)` and `on_connect()` must only queue work (they run on the session)."""
+        self._subscriptions = list(subscriptions)
+        self._on_message, self._on_connect = on_message, on_connect
 
     # ------------------------------------------------------------- connection
     def _tls(self) -> ssl.SSLContext | None:
@@ -174,13 +178,20 @@ class MqttSink(Sink):
                       clean_session=True, will=Will(self.topics.status, b"offline", qos=1, retain=True))
 
     async def open(self) -> None:
-        if self._tasks:
-            return
         self._tls()  # bad TLS files are a config error the user should see at once
-        self._tasks.append(asyncio.create_task(self._session_loop(), name="mqtt-session"))
-        if self.control is not None:
-            self.reporter = Reporter(self.control.status, self.publish_reported, interval_s=self.cfg.reported_interval_s)
-            self._tasks.append(asyncio.create_task(self.reporter.run(self._stop), name="mqtt-reported"))
+        self._ensure_session()
+
+    def _ensure_session(self) -> None:
+        """Start the session task, or start it again if it ended (it never should: a bug must not
+        leave the agent without a link while it looks alive)."""
+        task = self._session_task
+        if task is not None and not task.done():
+            return
+        if task is not None and not task.cancelled():
+            self.session_restarts += 1
+            log.error("mqtt_session_ended", error=repr(task.exception()), restarts=self.session_restarts,
+                      action="starting a new session")
+        self._session_task = asyncio.create_task(self._session_loop(), name="mqtt-session")
 
     async def _session_loop(self) -> None:
         failures = 0
@@ -204,6 +215,11 @@ class MqttSink(Sink):
                 failures += 1
                 self._failed("failing", str(exc) or type(exc).__name__)
                 delay = backoff_delay(failures, 0.5, 30.0)
+            except Exception as exc:  # noqa: BLE001 - whatever it was, the session is rebuilt, loudly
+                failures += 1
+                log.exception("mqtt_session_failed", error=repr(exc))
+                self._failed("failing", f"session failed: {type(exc).__name__}")
+                delay = backoff_delay(failures, 0.5, 30.0)
             if self._stop.is_set():
                 break
             if self.link_state != "credential_error":
@@ -215,13 +231,15 @@ class MqttSink(Sink):
         """One connection: subscribe, announce, serve incoming messages until the link drops."""
         self.link_state = "connecting"
         client = self._client()
-        # asyncio-mqtt leaves an unexpected disconnect in a future nobody awaits when the message loop
-        # has already ended; retrieve it so asyncio does not log "exception was never retrieved".
-        client._disconnected.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.wait_for(client.connect(timeout=int(self.cfg.connect_timeout_s)), self.cfg.connect_timeout_s + 1)
         try:
-            async with client.messages() as messages:
-                await client.subscribe([(self.topics.desired, 1), (self.topics.method_requests, 1)])
+            # The client as its own async context manager from here: its exit collects an unexpected
+            # disconnect (raised here, handled by the loop) instead of leaving it unretrieved.
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_exit(client)
+                messages = await stack.enter_async_context(client.messages())
+                if self._subscriptions:
+                    await client.subscribe(self._subscriptions)
                 await client.publish(self.topics.status, b"online", qos=1, retain=True)
                 self.client = client
                 self.link_state, self.last_error = "connected", None
@@ -229,81 +247,47 @@ class MqttSink(Sink):
                 self.last_connect = time.time()
                 self._connected.set()
                 log.info("mqtt_connected", host=self.cfg.host, client_id=self.client_id, connects=self.connects)
-                if self.reported:
-                    await self._publish_reported_now()
-                if self.reporter is not None:
-                    self.reporter.reset()
+                self._notify(self._on_connect)
                 async for message in messages:
-                    await self._on_message(str(message.topic), bytes(message.payload or b""))
+                    self._notify(self._on_message, str(message.topic), bytes(message.payload or b""),
+                                 bool(message.retain))
         finally:
             self._connected.clear()
             self.client = None
-            with contextlib.suppress(MqttError, OSError, TimeoutError):
-                await client.disconnect(timeout=2)
+            if self.link_state == "connected":
+                self.link_state = "disconnected"
+
+    @staticmethod
+    def _notify(callback: Callable[..., None] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception as exc:  # noqa: BLE001 - a listener's bug must not end the session
+            log.exception("mqtt_listener_failed", error=repr(exc))
 
     def _failed(self, state: str, error: str) -> None:
         self.link_state, self.last_error = state, error
 
-    # ------------------------------------------------------------- incoming: desired state, methods
-    async def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == self.topics.desired:
-            await self._on_desired(payload)
-        elif (name := self.topics.method_name(topic)) is not None:
-            await self._on_method(name, payload)
-
-    async def _on_desired(self, payload: bytes) -> None:
-        if not payload or self.control is None:
-            return  # a cleared retained message: nothing desired
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1 on the current connection (for the control channel); SinkError when there is none."""
+        client = self.client
+        if client is None:
+            raise SinkError("mqtt not connected")
         try:
-            doc = json.loads(payload)
-            if not isinstance(doc, dict):
-                raise ValueError("expected a JSON object")
-            if not isinstance(doc.get("$version"), int) or isinstance(doc.get("$version"), bool):
-                raise ValueError('"$version" must be an integer that grows with every change')
-        except ValueError as exc:
-            log.warning("desired_rejected", topic=self.topics.desired, error=str(exc))
-            await self.publish_reported({"$desired": {"ac": 400, "av": None, "ad": f"desired document: {exc}"}})
-            return
-        acks = self.control.handle_desired(doc, full=True)
-        if acks is not None:
-            acks["$desired"] = {"ac": 200, "av": doc["$version"], "ad": "received"}
-            await self.publish_reported(acks)
+            await asyncio.wait_for(client.publish(topic, payload, qos=1, retain=retain,
+                                                  timeout=int(self.cfg.publish_timeout_s)),
+                                   self.cfg.publish_timeout_s + 1)
+        except (MqttError, OSError, TimeoutError) as exc:
+            raise SinkError(f"mqtt publish to {topic} not acknowledged: {exc or type(exc).__name__}") from None
 
-    async def _on_method(self, name: str, payload: bytes) -> None:
-        try:
-            request = json.loads(payload) if payload else {}
-        except ValueError:
-            request = {}
-        request = request if isinstance(request, dict) else {}
-        status, body = (dispatch_method(self.control, name, request.get("payload"))
-                        if self.control is not None else (503, {"error": "agent not attached"}))
-        log.info("method_called", method=name, status=status, transport="mqtt")
-        response = json.dumps({"id": request.get("id"), "status": status, "payload": body}, default=str)
-        if self.client is not None:
-            with contextlib.suppress(MqttError, OSError, TimeoutError):
-                await self.client.publish(self.topics.method_response(name), response.encode(), qos=1,
-                                          timeout=int(self.cfg.publish_timeout_s))
-
-    # ------------------------------------------------------------- reported state (retained, whole document)
-    async def publish_reported(self, patch: dict[str, Any]) -> None:
-        """Merge a patch into the reported document and publish the whole of it, retained.
-
-        While disconnected the merge is kept and the whole document goes out on the next connect.
-        """
-        _merge(self.reported, patch)
-        await self._publish_reported_now()
-
-    async def _publish_reported_now(self) -> None:
-        if self.client is None:
-            return
-        data = json.dumps(self.reported, default=str, separators=(",", ":")).encode()
-        await self.client.publish(self.topics.reported, data, qos=1, retain=True,
-                                  timeout=int(self.cfg.publish_timeout_s))
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
 
     # ------------------------------------------------------------- telemetry
     async def send(self, batch: Batch) -> None:
-        if not self._tasks:
-            await self.open()
+        self._ensure_session()
         if not self._connected.is_set():
             try:
                 await asyncio.wait_for(self._connected.wait(), self.cfg.connect_timeout_s)
@@ -328,14 +312,16 @@ class MqttSink(Sink):
         if self.client is not None:
             with contextlib.suppress(MqttError, OSError, TimeoutError):
                 await self.client.publish(self.topics.status, b"offline", qos=1, retain=True, timeout=2)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        if self._session_task is not None:
+            self._session_task.cancel()
+            await asyncio.gather(self._session_task, return_exceptions=True)
+            self._session_task = None
         self.link_state = "disconnected"
 
     def state(self) -> dict[str, Any]:
         return {"broker": f"{self.cfg.host}:{self.cfg.port or (8883 if self.cfg.tls or self.cfg.ca_file else 1883)}",
-                "link": self.link_state, "connected": self._connected.is_set(), "connects": self.connects,
+                "link": "connected" if self._connected.is_set() else
+                        ("disconnected" if self.link_state == "connected" else self.link_state),
+                "connected": self._connected.is_set(), "connects": self.connects,
                 "last_connect": self.last_connect, "link_error": self.last_error,
-                "topics": self.topics.root}
+                "session_restarts": self.session_restarts, "topics": self.topics.root}
