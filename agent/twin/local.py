@@ -133,6 +133,7 @@ class LocalChannel(ControlChannel):
     def _report(self, patch: dict[str, Any]) -> None:
         merge_into(self.reported, patch)
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.folder / REPORTED, json.dumps(self.reported, default=str).encode())
         except OSError as exc:
             log.warning("reported_file_not_written", file=str(self.folder / REPORTED), error=exc.strerror)
