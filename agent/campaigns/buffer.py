@@ -1,0 +1,77 @@
+"""Pre-/post-trigger history: one bounded ring of raw frames per message a campaign wants.
+
+A ring holds `(time, payload)` of every frame of its message, in a `deque(maxlen=...)`: one C-level
+append per frame whatever the number of wanted signals, and nothing decoded until an event needs
+it (then with the same compiled decoder as the collector, so samples equal cantools' decode). Each
+ring's length is bounded by count, sized from time: the longest pre_s + post_s of the campaigns that
+read it, at the message's cycle time with headroom; all rings together stay under one global memory
+budget (sizes scaled down when they would not fit, and reported).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+DEFAULT_BUDGET_BYTES = 20 * 1024 * 1024   # FleetWise's sample buffer
+DEFAULT_CYCLE_MS = 10.0                    # a message without GenMsgCycleTime is taken as 100 Hz
+HEADROOM = 1.5                             # messages sent faster than their database says
+_ENTRY_BYTES = 8 + 56 + 24 + 33            # deque slot, (t, data) tuple, float, bytes header
+
+
+def entry_bytes(length: int) -> int:
+    """Memory of one buffered frame of a `length`-byte message (CPython 3.11, 64-bit)."""
+    return _ENTRY_BYTES + length
+
+
+@dataclass(frozen=True)
+class RingNeed:
+    """What one message's ring must hold: `seconds` of frames at `cycle_ms`, `length` bytes each."""
+
+    seconds: float
+    cycle_ms: float | None
+    length: int
+
+    @property
+    def frames(self) -> int:
+        cycle = self.cycle_ms if self.cycle_ms and self.cycle_ms > 0 else DEFAULT_CYCLE_MS
+        return math.ceil(self.seconds * 1000.0 / cycle * HEADROOM) + 16
+
+
+def plan_capacities(needs: dict[object, RingNeed], budget_bytes: int) -> tuple[dict[object, int], bool]:
+    """Ring lengths by key within `budget_bytes`; True when they had to be cut to fit."""
+    want = {key: need.frames for key, need in needs.items()}
+    total = sum(n * entry_bytes(needs[key].length) for key, n in want.items())
+    if total <= budget_bytes:
+        return want, False
+    scale = budget_bytes / total
+    return {key: max(2, int(n * scale)) for key, n in want.items()}, True
+
+
+class FrameRing:
+    """The newest frames of one message, bounded by count; knows when it dropped frames."""
+
+    __slots__ = ("frames", "append", "length")
+
+    def __init__(self, capacity: int, length: int, keep: deque | None = None) -> None:
+        self.frames: deque[tuple[float, bytes]] = deque(keep or (), maxlen=capacity)
+        self.append = self.frames.append
+        self.length = length
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.frames) * entry_bytes(self.length)
+
+    @property
+    def capacity_bytes(self) -> int:
+        return (self.frames.maxlen or 0) * entry_bytes(self.length)
+
+    def between(self, lo: float, hi: float, exclusive: bool) -> tuple[list[tuple[float, bytes]], bool]:
+        """Frames with lo <= t <= hi (lo < t when `exclusive`), and whether frames of that span were
+        already overwritten (the ring is full and its oldest frame is inside the span)."""
+        frames = self.frames
+        lost = len(frames) == frames.maxlen and bool(frames) and frames[0][0] > lo
+        if exclusive:
+            return [f for f in frames if lo < f[0] <= hi], lost
+        return [f for f in frames if lo <= f[0] <= hi], lost
