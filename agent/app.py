@@ -34,8 +34,7 @@ from agent.can.source import (
     FrameSource,
     ReplaySource,
     bus_kwargs,
-    resolve_interface,
-    socketcan_available,
+    choose_source,
 )
 from agent.codec import codec_for
 from agent.collect.collector import BusCounters, Collector
@@ -204,18 +203,19 @@ class Agent:
 
     # ---------------------------------------------------------------- sources
     def _make_source(self, bus: BusConfig) -> tuple[FrameSource, bool]:
-        """The source of a bus, and whether the built-in simulator should feed it."""
+        """The source of a bus, and whether the built-in simulator should feed it (agent.can.source.choose_source)."""
         if bus.replay:
             return ReplaySource(bus.name, self.cfg.resolve(bus.replay), rate=bus.replay_rate), False
-        interface = resolve_interface(bus.interface, bus.channel)
-        simulate = bus.simulate if bus.simulate is not None else (bus.interface == "auto" and interface == "virtual")
-        if simulate and interface != "virtual":
-            interface = "virtual"
-        if interface == "socketcan" and not bus.options and socketcan_available(bus.channel):
+        choice = choose_source(bus.interface, bus.channel, bus.simulate, self.sink.name)
+        if choice.simulate:
+            log.warning("simulated_data", bus=bus.name, channel=bus.channel, why=choice.reason,
+                        marked="every batch of this bus says simulated (header, message properties, outbox, status)",
+                        fix=f"create {bus.channel} or set the bus's interface (and simulate: false) to read a real bus")
+        if choice.interface == "socketcan" and not bus.options:
             return RawCanSource(bus.name, bus.channel, fd=bus.fd), False
-        source = BusSource(bus.name, interface, bus.channel,
+        source = BusSource(bus.name, choice.interface, bus.channel,
                            **bus_kwargs(bus.bitrate, bus.data_bitrate, bus.fd, bus.options))
-        return source, simulate
+        return source, choice.simulate
 
     async def _run_source(self, source: FrameSource, stop: asyncio.Event) -> None:
         """Feed a bus's frames to its collector; a live source that crashes is logged and restarted."""
@@ -252,11 +252,12 @@ class Agent:
         stop = asyncio.Event()
         source, simulate = self._make_source(bus)
         self.sources[bus.name] = source
+        self.batcher.simulated_buses = (self.batcher.simulated_buses | {bus.name}) if simulate \
+            else self.batcher.simulated_buses - {bus.name}
         collector = self.pipeline.collectors.get(bus.name)
         source.set_wanted_ids(collector.wanted_ids if collector else None)
         tasks = [asyncio.create_task(self._run_source(source, stop), name=f"source:{bus.name}")]
         if simulate:
-            log.info("simulator_start", bus=bus.name, channel=bus.channel)
             tasks.append(asyncio.create_task(self._run_simulator(bus, stop), name=f"sim:{bus.name}"))
         self._bus_tasks[bus.name] = (stop, tasks)
         return tasks[0]
@@ -265,7 +266,7 @@ class Agent:
         stop, _ = self._bus_tasks.pop(name, (None, []))
         if stop is not None:
             stop.set()
-        self.sources.pop(name, None)
+        self.sources.pop(name, None)  # its simulated mark stays: what it collected is flushed after this
 
     # ---------------------------------------------------------------- config swap
     def apply_config(self, new: AgentConfig) -> None:
@@ -322,7 +323,8 @@ class Agent:
                       "config_version": self.config_version},
             "frames_per_s": round(self._frame_rate.update(frames), 1),
             "buses": {name: {"frames_per_s": round(self._bus_rates.setdefault(name, RateMeter()).update(c.frames), 1),
-                             **c.as_dict(), **(self.sources[name].status() if name in self.sources else {})}
+                             **c.as_dict(), **(self.sources[name].status() if name in self.sources else {}),
+                             "simulated": name in self.batcher.simulated_buses}
                       for name, c in self.counters.items()},
             "pending_samples": self.batcher.pending_samples,
             "batches_closed": self.batcher.batches_closed,
@@ -350,7 +352,8 @@ class Agent:
         st = doc["store"]
         return (f"\r{doc['frames_per_s']:>8.0f} frames/s | samples kept {samples:>9} | batches stored "
                 f"{st['counters'].get('stored_batches', 0):>6} sent {st['counters'].get('sent_batches', 0):>6} | "
-                f"store depth {st['batches']:>4} ({st['bytes'] / 1024:.0f} KiB) | sink {doc['sink']['state']:<9}")
+                f"store depth {st['batches']:>4} ({st['bytes'] / 1024:.0f} KiB) | sink {doc['sink']['state']:<9}"
+                + (" | SIMULATED" if any(b.get("simulated") for b in doc["buses"].values()) else ""))
 
     async def _housekeeping(self) -> None:
         """Close aged batches, retry the spill, write the status file, draw the progress line."""

@@ -54,6 +54,7 @@ class Batcher:
         self._unsettled = 0  # samples appended through `column` since the last recount
         self._headroom = cfg.max_samples  # samples that can arrive before any open batch can be full
         self.batches_closed = 0
+        self.simulated_buses: frozenset[str] = frozenset()  # batches holding their samples are marked simulated
 
     def reconfigure(self, cfg: BatchingConfig, codec: Codec, vehicle: str, scaling: Scaling) -> None:
         """Take a new config: what is open is closed first under the old encoding, so nothing mixes."""
@@ -128,7 +129,8 @@ class Batcher:
 
     def _fit(self, columns: dict[ColumnKey, tuple[list[float], list]]) -> list[tuple[dict, bytes]]:
         """Encode, splitting the columns until each part fits within max_bytes."""
-        payload = self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling)
+        payload = self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling,
+                                    simulated=self._simulated(columns))
         if len(payload) <= self.cfg.max_bytes:
             return [(columns, payload)]
         items = list(columns.items())
@@ -142,6 +144,9 @@ class Batcher:
         kind = type(vs)  # a RawValues column stays one when split
         return self._fit({key: (ts[:half], kind(vs[:half]))}) + self._fit({key: (ts[half:], kind(vs[half:]))})
 
+    def _simulated(self, columns: dict[ColumnKey, tuple[list[float], list]]) -> bool:
+        return bool(self.simulated_buses) and any(key[0] in self.simulated_buses for key in columns)
+
     def _emit(self, priority: Priority, columns: dict[ColumnKey, tuple[list[float], list]], payload: bytes) -> None:
         count = sum(len(ts) for ts, _ in columns.values())
         first = min(min(ts) for ts, _ in columns.values())
@@ -151,7 +156,7 @@ class Batcher:
             id=new_batch_id(created), priority=priority, encoding=self.codec.name,
             content_type=self.codec.content_type, content_encoding=self.codec.content_encoding,
             payload=payload, sample_count=count, first_t=first, last_t=last, created=created,
-            vehicle=self.vehicle, buses=tuple(sorted({k[0] for k in columns})),
+            vehicle=self.vehicle, buses=tuple(sorted({k[0] for k in columns})), simulated=self._simulated(columns),
         )
         self.batches_closed += 1
         self.on_batch(batch)

@@ -159,7 +159,8 @@ def cmd_decode_batch(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, TypeError) as exc:
         sys.stderr.write(f"error: {args.file}: {exc}\n")
         return EXIT_USAGE
-    sys.stderr.write(f"{args.file}: {codec.name} batch, vehicle {header.get('vehicle')!r}, {len(samples)} samples\n")
+    sys.stderr.write(f"{args.file}: {codec.name} batch, vehicle {header.get('vehicle')!r}, {len(samples)} samples"
+                     + (", SIMULATED (built-in simulator, not a vehicle's data)" if header.get("sim") else "") + "\n")
     for s in sorted(samples, key=lambda s: s.t):
         _out(orjson.dumps({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value}))
     return EXIT_OK
@@ -182,9 +183,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_OK
     import can
 
-    from agent.can.source import resolve_interface
+    from agent.can.source import channel_missing, socketcan_available
 
-    interface = resolve_interface(args.interface, args.channel)
+    interface = "socketcan" if args.interface == "auto" else args.interface
+    if interface == "socketcan" and not socketcan_available(args.channel):
+        why = (f"SocketCAN channel {args.channel} does not exist on this machine" if channel_missing(args.channel)
+               else f"this kernel has no SocketCAN (or {args.channel} is not a CAN interface)")
+        sys.stderr.write(f"error: {why}: create it (sudo ip link add dev {args.channel} type vcan && "
+                         f"sudo ip link set up {args.channel}; docs/vcan.md), or pass --interface virtual for "
+                         "python-can's in-process bus (no other process sees its frames)\n")
+        return EXIT_USAGE
     try:
         bus = can.Bus(interface=interface, channel=args.channel, fd=True) if interface == "socketcan" \
             else can.Bus(interface=interface, channel=args.channel)
@@ -332,7 +340,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                      f"{doc['frames_per_s'] if alive else 0:.0f} frames/s, "
                      f"samples in memory (not yet in a batch) {doc.get('pending_samples', 0) if alive else 0}")
     for name, b in doc["buses"].items():
-        lines.append(f"  bus {name}: {b.get('state', '?')}, frames {b['frames']}, samples {b['samples']}, "
+        lines.append(f"  bus {name}: {'SIMULATED, ' if b.get('simulated') else ''}{b.get('state', '?')}, frames {b['frames']}, samples {b['samples']}, "
                      f"unknown ids {b['unknown_ids']}, decode errors {b['decode_errors']}, error frames {b['error_frames']}"
                      + _bus_health_text(b))
     if "batches" in st and st["batches"] is not None:
@@ -410,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="send plausible drive traffic for every message of a database")
     s.add_argument("--dbc", action="append", required=True, help="database file (repeat for several)")
     s.add_argument("--channel", default="vcan0")
-    s.add_argument("--interface", default="auto", help="socketcan | virtual | any python-can interface (auto)")
+    s.add_argument("--interface", default="auto",
+                   help="socketcan | virtual | any python-can interface (auto: socketcan; a channel that does not "
+                        "exist is an error)")
     s.add_argument("--rate", type=float, default=1.0, help="speed-up of simulated time (2 = twice real time)")
     s.add_argument("--duration", type=float, default=None, help="simulated seconds (default: until Ctrl-C)")
     s.add_argument("--seed", type=int, default=0)

@@ -52,8 +52,9 @@ class BusConfig(_Model):
                       description="Bus name used in samples, status and topics, e.g. 'powertrain'.")
     interface: str = Field(
         "auto",
-        description="python-can interface: socketcan, virtual, pcan, kvaser, ... or 'auto' "
-        "(socketcan if the channel exists on this machine, else virtual with the built-in simulator).",
+        description="python-can interface: socketcan, virtual, pcan, kvaser, ... or 'auto': socketcan if the "
+        "channel exists on this machine; if not, with the file sink the built-in simulator (marked simulated), "
+        "with a cloud sink socketcan waiting for the channel to appear (state 'missing').",
     )
     channel: str = Field("vcan0", description="python-can channel, e.g. can0, vcan0.")
     bitrate: int | None = Field(None, gt=0, le=MAX_BITRATE, description="Nominal bitrate (interfaces that set it).")
@@ -72,8 +73,8 @@ class BusConfig(_Model):
     )
     simulate: bool | None = Field(
         None,
-        description="Run the built-in vehicle simulator on this bus's virtual channel "
-        "(default: only when interface 'auto' falls back to virtual).",
+        description="Run the built-in vehicle simulator on this bus's virtual channel; its batches are marked "
+        "simulated (default: only when interface 'auto' finds no channel and the sink is file; false: never).",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Extra python-can Bus() keyword arguments.")
 

@@ -59,6 +59,7 @@ class Batch:
     created: float
     vehicle: str = ""
     buses: tuple[str, ...] = field(default_factory=tuple)
+    simulated: bool = False  # holds samples of the built-in simulator: never mistake it for a vehicle's data
 
     @property
     def size(self) -> int:

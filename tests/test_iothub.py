@@ -177,6 +177,7 @@ async def test_telemetry_content_properties_and_reported_state(standin: Hub, tmp
     assert msg.topic.startswith("devices/car-1/messages/events/")
     assert p["$.ct"] == "application/vnd.vehicle-agent.columnar+msgpack" and p["$.ce"] == "zstd"
     assert p["vehicle"] == "car-1" and p["bus"] == "pt" and p["priority"] == "normal" and p["schema"] == "1"
+    assert p["simulated"] == "false"  # a route can keep simulated data out of the fleet's storage
     assert int(p["samples"]) == len(received_samples(standin)[p["$.mid"]])
     assert float(p["first_t"]) <= float(p["last_t"])
     assert len(msg.body) <= 256 * 1024
@@ -359,3 +360,19 @@ async def test_x509_device_certificate_with_an_encrypted_key(standin: Hub, tmp_p
     out = capfd.readouterr()
     for text in (out.out + out.err, status, json.dumps(standin.responder.reported)):
         assert phrase not in text, "the key's pass phrase is never logged nor reported"
+
+
+async def test_a_simulated_bus_is_marked_in_the_message_properties_and_batch_header(standin: Hub,
+                                                                                    tmp_path: Path) -> None:
+    base = _config(tmp_path, standin, "iothub-simulated")
+    base["buses"][0]["simulate"] = True  # asked for: the built-in simulator drives the bus
+    agent = Agent(build_config(base, base_dir=tmp_path), base=base)
+    task = asyncio.create_task(agent.run())
+    try:
+        (msg,) = await until(lambda: standin.responder.telemetry[:1], what="telemetry of the simulated bus")
+    finally:
+        agent.stop.set()
+        await asyncio.wait_for(task, 60)
+    assert msg.properties["simulated"] == "true"
+    header, samples = codec_by_content(msg.properties["$.ct"]).decode(msg.body)
+    assert header["sim"] is True and samples

@@ -51,6 +51,9 @@ def test_default_run_collects_all_three_buses_and_stops_cleanly(tmp_path: Path) 
     assert "VehicleSpeed" in by_signal and "WheelSpeedFL" in by_signal and "EngineSpeed" in by_signal
     assert not any("Counter" in s or "Crc" in s or "Checksum" in s for s in by_signal)
     assert 0 <= by_signal["VehicleSpeed"]["value"] <= 250
+    # no CAN here: the quick start simulates, says so, and marks every sample
+    assert all(r["simulated"] is True for r in rows)
+    assert events.count("simulated_data") == 3
     # everything collected was flushed on SIGTERM: the store is empty, nothing is left behind
     doc = json.loads(run_cli("status", "--json", "--state-dir", str(state)).stdout)
     assert doc["store"]["batches"] == 0

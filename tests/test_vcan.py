@@ -251,8 +251,8 @@ def test_interface_down_deleted_recreated_and_error_frames(vcan0: str, agents) -
     _ip("link", "set", "down", vcan0)
     agent.wait(lambda: agent.bus("pt").get("state") == "down", "bus reported down")
     _ip("link", "del", vcan0)
-    time.sleep(1)
-    assert agent.bus("pt")["state"] == "down" and agent.bus("pt")["last_error"]
+    agent.wait(lambda: agent.bus("pt").get("state") == "missing", "a deleted interface shown missing")
+    assert "does not exist" in agent.bus("pt")["last_error"]
     _ip("link", "add", "dev", vcan0, "type", "vcan")
     _ip("link", "set", "up", vcan0)
     agent.wait(lambda: agent.bus("pt").get("state") == "up", "bus back up without a restart", timeout=40)
@@ -279,6 +279,37 @@ def test_interface_down_deleted_recreated_and_error_frames(vcan0: str, agents) -
         agent.stop()
     assert agent.proc.returncode == 0
     assert agent.events("bus_open_failed") and len(agent.events("bus_open")) >= 2
+    assert [e["channel"] for e in agent.events("can_interface_missing")] == [vcan0]
+
+
+def test_auto_waits_for_a_missing_interface_and_picks_it_up(agents) -> None:
+    """`interface: auto` that may not simulate (simulate: false here; any cloud sink likewise) waits for
+    its channel: `missing` until it is created, then read like any SocketCAN bus, nothing simulated."""
+    if os.geteuid() != 0 or not hasattr(socket, "AF_CAN"):
+        pytest.skip("creating interfaces needs root and AF_CAN")
+    name = "vcan7"
+    if Path(f"/sys/class/net/{name}").exists():
+        _ip("link", "del", name)
+    db = cantools.database.load_file(str(DBC / "powertrain.dbc"))
+    engine = db.get_message_by_name("EngineData").frame_id
+    agent = agents({"buses": [{"name": "pt", "interface": "auto", "channel": name, "simulate": False,
+                               "databases": [str(DBC / "powertrain.dbc")]}]})
+    try:
+        agent.wait(lambda: agent.bus("pt").get("state") == "missing", "bus shown missing")
+        _ip("link", "add", "dev", name, "type", "vcan")
+        _ip("link", "set", "up", name)
+        agent.wait(lambda: agent.bus("pt").get("state") == "up", "the new interface picked up")
+        sender = Sender(name)
+        sender.send_all([(engine, bytes([i] * 8), False) for i in range(10)])
+        sender.close()
+        agent.wait(lambda: agent.bus("pt").get("frames") == 10, "its frames read")
+        assert agent.bus("pt")["simulated"] is False
+    finally:
+        agent.stop()
+        subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=30)
+    assert agent.proc.returncode == 0
+    assert len(agent.events("can_interface_missing")) == 1 and not agent.events("simulated_data")
+    assert agent.samples() and not any("simulated" in s for s in agent.samples())
 
 
 def test_kernel_receive_queue_drops_are_reported(vcan0: str, agents) -> None:

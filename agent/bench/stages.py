@@ -74,10 +74,11 @@ class _TimedCodec(Codec):
         self.inner, self.cpu_s = inner, 0.0
         self.name, self.content_type, self.content_encoding = inner.name, inner.content_type, inner.content_encoding
 
-    def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None) -> bytes:
+    def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None,
+               simulated: bool = False) -> bytes:
         start = time.process_time()
         try:
-            return self.inner.encode(columns, vehicle=vehicle, scaling=scaling)
+            return self.inner.encode(columns, vehicle=vehicle, scaling=scaling, simulated=simulated)
         finally:
             self.cpu_s += time.process_time() - start
 

@@ -99,7 +99,8 @@ class _Capture(Codec):
     def __init__(self, sink: list[dict]) -> None:
         self.sink = sink
 
-    def encode(self, columns: Columns, *, vehicle: str, scaling=None) -> bytes:  # type: ignore[no-untyped-def]
+    def encode(self, columns: Columns, *, vehicle: str, scaling=None,  # type: ignore[no-untyped-def]
+               simulated: bool = False) -> bytes:
         self.sink.append({k: (list(ts), type(vs)(vs)) for k, (ts, vs) in columns.items()})
         return b""
 

@@ -36,7 +36,7 @@ from agent.can.frame_format import (
     FRAME_HEADER,
 )
 from agent.can.mmsg import CTRL_BYTES, MultiReceiver
-from agent.can.source import MAX_DRAIN, FrameSource, sleep_or_stop
+from agent.can.source import MAX_DRAIN, MISSING_POLL_S, FrameSource, sleep_or_stop
 from agent.model import Frame
 
 log = structlog.get_logger()
@@ -320,6 +320,9 @@ class RawCanSource(FrameSource):
                     log.info("bus_open", bus=self.bus, interface="socketcan", channel=self.channel, raw=True,
                              filter_ids=None if self.wanted is None else len(self.wanted))
                 except OSError as exc:
+                    if self.note_missing(self.channel):
+                        await sleep_or_stop(stop, MISSING_POLL_S)
+                        continue
                     failures += 1
                     self.state, self.last_error = "down", str(exc)
                     delay = min(self.reopen_max_s, 0.5 * 2 ** min(failures, 8))

@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import can
 import structlog
@@ -25,6 +25,7 @@ log = structlog.get_logger()
 
 DEFAULT_TICK_S = 0.05  # 50 ms: a wake-up costs ~250 µs of CPU on a small VM; 400 frames a drain at 8,000 frames/s
 MAX_DRAIN = 20000
+MISSING_POLL_S = 1.0  # a missing interface is looked for this often (a stat of /sys/class/net/<name>)
 
 
 def socketcan_available(channel: str) -> bool:
@@ -38,11 +39,42 @@ def socketcan_available(channel: str) -> bool:
     return True
 
 
-def resolve_interface(interface: str, channel: str) -> str:
-    """'auto' means socketcan when the channel exists here, else python-can's virtual bus."""
+def channel_missing(channel: str) -> bool:
+    """No network interface of this name here (a SocketCAN channel not yet created, or unplugged)."""
+    return not Path(f"/sys/class/net/{channel}").exists()
+
+
+# Sinks whose data stay on this machine: only toward these does `interface: auto` fall back to the
+# simulator on its own (the quick start). Toward the cloud, simulated data must be asked for.
+LOCAL_SINKS = frozenset({"file"})
+
+
+class SourceChoice(NamedTuple):
+    """How a live bus is read: the python-can interface, and whether the built-in simulator feeds it."""
+
+    interface: str
+    simulate: bool
+    reason: str  # why, for the start-up log
+
+
+def choose_source(interface: str, channel: str, simulate: bool | None, sink_type: str) -> SourceChoice:
+    """The interface of a bus, and whether it is simulated.
+
+    `simulate: true` always simulates (on the virtual bus); `interface: auto` reads SocketCAN when
+    the channel exists. A missing channel falls back to the simulator only toward a local sink and
+    only when `simulate` is unset; toward a cloud sink it stays SocketCAN and waits for the
+    interface to appear, so a fleet never receives simulated data it did not ask for.
+    """
+    if simulate:
+        return SourceChoice("virtual", True, "simulate: true")
     if interface != "auto":
-        return interface
-    return "socketcan" if socketcan_available(channel) else "virtual"
+        return SourceChoice(interface, False, f"interface: {interface}")
+    if socketcan_available(channel):
+        return SourceChoice("socketcan", False, f"interface auto: {channel} exists")
+    if simulate is None and sink_type in LOCAL_SINKS:
+        return SourceChoice("virtual", True, f"interface auto: {channel} does not exist here and the sink is "
+                                             f"{sink_type} (local)")
+    return SourceChoice("socketcan", False, f"interface auto: waiting for {channel}")
 
 
 class FrameSource(ABC):
@@ -66,6 +98,18 @@ class FrameSource(ABC):
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "last_error": self.last_error}
+
+    def note_missing(self, channel: str) -> bool:
+        """After a failed open: if the interface does not exist, state `missing` (warned once per
+        absence) and True, so the caller polls for it every MISSING_POLL_S instead of backing off."""
+        if not channel_missing(channel):
+            return False
+        if self.state != "missing":
+            log.warning("can_interface_missing", bus=self.bus, channel=channel,
+                        action=f"waiting for {channel} to appear (checked every {MISSING_POLL_S:.0f} s); "
+                               "nothing is simulated on this bus")
+        self.state, self.last_error = "missing", f"interface {channel} does not exist"
+        return True
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -120,6 +164,9 @@ class BusSource(FrameSource):
                     self.state, self.last_error, failures = "up", None, 0
                     log.info("bus_open", bus=self.bus, interface=self.interface, channel=self.channel)
                 except (can.CanError, OSError, ValueError, ImportError) as exc:
+                    if self.interface == "socketcan" and self.note_missing(self.channel):
+                        await sleep_or_stop(stop, MISSING_POLL_S)
+                        continue
                     failures += 1
                     self.state, self.last_error = "down", str(exc)
                     delay = min(self.reopen_max_s, 0.5 * 2 ** min(failures, 8))

@@ -40,7 +40,9 @@ class Codec(ABC):
     content_encoding: str
 
     @abstractmethod
-    def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None) -> bytes: ...
+    def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None,
+               simulated: bool = False) -> bytes:
+        """The payload; `simulated` puts `"sim": true` in its header (docs/wire-format.md)."""
 
     @abstractmethod
     def decode(self, payload: bytes) -> tuple[dict, list[Sample]]:

@@ -54,7 +54,8 @@ class ColumnarCodec(Codec):
         self.ticks = TICKS[timestamp_resolution]
         self._compressor = zstandard.ZstdCompressor(level=level)
 
-    def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None) -> bytes:
+    def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None,
+               simulated: bool = False) -> bytes:
         ticks = self.ticks
         scaling = scaling or {}
         first = [ts[0] for ts, _ in columns.values() if ts]
@@ -84,6 +85,8 @@ class ColumnarCodec(Codec):
             else:
                 series.append([bus, message, signal, idx, PLAIN, 1, 0, values])
         doc = {"v": FORMAT_VERSION, "vehicle": vehicle, "res": ticks, "t0": t0, "times": times, "series": series}
+        if simulated:
+            doc["sim"] = True
         return self._compressor.compress(msgpack.packb(doc, use_bin_type=True))
 
     def decode(self, payload: bytes) -> tuple[dict, list[Sample]]:
@@ -101,5 +104,5 @@ class ColumnarCodec(Codec):
             if kind == RAW_DELTA:
                 values = [r * scale + offset for r in accumulate(values)]
             samples.extend(Sample(t, bus, message, signal, v) for t, v in zip(times[idx], values, strict=True))
-        header = {k: doc[k] for k in ("v", "vehicle", "res", "t0")}
+        header = {k: doc[k] for k in ("v", "vehicle", "res", "t0", "sim") if k in doc}
         return header, samples

@@ -15,14 +15,16 @@ class JsonCodec(Codec):
     content_type = "application/json"
     content_encoding = "utf-8"
 
-    def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None) -> bytes:
+    def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None,
+               simulated: bool = False) -> bytes:
         samples = [
             {"t": t, "bus": key[0], "message": key[1], "signal": key[2], "value": v}
             for key, (ts, vs) in columns.items()
             for t, v in zip(ts, physical(key, vs, scaling), strict=True)
         ]
         samples.sort(key=lambda s: s["t"])
-        return orjson.dumps({"v": FORMAT_VERSION, "vehicle": vehicle, "samples": samples})
+        head = {"v": FORMAT_VERSION, "vehicle": vehicle, **({"sim": True} if simulated else {})}
+        return orjson.dumps({**head, "samples": samples})
 
     def decode(self, payload: bytes) -> tuple[dict, list[Sample]]:
         doc = orjson.loads(payload)

@@ -28,7 +28,10 @@ log = structlog.get_logger()
 CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 SQLITE_READONLY = 8
 EXPECTED_COLUMNS = ("seq", "id", "priority", "created", "encoding", "content_type", "content_encoding",
-                    "sample_count", "first_t", "last_t", "vehicle", "buses", "size", "payload")
+                    "sample_count", "first_t", "last_t", "vehicle", "buses", "size", "payload", "simulated")
+# Columns added since the first store layout: an older file is upgraded in place, not moved aside
+# (its batches predate the simulated marker and read as 0).
+ADDED_COLUMNS = {"simulated": "INTEGER NOT NULL DEFAULT 0"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -45,7 +48,8 @@ CREATE TABLE IF NOT EXISTS batches (
     vehicle TEXT NOT NULL,
     buses TEXT NOT NULL,
     size INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    simulated INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS batches_drain ON batches (priority DESC, seq);
 CREATE INDEX IF NOT EXISTS batches_evict ON batches (priority, seq);
@@ -53,7 +57,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 _COLUMNS = ("id, priority, created, encoding, content_type, content_encoding, sample_count, first_t, last_t, "
-            "vehicle, buses, size, payload")
+            "vehicle, buses, size, payload, simulated")
 
 
 class Evicted(NamedTuple):
@@ -124,10 +128,10 @@ class StoreStats:
 
 
 def _row_to_batch(row: tuple) -> Batch:
-    (bid, prio, created, enc, ctype, cenc, count, first, last, vehicle, buses, _size, payload) = row
+    (bid, prio, created, enc, ctype, cenc, count, first, last, vehicle, buses, _size, payload, simulated) = row
     return Batch(id=bid, priority=Priority(prio), encoding=enc, content_type=ctype, content_encoding=cenc,
                  payload=bytes(payload), sample_count=count, first_t=first, last_t=last, created=created,
-                 vehicle=vehicle, buses=tuple(b for b in buses.split(",") if b))
+                 vehicle=vehicle, buses=tuple(b for b in buses.split(",") if b), simulated=bool(simulated))
 
 
 def _guarded(method):
@@ -241,6 +245,10 @@ class Store:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA busy_timeout=5000")
         columns = tuple(r[1] for r in self.db.execute("PRAGMA table_info(batches)"))  # before changing the file
+        if columns and columns + tuple(ADDED_COLUMNS) == EXPECTED_COLUMNS:
+            for name, decl in ADDED_COLUMNS.items():
+                self.db.execute(f"ALTER TABLE batches ADD COLUMN {name} {decl}")
+            columns = EXPECTED_COLUMNS
         if columns and columns != EXPECTED_COLUMNS:
             raise _SchemaMismatch(f"table batches has columns {columns}, expected {EXPECTED_COLUMNS}")
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -370,10 +378,10 @@ class Store:
                 self.total_batches -= 1
                 evicted.append(Evicted(vid, Priority(prio), count, size))
             self.db.execute(
-                f"INSERT OR IGNORE INTO batches ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO batches ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (batch.id, int(batch.priority), created, batch.encoding, batch.content_type,
                  batch.content_encoding, batch.sample_count, batch.first_t, batch.last_t, batch.vehicle,
-                 ",".join(batch.buses), batch.size, batch.payload))
+                 ",".join(batch.buses), batch.size, batch.payload, int(batch.simulated)))
             self._count(stored_batches=1, stored_samples=batch.sample_count, stored_bytes=batch.size)
             self.db.execute("COMMIT")
         except BaseException:

@@ -86,16 +86,17 @@ class FileSink(Sink):
     def _write(self, batch: Batch) -> None:
         if self.decoded:
             _, samples = codec_by_content(batch.content_type).decode(batch.payload)
+            marker = {"simulated": True} if batch.simulated else {}
             lines = b"".join(
                 orjson.dumps({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value,
-                              "batch": batch.id}) + b"\n"
+                              "batch": batch.id, **marker}) + b"\n"
                 for s in sorted(samples, key=lambda s: s.t))
             _write_atomic(self.outbox / f"{batch.id}.jsonl", lines)
         else:
             meta = {"id": batch.id, "priority": batch.priority.name, "encoding": batch.encoding,
                     "content_type": batch.content_type, "content_encoding": batch.content_encoding,
                     "sample_count": batch.sample_count, "first_t": batch.first_t, "last_t": batch.last_t,
-                    "vehicle": batch.vehicle, "buses": list(batch.buses)}
+                    "vehicle": batch.vehicle, "buses": list(batch.buses), "simulated": batch.simulated}
             _write_atomic(self.outbox / f"{batch.id}.{batch.encoding}", batch.payload)
             _write_atomic(self.outbox / f"{batch.id}.meta.json", orjson.dumps(meta))
         _sync_dir(self.outbox)

@@ -41,6 +41,7 @@ def message_for(batch: Batch) -> Message:
         "schema": SCHEMA_VERSION, "vehicle": batch.vehicle, "bus": ",".join(batch.buses),
         "priority": batch.priority.name, "samples": str(batch.sample_count),
         "first_t": f"{batch.first_t:.3f}", "last_t": f"{batch.last_t:.3f}", "encoding": batch.encoding,
+        "simulated": "true" if batch.simulated else "false",  # always set: a route can test simulated = 'false'
     })
     return msg
 

@@ -46,7 +46,8 @@ def batch_header(batch: Batch) -> dict[str, Any]:
     """The batch metadata MQTT 3.1.1 cannot carry as properties (docs/mqtt.md)."""
     return {"v": HEADER_VERSION, "id": batch.id, "ct": batch.content_type, "ce": batch.content_encoding,
             "vehicle": batch.vehicle, "buses": list(batch.buses), "priority": batch.priority.name,
-            "samples": batch.sample_count, "first_t": batch.first_t, "last_t": batch.last_t}
+            "samples": batch.sample_count, "first_t": batch.first_t, "last_t": batch.last_t,
+            "simulated": batch.simulated}
 
 
 def encode_message(batch: Batch) -> bytes:
