@@ -15,7 +15,6 @@ import gc
 import os
 import socket
 import sqlite3
-import sys
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ from typing import Any
 import structlog
 from cantools.database import Database
 
-from agent import __version__
+from agent import __version__, logs
 from agent.batcher import Batcher
 from agent.can.rawcan import RawCanSource
 from agent.can.source import (
@@ -44,6 +43,7 @@ from agent.health import RateMeter, write_status
 from agent.logs import set_level
 from agent.model import Batch
 from agent.store import Store, StoreFullError
+from agent.summary import SummaryLog
 from agent.systemd import Notifier
 from agent.twin.control import make_plane
 from agent.twin.desired import DesiredState
@@ -132,6 +132,7 @@ class Agent:
         self.store_error: str | None = self.store.open_error
         self.progress = progress
         self.config_version = 0
+        self.summary = SummaryLog(cfg.summary_interval_s)
         self._frame_rate = RateMeter()
         self._bus_rates: dict[str, RateMeter] = {}
         self._tasks: list[asyncio.Task] = []
@@ -286,6 +287,7 @@ class Agent:
         old_buses = {b.name: b for b in self.cfg.buses}
         self.pipeline, self.cfg = pipeline, new
         set_level(new.log_level)
+        self.summary.interval_s = new.summary_interval_s
         if self._running:
             for bus in new.buses:
                 old = old_buses.pop(bus.name, None)
@@ -350,7 +352,7 @@ class Agent:
     def _progress_line(self, doc: dict[str, Any]) -> str:
         samples = sum(b["samples"] for b in doc["buses"].values())
         st = doc["store"]
-        return (f"\r{doc['frames_per_s']:>8.0f} frames/s | samples kept {samples:>9} | batches stored "
+        return (f"{doc['frames_per_s']:>8.0f} frames/s | samples kept {samples:>9} | batches stored "
                 f"{st['counters'].get('stored_batches', 0):>6} sent {st['counters'].get('sent_batches', 0):>6} | "
                 f"store depth {st['batches']:>4} ({st['bytes'] / 1024:.0f} KiB) | sink {doc['sink']['state']:<9}"
                 + (" | SIMULATED" if any(b.get("simulated") for b in doc["buses"].values()) else ""))
@@ -374,9 +376,9 @@ class Agent:
                     write_status(self.state_dir, doc)
                 except OSError as exc:
                     log.warning("status_write_failed", error=str(exc))
+                self.summary.observe(doc)
                 if self.progress:
-                    sys.stderr.write(self._progress_line(doc))
-                    sys.stderr.flush()
+                    logs.progress.show(self._progress_line(doc))
 
     # ---------------------------------------------------------------- run
     async def run(self) -> None:
@@ -424,7 +426,8 @@ class Agent:
         with contextlib.suppress(OSError):
             write_status(self.state_dir, doc)
         if self.progress:
-            sys.stderr.write(self._progress_line(doc) + "\n")
+            logs.progress.show(self._progress_line(doc))
+            logs.progress.done()
         self.store.close()
         self.notifier.close()
         log.info("agent_stopped", final_sends=sent, store_depth=doc["store"]["batches"],

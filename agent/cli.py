@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sqlite3
 import sys
@@ -20,11 +21,13 @@ import orjson
 import structlog
 
 from agent import __version__
+from agent.checks import check_databases, unmatched_rules
 from agent.config import (
-    DEFAULT_CONFIG,
     ConfigError,
     build_config,
     config_path,
+    env_sources,
+    error_source,
     json_schema,
     load_config_data,
     restart_only_changes,
@@ -44,6 +47,17 @@ def _out(line: bytes | str) -> None:
         sys.stdout.write(line + "\n")
 
 
+def _print_config_error(exc: ConfigError) -> None:
+    """One line per error, each blamed on where it came from: the file, or the environment variable
+    that overrode the key (`VEHICLE_AGENT__BATCHING__MAX_AGE=5` is not the YAML file's fault)."""
+    try:
+        sources = env_sources()
+    except ConfigError:
+        sources = {}
+    for err in exc.errors:
+        sys.stderr.write(f"{error_source(err, exc.source, sources)}: {err}\n")
+
+
 def _load_config_or_exit(path: str | None) -> Any:
     """(config, the file's mapping with env overrides) or exit 2 with one line per error."""
     try:
@@ -51,8 +65,7 @@ def _load_config_or_exit(path: str | None) -> Any:
         data = load_config_data(file)
         return build_config(data, base_dir=file.parent.resolve(), source=str(file)), data
     except ConfigError as exc:
-        for err in exc.errors:
-            sys.stderr.write(f"{exc.source}: {err}\n")
+        _print_config_error(exc)
         raise SystemExit(EXIT_USAGE) from None
 
 
@@ -61,6 +74,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg, data = _load_config_or_exit(args.config)
     configure_logging(cfg.log_level)
     from agent.app import Agent, preload
+    from agent.startup import StartupError, agent_writes, prepare_state_dir
+
+    try:
+        lock = prepare_state_dir(cfg.resolve(cfg.state_dir), agent_writes(cfg))
+    except StartupError as exc:
+        log.error(exc.event, **exc.fields)
+        return EXIT_USAGE
 
     async def main() -> None:
         try:
@@ -75,7 +95,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, _reload, agent, args.config)
         await agent.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        lock.release()
     return EXIT_OK
 
 
@@ -145,14 +168,25 @@ def cmd_decode(args: argparse.Namespace) -> int:
     log.info("decode_done", decoded=decoded, unknown_frames=sum(unknown.values()), unknown_ids=len(unknown),
              short_frames=short, bad_lines=bad,
              unknown_id_list=[f"0x{i:X}" for i, _ in unknown.most_common(10)])
-    return EXIT_OK
+    if decoded:
+        return EXIT_OK
+    if unknown:
+        log.warning("no_frame_decoded", frames=sum(unknown.values()), databases=[str(Path(d)) for d in args.dbc],
+                    hint="none of the log's frame ids is in these databases: is it the right --dbc for this bus?")
+    else:
+        log.warning("no_frame_decoded", hint="the input holds no decodable frame (empty, or only bad lines)")
+    return EXIT_FAIL
 
 
 def cmd_decode_batch(args: argparse.Namespace) -> int:
     """Print the samples of a stored/sent batch file (columnar or json), one JSON line each."""
     from agent.codec import ColumnarCodec, JsonCodec
 
-    payload = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    try:
+        payload = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        sys.stderr.write(f"error: {args.file}: {exc.strerror}\n")
+        return EXIT_USAGE
     codec = JsonCodec() if payload[:1] == b"{" else ColumnarCodec()
     try:
         header, samples = codec.decode(payload)
@@ -219,19 +253,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------- config, schema
 def cmd_check_config(args: argparse.Namespace) -> int:
-    path = Path(args.file or DEFAULT_CONFIG)
+    path = config_path(args.file)
     try:
         cfg = build_config(load_config_data(path), base_dir=path.parent.resolve(), source=str(path))
-        for i, bus in enumerate(cfg.buses):
-            for j, db in enumerate(bus.databases):
-                try:
-                    load_databases([cfg.resolve(db)])
-                except DatabaseError as exc:
-                    raise ConfigError([f"buses[{i}].databases[{j}]: {exc}"], str(path)) from None
+        check_databases(cfg, source=str(path))
     except ConfigError as exc:
-        for err in exc.errors:
-            sys.stderr.write(f"{exc.source}: {err}\n")
+        _print_config_error(exc)
         return EXIT_USAGE
+    for rule in unmatched_rules(cfg):
+        sys.stderr.write(f"{path}: warning: {rule}\n")
     _out(f"{path}: OK ({len(cfg.buses)} buses, sink {cfg.sink.type}, encoding {cfg.encoding.format})")
     return EXIT_OK
 
@@ -248,24 +278,30 @@ def _fmt_age(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def _agent_alive(doc: dict[str, Any], max_age: float = 5.0) -> bool:
-    """The status file is fresh and (on this host) its process still exists."""
-    import os
+def not_alive_reason(doc: dict[str, Any], max_age: float = 5.0) -> str | None:
+    """Why the agent of a status document is not running (None: it runs): the status file is stale,
+    or (on this host) its process is gone."""
     import socket
 
     from agent.health import status_age
 
-    if status_age(doc) >= max_age:
-        return False
+    age = status_age(doc)
     a = doc.get("agent", {})
+    if age >= max_age:
+        return (f"the status is {age:.0f} s old (more than {max_age:.0f} s): pid {a.get('pid')} stopped, "
+                "or its event loop is stuck")
     if a.get("host") == socket.gethostname() and a.get("pid"):
         try:
             os.kill(int(a["pid"]), 0)
         except ProcessLookupError:
-            return False
+            return f"pid {a['pid']}, which wrote the status, is not running"
         except PermissionError:
-            return True
-    return True
+            return None
+    return None
+
+
+def _agent_alive(doc: dict[str, Any], max_age: float = 5.0) -> bool:
+    return not_alive_reason(doc, max_age) is None
 
 
 def _store_lines(st: dict[str, Any]) -> list[str]:
@@ -307,7 +343,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc = None
     alive = doc is not None and _agent_alive(doc)
     if args.check:
-        return EXIT_OK if doc is not None and _agent_alive(doc, args.max_age) else EXIT_FAIL
+        why = (f"no status file in {state_dir}: the agent has not run with this state directory"
+               if doc is None else not_alive_reason(doc, args.max_age))
+        if why:
+            sys.stderr.write(f"unhealthy: {why}\n")
+            return EXIT_FAIL
+        return EXIT_OK
     if store_path is None:
         store_path = Path(doc["store"]["path"]) if doc and doc.get("store", {}).get("path") else state_dir / "store.db"
     if not alive:
@@ -379,8 +420,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         try:
             cfg = build_config(base, base_dir=Path.cwd(), source="--dbc")
         except ConfigError as exc:
-            for err in exc.errors:
-                sys.stderr.write(f"{exc.source}: {err}\n")
+            _print_config_error(exc)
             return EXIT_USAGE
     else:
         cfg, _ = _load_config_or_exit(args.config)
@@ -452,6 +492,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # as a shell reports SIGINT and SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; the ways a command line ends early end without a traceback."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C where no handler of the command is installed (start-up, decode)
+        sys.stderr.write("\ninterrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `decode ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return EXIT_BROKEN_PIPE
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        sys.stderr.write(f"error: {exc.filename}: {exc.strerror}\n" if exc.filename else f"error: {exc}\n")
+        return EXIT_USAGE

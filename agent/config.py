@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -243,6 +243,9 @@ class AgentConfig(_Model):
         None, description="The folder the cloud may name databases in (by name only); default: the config "
         "file's folder. Local only.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    summary_interval_s: float = Field(
+        60.0, ge=0, le=86400, description="A `summary` log line this often (rates, kept, stored, sent, store "
+        "depth, drops) for headless operation; 0: none.")
     buses: list[BusConfig] = Field(min_length=1, max_length=32)
     collection: CollectionConfig = Field(default_factory=CollectionConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
@@ -274,12 +277,12 @@ class AgentConfig(_Model):
     def resolve(self, path: str) -> Path:
         """A config path made absolute against the config file's folder."""
         p = Path(os.path.expanduser(path))
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return Path(os.path.normpath(p if p.is_absolute() else Path(self.base_dir) / p))  # no `config/../state`
 
     def state_path(self, path: str) -> Path:
         """A path made absolute against the state directory."""
         p = Path(os.path.expanduser(path))
-        return p if p.is_absolute() else self.resolve(self.state_dir) / p
+        return Path(os.path.normpath(p if p.is_absolute() else self.resolve(self.state_dir) / p))
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -415,10 +418,9 @@ def localize_cloud_bus(bus: Mapping[str, Any], local: Mapping[str, Any] | None, 
     return out
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """`VEHICLE_AGENT_VEHICLE_ID`, `VEHICLE_AGENT_STATE_DIR`, `VEHICLE_AGENT_LOG_LEVEL`, `VEHICLE_AGENT_SINK`,
-    and any nested key as `VEHICLE_AGENT__batching__max_age_s=5` (values parsed as YAML scalars)."""
-    out: dict[str, Any] = {}
+def _env_items(env: Mapping[str, str]) -> Iterator[tuple[str, tuple[str, ...], Any]]:
+    """(variable, config path, value) of every override variable; a value that is not YAML is an
+    error naming its variable."""
     simple = {"VEHICLE_ID": ("vehicle_id",), "STATE_DIR": ("state_dir",), "LOG_LEVEL": ("log_level",),
               "SINK": ("sink", "type")}
     for key, value in env.items():
@@ -426,16 +428,44 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         rest = key[len(ENV_PREFIX):]
         if rest in simple:
-            path = simple[rest]
+            yield key, simple[rest], value
         elif rest.startswith("_") and len(rest) > 1:
-            path = tuple(p.lower() for p in rest[1:].split("__") if p)
-        else:
-            continue
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError([f"not a YAML value: {getattr(exc, 'problem', None) or exc}"],
+                                  f"environment variable {key}") from None
+            yield key, tuple(p.lower() for p in rest[1:].split("__") if p), parsed
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """`VEHICLE_AGENT_VEHICLE_ID`, `VEHICLE_AGENT_STATE_DIR`, `VEHICLE_AGENT_LOG_LEVEL`, `VEHICLE_AGENT_SINK`,
+    and any nested key as `VEHICLE_AGENT__batching__max_age_s=5` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for key, path, value in _env_items(env):
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(value) if rest.startswith("_") else value
+            if not isinstance(node, dict):
+                raise ConfigError([f"sets a key inside {part}, which another variable sets as a whole"],
+                                  f"environment variable {key}")
+        node[path[-1]] = value
     return out
+
+
+def env_sources(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each config path an environment variable sets (`batching.max_age_s`, as errors write paths) and
+    that variable, so an error is blamed on the variable and not on the file it overrides."""
+    return {".".join(path): key for key, path, _ in _env_items(os.environ if env is None else env)}
+
+
+def error_source(error: str, source: str, sources: Mapping[str, str]) -> str:
+    """Where an error line (`path: message`) came from: the variable that set its path, else `source`."""
+    where = error.split(": ", 1)[0]
+    for path in sorted(sources, key=len, reverse=True):
+        if where == path or where.startswith((path + ".", path + "[")):
+            return f"environment variable {sources[path]} (over {source})"
+    return source
 
 
 RESTART_ONLY = ("state_dir", "sink", "store.path", "store.synchronous")

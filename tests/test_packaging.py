@@ -29,6 +29,8 @@ def test_edge_manifest_gives_the_module_host_can_and_a_state_volume() -> None:
     create = json.loads(module["settings"]["createOptions"])
     assert create["HostConfig"]["NetworkMode"] == "host", "SocketCAN interfaces live in the host's network namespace"
     assert any(b.endswith(":/var/lib/vehicle-agent") for b in create["HostConfig"]["Binds"])
+    # the bind source must belong to the container's user: the manifest says so where it is read
+    assert "chown 10001:10001 /var/lib/vehicle-agent" in create["Labels"]["vehicle-agent.state-volume"]
     assert module["env"]["VEHICLE_AGENT_SINK"]["value"] == "iothub"
     route = doc["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["vehicleAgentToIoTHub"]
     assert route == "FROM /messages/modules/vehicle-agent/outputs/telemetry INTO $upstream"

@@ -1,0 +1,47 @@
+"""Checks of a config against its databases, beyond what validation sees: `vehicle-agent check-config`.
+
+Validation proves a config well-formed; only the databases tell whether it does what was meant. A
+collection rule that matches no signal is almost always a typo (`Wheel*` for `WheelSpeed*` is fine,
+`VehicleSpd` is not), and it fails silently: the signal is collected by the default rule instead.
+"""
+
+from __future__ import annotations
+
+from agent.collect.policy import policy_resolver
+from agent.config import AgentConfig, CollectionConfig, ConfigError
+from agent.decode import DatabaseError, load_databases
+
+
+def check_databases(cfg: AgentConfig, source: str = "config") -> None:
+    """Load every bus's databases; the first one that fails is a ConfigError naming bus and position."""
+    for i, bus in enumerate(cfg.buses):
+        for j, db in enumerate(bus.databases):
+            try:
+                load_databases([cfg.resolve(db)])
+            except DatabaseError as exc:
+                raise ConfigError([f"buses[{i}].databases[{j}]: {exc}"], source) from None
+
+
+def signal_names(cfg: AgentConfig) -> set[tuple[str, str]]:
+    """(message, signal) of every signal of every bus's databases."""
+    names: set[tuple[str, str]] = set()
+    for bus in cfg.buses:
+        db = load_databases([cfg.resolve(p) for p in bus.databases])
+        names.update((m.name, s.name) for m in db.messages for s in m.signals)
+    return names
+
+
+def unmatched_rules(cfg: AgentConfig) -> list[str]:
+    """A warning per collection rule that matches no signal, or whose every signal an earlier rule takes."""
+    names = signal_names(cfg)
+    resolve = policy_resolver(cfg.collection)
+    taken = {id(resolve(m, s)) for m, s in names}
+    warnings = []
+    for i, rule in enumerate(cfg.collection.signals):
+        alone = policy_resolver(CollectionConfig(signals=[rule]))  # the same matching as the collector's
+        where = f"collection.signals[{i}] (match {rule.match!r})"
+        if not any(alone(m, s) is rule for m, s in names):
+            warnings.append(f"{where} matches no signal of the buses' databases")
+        elif id(rule) not in taken:
+            warnings.append(f"{where} never applies: earlier rules take every signal it matches")
+    return warnings

@@ -1,0 +1,114 @@
+"""Start-up checks of `vehicle-agent run` (issue 14, items 2 and 3): a state directory the agent cannot
+write, or one another agent already runs on, stops it at once with exit code 2 and a log line that
+names the path, the uid and the fix; a read-only disk does not (the memory spill rides it out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import DATA, ROOT, run_cli
+
+AGENT_UID = 10001  # the container's user; the directory Docker creates for a bind mount belongs to root
+
+
+def _config(tmp_path: Path, state: Path, **extra) -> Path:
+    cfg = {"vehicle_id": "startup", "state_dir": str(state), "batching": {"max_age_s": 0.5},
+           "buses": [{"name": "pt", "interface": "virtual", "channel": f"startup-{tmp_path.name}", "simulate": True,
+                      "databases": [str(DATA / "edge.dbc")]}], **extra}
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _start(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--no-progress"], cwd=ROOT,
+                            env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_state_directory_owned_by_another_user_exits_2_naming_path_uid_and_fix(tmp_path: Path) -> None:
+    """As in a container whose bind mount Docker created: the directory exists but belongs to someone else.
+
+    The test runs as root, so the agent runs as root without CAP_DAC_OVERRIDE (setpriv): file
+    permissions then apply to it as they do to the container's uid 10001.
+    """
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux) to run the agent without CAP_DAC_OVERRIDE")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    os.chown(state, AGENT_UID, AGENT_UID)
+    config = _config(tmp_path, state)
+    res = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m", "agent",
+                          "run", "--config", str(config), "--no-progress"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    (event,) = [e for e in _events(res.stderr) if e["level"] == "error"]
+    assert event["event"] == "state_dir_unusable" and event["path"] == str(state)
+    assert event["uid"] == 0 and "Permission denied" in event["problem"]
+    assert f"uid {AGENT_UID}" in event["owner"] and "mode 0755" in event["owner"]
+    assert f"chown -R 0:0 {state}" in event["fix"]
+    assert "Traceback" not in res.stderr and not list(state.iterdir())
+
+
+def test_a_state_directory_that_cannot_be_created_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    state = tmp_path / "a-file" / "state"
+    res = run_cli("run", "--config", str(_config(tmp_path, state)), "--no-progress", timeout=60)
+    assert res.returncode == 2, res.stderr[-2000:]
+    (event,) = [e for e in _events(res.stderr) if e["level"] == "error"]
+    assert event["event"] == "state_dir_unusable" and event["path"] == str(state)
+    assert "cannot create the state directory" in event["problem"] and "Not a directory" in event["problem"]
+
+
+def test_paths_are_printed_normalised(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    config = _config(tmp_path / "config", Path("../state"))
+    res = run_cli("run", "--config", str(config), "--no-progress", timeout=60,
+                  env={"VEHICLE_AGENT__buses": json.dumps([{"name": "pt", "databases": [str(DATA / "edge.dbc")],
+                                                              "replay": str(DATA / "edge.log")}])})
+    assert res.returncode == 0, res.stderr[-2000:]
+    start = next(e for e in _events(res.stderr) if e["event"] == "agent_start")
+    assert start["store"] == str(tmp_path / "state" / "store.db")
+    assert "/../" not in res.stderr
+
+
+def test_a_second_agent_on_the_same_state_directory_exits_2_naming_the_first(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = _config(tmp_path, state)
+    first = _start(config)
+    try:
+        deadline = time.monotonic() + 60
+        while not (state / "status.json").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first agent did not start"
+            time.sleep(0.1)
+        second = run_cli("run", "--config", str(config), "--no-progress", timeout=60)
+        assert second.returncode == 2, second.stderr[-2000:]
+        (event,) = [e for e in _events(second.stderr) if e["level"] == "error"]
+        assert event["event"] == "state_dir_in_use" and event["pid"] == str(first.pid)
+        assert event["path"] == str(state) and f"pid {first.pid}" in event["problem"]
+        assert first.poll() is None, "the first agent runs on"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err[-2000:]
+    # the lock went with the first process: the directory is free again
+    (tmp_path / "replay.yaml").write_text(yaml.safe_dump({
+        "state_dir": str(state), "buses": [{"name": "pt", "databases": [str(DATA / "edge.dbc")],
+                                            "replay": str(DATA / "edge.log")}]}))
+    again = run_cli("run", "--config", str(tmp_path / "replay.yaml"), "--no-progress", timeout=60)
+    assert again.returncode == 0, again.stderr[-2000:]
