@@ -49,6 +49,14 @@ def test_module_json_points_at_the_dockerfile() -> None:
         assert (ROOT / "modules" / "vehicle-agent" / dockerfile).resolve() == ROOT / "Dockerfile"
 
 
+def test_license_is_the_one_pyproject_names() -> None:
+    import tomllib
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == {"text": "Apache-2.0"}
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+
+
 def test_dockerfile_is_small_non_root_with_state_volume_and_healthcheck() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in text
@@ -56,6 +64,34 @@ def test_dockerfile_is_small_non_root_with_state_volume_and_healthcheck() -> Non
     assert "HEALTHCHECK" in text and "status\", \"--check" in text
     copied = [line.split()[1] for line in text.splitlines() if line.startswith("COPY ") and "--from" not in line]
     assert all((ROOT / c).exists() for c in copied), copied
+
+
+def _unit_settings(text: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_unit_file_does_not_restart_a_deployment_error_and_is_hardened() -> None:
+    text = (ROOT / "systemd" / "vehicle-agent.service").read_text()
+    unit = _unit_settings(text)
+    assert unit["Restart"] == ["always"] and unit["RestartPreventExitStatus"] == ["2"]
+    (pre,) = unit["ExecStartPre"]
+    assert pre.endswith("vehicle-agent check-config /etc/vehicle-agent/agent.yaml")
+    assert unit["ExecStart"][0].split()[0] == pre.lstrip("-").split()[0]  # the same installed command
+    # Documentation= names a file an install step of docs/deployment.md creates
+    (doc,) = unit["Documentation"]
+    assert doc.startswith("file://")
+    assert f"docs/deployment.md {doc.removeprefix('file://')}" in (ROOT / "docs" / "deployment.md").read_text()
+    # an ordering after a device is only meaningful with a dependency on it
+    devices = [u for v in unit.get("After", []) for u in v.split() if u.endswith(".device")]
+    pulled = {u for key in ("Wants", "Requires", "BindsTo") for v in unit.get(key, []) for u in v.split()}
+    assert set(devices) <= pulled
+    assert unit["ProtectProc"] == ["invisible"] and unit["ProcSubset"] == ["pid"] and unit["UMask"] == ["0077"]
+    assert "~@privileged @resources" in unit["SystemCallFilter"] and unit["IPAddressDeny"]
 
 
 def test_unit_file_verifies() -> None:
@@ -72,6 +108,15 @@ def test_unit_file_verifies() -> None:
                 if line.strip() and "/opt/vehicle-agent/venv/bin/vehicle-agent" not in line
                 and "Failed to prepare filename" not in line and "Unit vehicle-agent.service has a bad unit file setting" not in line]
     assert not problems, res.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True,
+                              text=True, timeout=60)
+    if "--offline" in security.stderr:  # systemd before 250 has no offline analysis
+        return
+    failing = {line.split()[1] for line in security.stdout.splitlines() if line.startswith("✗")}
+    assert not failing & {"ProtectProc=", "ProcSubset=", "UMask=", "SystemCallFilter=~@privileged",
+                          "SystemCallFilter=~@resources", "PrivateMounts="}, security.stdout
+    exposure = float(security.stdout.split("Overall exposure level for vehicle-agent.service:")[1].split()[0])
+    assert exposure <= 1.5, security.stdout  # 2.1 before these items
 
 
 def test_agent_speaks_the_systemd_notify_protocol(tmp_path: Path) -> None:
@@ -112,3 +157,48 @@ def test_agent_speaks_the_systemd_notify_protocol(tmp_path: Path) -> None:
     assert sum("WATCHDOG=1" in m for m in got) >= 2
     assert any(m.startswith("STOPPING=1") for m in got)
     assert proc.returncode == 0
+
+
+def _lock() -> dict[str, tuple[str, list[str], str]]:
+    """requirements.lock as name -> (version, hashes, its `# via` note)."""
+    from packaging.utils import canonicalize_name
+
+    entries: dict[str, tuple[str, list[str], str]] = {}
+    name = ""
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        stripped = line.strip()
+        if line and not line[0].isspace() and "==" in line:
+            name, version = line.split(" ")[0].split("==")
+            name = canonicalize_name(name)
+            entries[name] = (version, [], "")
+        elif stripped.startswith("--hash=sha256:") and name:
+            entries[name][1].append(stripped.split(":", 1)[1].rstrip(" \\"))
+        elif stripped.startswith("#") and name:
+            version, hashes, via = entries[name]
+            entries[name] = (version, hashes, via + stripped)
+    return entries
+
+
+def test_lock_file_pins_every_dependency_of_pyproject_with_hashes() -> None:
+    """Offline: the lock pins exactly pyproject's runtime dependencies (by name, within their
+    specifiers) plus what they pull in, each with sha256 hashes; the Dockerfile installs from it.
+    Regenerate with the command in the lock's header after changing pyproject.toml's dependencies."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
+    lock = _lock()
+    missing = set(direct) - set(lock)
+    assert not missing, f"requirements.lock lacks {sorted(missing)}: run pip-compile (see its header)"
+    for name, req in direct.items():
+        assert req.specifier.contains(lock[name][0], prereleases=True), \
+            f"{name}=={lock[name][0]} in requirements.lock is outside pyproject's {req}"
+    named_by_pyproject = {n for n, (_, _, via) in lock.items() if "vehicle-agent (pyproject.toml)" in via}
+    assert named_by_pyproject == set(direct), "requirements.lock was compiled from other dependencies"
+    for name, (_, hashes, _) in lock.items():
+        assert hashes and all(len(h) == 64 for h in hashes), f"{name} has no sha256 hash"
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "--require-hashes" in docker and "-r requirements.lock" in docker and "--no-index" in docker
