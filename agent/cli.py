@@ -393,7 +393,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines.append(f"sink {sk['type']}: {sk['state'] if alive else 'stopped'}, sent {sk.get('sent_batches', 0)} "
                      f"batches in the last run, last successful send "
                      + ("never" if last is None else f"{_fmt_age(time.time() - last)} ago")
-                     + (f", last error: {sk['last_error']}" if sk.get("last_error") else ""))
+                     + (f", last error: {sk['last_error']}" if sk.get("last_error") else "")
+                     + (f"; outbox {sk['outbox_bytes']} of {sk['max_bytes']} bytes, oldest {sk['removed_batches']} "
+                        "batches removed (sink.max_bytes)" if sk.get("max_bytes") else ""))
     _out("\n".join(lines))
     return EXIT_OK
 

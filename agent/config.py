@@ -228,6 +228,10 @@ class SinkConfig(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="mqtt sink settings.")
     path: str = Field("outbox", description="file sink: outbox folder; relative paths are under state_dir.")
     decoded: bool = Field(True, description="file sink: write one JSON line per sample instead of the raw batch.")
+    max_bytes: int = Field(
+        256 * 1024 * 1024, gt=0,
+        description="file sink: bound of the outbox folder; beyond it the oldest batches' files are removed "
+        "(counted in status as removed_batches).")
     fault: SinkFaultConfig | None = Field(
         None, description="file sink, testing/diagnostic only: injected failures and slow acknowledgements.")
     retry_initial_s: float = Field(1.0, gt=0)

@@ -288,6 +288,7 @@ async def test_wrong_key_is_a_credential_error_with_slow_retries(standin: Hub, t
             await until(lambda: agent.sink.state()["link"] == "credential_error", what="credential error state")
             st = agent.forwarder.status
             assert "rejected the credentials" in st.last_error
+            assert agent.sink.state()["link_error"].startswith("authentication: ")  # the root cause, named
             assert st.backoff_s >= 20  # slower than the normal 1 s cap
             await until(lambda: agent.store.stats().batches >= 1, what="batch kept in the store")
         sender.shutdown()

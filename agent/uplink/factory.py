@@ -11,8 +11,9 @@ def make_sink(cfg: AgentConfig) -> Sink:
     if cfg.sink.type == "file":
         fault = cfg.sink.fault
         if fault is None:
-            return FileSink(cfg.state_path(cfg.sink.path), decoded=cfg.sink.decoded)
-        return FileSink(cfg.state_path(cfg.sink.path), decoded=cfg.sink.decoded, fail_rate=fault.fail_rate,
+            return FileSink(cfg.state_path(cfg.sink.path), decoded=cfg.sink.decoded, max_bytes=cfg.sink.max_bytes)
+        return FileSink(cfg.state_path(cfg.sink.path), decoded=cfg.sink.decoded, max_bytes=cfg.sink.max_bytes,
+                        fail_rate=fault.fail_rate,
                         ack_delay_ms=fault.ack_delay_ms, seed=fault.seed,
                         delivery_log=cfg.state_path(fault.delivery_log) if fault.delivery_log else None)
     if cfg.sink.type == "iothub":

@@ -4,6 +4,10 @@ A batch is acknowledged once its file is renamed into place and the folder is sy
 never leaves a half-written batch. The file name is the batch id, so a resend overwrites instead of
 duplicating. With `decoded`, each line is one sample as JSON; otherwise the encoded payload is kept
 with a `.meta.json` beside it.
+
+The outbox is bounded (`sink.max_bytes`): nothing downstream deletes what it holds on a head unit,
+and the quick start alone writes ~13 MB a minute. Past the bound the oldest batches' files go
+(batch ids sort by creation time), counted in status.
 """
 
 from __future__ import annotations
@@ -12,14 +16,20 @@ import asyncio
 import hashlib
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 
 from agent.codec import codec_by_content
 from agent.model import Batch
 from agent.uplink.base import Sink, SinkError
+
+log = structlog.get_logger()
+
+BATCH_FILE = re.compile(r"^([0-9a-f]{32})\.")  # <batch id>.jsonl | .columnar | .json | .meta.json
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -43,10 +53,15 @@ class FileSink(Sink):
     name = "file"
 
     def __init__(self, outbox: str | Path, *, decoded: bool = True, fail_rate: float = 0.0,
-                 ack_delay_ms: int = 0, seed: int | None = None, delivery_log: str | Path | None = None) -> None:
+                 ack_delay_ms: int = 0, seed: int | None = None, delivery_log: str | Path | None = None,
+                 max_bytes: int | None = None) -> None:
         self.outbox = Path(outbox)
         self.decoded = decoded
         self.files_written = 0
+        self.max_bytes = max_bytes
+        self.batch_bytes: dict[str, int] = {}  # batch id -> bytes of its files in the outbox
+        self.outbox_bytes = 0
+        self.removed_batches = self.removed_bytes = 0
         # Fault injection (sink.fault, testing/diagnostics): a slow or unreliable uplink, on demand.
         self.fail_rate = fail_rate
         self.ack_delay_s = ack_delay_ms / 1000
@@ -57,8 +72,39 @@ class FileSink(Sink):
     async def open(self) -> None:
         try:
             self.outbox.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(self._scan)
         except OSError as exc:
             raise SinkError(f"cannot create outbox {self.outbox}: {exc.strerror}") from None
+
+    def _scan(self) -> None:
+        """What an earlier run left in the outbox counts against the bound too."""
+        self.batch_bytes.clear()
+        for entry in os.scandir(self.outbox):
+            m = BATCH_FILE.match(entry.name)
+            if m and entry.is_file(follow_symlinks=False):
+                self.batch_bytes[m[1]] = self.batch_bytes.get(m[1], 0) + entry.stat(follow_symlinks=False).st_size
+        self.outbox_bytes = sum(self.batch_bytes.values())
+
+    def _keep_within_bound(self, newest: str) -> None:
+        """Remove the oldest batches' files until the outbox fits `max_bytes` (never the newest batch)."""
+        if self.max_bytes is None or self.outbox_bytes <= self.max_bytes:
+            return
+        removed: list[str] = []
+        for bid in sorted(self.batch_bytes):
+            if self.outbox_bytes <= self.max_bytes or bid == newest:
+                break
+            for path in self.outbox.glob(f"{bid}.*"):
+                path.unlink(missing_ok=True)
+            size = self.batch_bytes.pop(bid)
+            self.outbox_bytes -= size
+            self.removed_batches += 1
+            self.removed_bytes += size
+            removed.append(bid)
+        if removed:
+            _sync_dir(self.outbox)
+            log.info("outbox_trimmed", removed_batches=len(removed), oldest_kept=min(self.batch_bytes, default=None),
+                     outbox_bytes=self.outbox_bytes, max_bytes=self.max_bytes,
+                     removed_total=self.removed_batches, reason="sink.max_bytes")
 
     async def send(self, batch: Batch) -> None:
         if self.ack_delay_s:
@@ -92,19 +138,27 @@ class FileSink(Sink):
                               "batch": batch.id, **marker}) + b"\n"
                 for s in sorted(samples, key=lambda s: s.t))
             _write_atomic(self.outbox / f"{batch.id}.jsonl", lines)
+            size = len(lines)
         else:
             meta = {"id": batch.id, "priority": batch.priority.name, "encoding": batch.encoding,
                     "content_type": batch.content_type, "content_encoding": batch.content_encoding,
                     "sample_count": batch.sample_count, "first_t": batch.first_t, "last_t": batch.last_t,
                     "vehicle": batch.vehicle, "buses": list(batch.buses), "simulated": batch.simulated}
+            meta_bytes = orjson.dumps(meta)
             _write_atomic(self.outbox / f"{batch.id}.{batch.encoding}", batch.payload)
-            _write_atomic(self.outbox / f"{batch.id}.meta.json", orjson.dumps(meta))
+            _write_atomic(self.outbox / f"{batch.id}.meta.json", meta_bytes)
+            size = len(batch.payload) + len(meta_bytes)
         _sync_dir(self.outbox)
+        self.outbox_bytes += size - self.batch_bytes.get(batch.id, 0)  # a resend replaces its files
+        self.batch_bytes[batch.id] = size
         if self.delivery_log is not None:
             self._log_delivery(batch)
+        self._keep_within_bound(batch.id)
 
     def state(self) -> dict[str, Any]:
-        st: dict[str, Any] = {"outbox": str(self.outbox), "files_written": self.files_written}
+        st: dict[str, Any] = {"outbox": str(self.outbox), "files_written": self.files_written,
+                              "outbox_bytes": self.outbox_bytes, "max_bytes": self.max_bytes,
+                              "removed_batches": self.removed_batches, "removed_bytes": self.removed_bytes}
         if self.fail_rate or self.ack_delay_s:
             st["injected_failures"] = self.injected_failures
         return st

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +46,31 @@ def message_for(batch: Batch) -> Message:
         "simulated": "true" if batch.simulated else "false",  # always set: a route can test simulated = 'false'
     })
     return msg
+
+
+def root_cause(exc: BaseException) -> str:
+    """The layer that failed (DNS, TCP, TLS, authentication) and the innermost error of the chain: the
+    SDK's own message ("Could not connect to IoTHub") names neither."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    inner = chain[-1]
+    text = f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
+    names = {type(e).__name__ for e in chain}
+    if any(isinstance(e, sdk_errors.CredentialError) for e in chain) or "UnauthorizedError" in names:
+        layer = "authentication"
+    elif isinstance(inner, socket.gaierror):
+        layer = "DNS"
+    elif isinstance(inner, ssl.SSLError) or "TlsExchangeAuthError" in names:
+        layer = "TLS"
+    elif isinstance(inner, TimeoutError):
+        layer = "timeout"
+    elif isinstance(inner, OSError):
+        layer = "TCP"
+    else:
+        return text
+    return f"{layer}: {text}"
 
 
 class IoTHubCredentialsMissing(SinkError):
@@ -173,7 +200,7 @@ class IoTHubSink(Sink):
 
     def _failed(self, state: str, exc: BaseException) -> None:
         self.link_state = state
-        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self.last_error = root_cause(exc)
 
     # ------------------------------------------------------------- send
     async def send(self, batch: Batch) -> None:
