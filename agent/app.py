@@ -66,7 +66,7 @@ class Pipeline:
 
 
 def load_bus_databases(cfg: AgentConfig, bus: BusConfig) -> Database:
-    return load_databases([cfg.resolve(p) for p in bus.databases])
+    return load_databases([cfg.resolve(p) for p in bus.databases], strict=bus.strict)
 
 
 def preload(cfg: AgentConfig) -> None:
@@ -119,7 +119,7 @@ class Agent:
         self.batcher = Batcher(cfg.batching, codec_for(cfg.encoding.format,
                                                        timestamp_resolution=cfg.encoding.timestamp_resolution,
                                                        level=cfg.encoding.compression_level),
-                               vehicle=cfg.vehicle_id, on_batch=self._store_batch)
+                               vehicle=cfg.vehicle_id, on_batch=self._store_batch, on_refused=self._count_refused)
         self.pipeline = build_pipeline(cfg, self.batcher, self.counters)
         self.batcher.scaling = dict(self.pipeline.scaling)
         self.sources: dict[str, FrameSource] = {}
@@ -138,6 +138,10 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._running = False
         self.stop = asyncio.Event()
+
+    def _count_refused(self, bus: str, samples: int) -> None:
+        """Samples the encoder could not carry exactly: counted on their bus (`refused_values`)."""
+        self.counters.setdefault(bus, BusCounters()).refused_values += samples
 
     # ---------------------------------------------------------------- store path
     def _store_batch(self, batch: Batch) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
-from agent.codec import Codec, RawValues, Scaling
+from agent.codec import Codec, RawValues, Scaling, Unencodable
 from agent.config import BatchingConfig
 from agent.model import Batch, Priority
 
@@ -41,8 +41,12 @@ class Batcher:
 
     def __init__(self, cfg: BatchingConfig, codec: Codec, *, vehicle: str, on_batch: Callable[[Batch], None],
                  scaling: Scaling | None = None, clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], float] = time.time) -> None:
+                 wallclock: Callable[[], float] = time.time,
+                 on_refused: Callable[[str, int], None] | None = None) -> None:
+        """`on_refused(bus, samples)`: samples left out of a batch because the codec cannot carry
+        them exactly (an integer beyond 64 bits, NaN in JSON) or one alone exceeds max_bytes."""
         self.cfg = cfg
+        self.on_refused = on_refused
         self.codec = codec
         self.vehicle = vehicle
         self.on_batch = on_batch
@@ -122,16 +126,34 @@ class Batcher:
     def _close(self, priority: Priority) -> None:
         ob = self.open.pop(priority)
         self.generation += 1
-        columns = {key: col for key, col in ob.columns.items() if col[0]}
+        columns = {key: col for key, col in ob.columns.items() if col[0] or col[1]}
         if columns:
             for part, payload in self._fit(columns):
-                self._emit(priority, part, payload)
+                if part:
+                    self._emit(priority, part, payload)
+
+    def _encode(self, columns: dict[ColumnKey, tuple[list[float], list]]) -> tuple[dict, bytes]:
+        """(the columns encoded, the payload): what the codec cannot carry exactly is left out and
+        counted, so one bad value never costs the rest of its batch."""
+        simulated = self._simulated(columns)
+        try:
+            return columns, self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling, simulated=simulated)
+        except Unencodable as exc:
+            columns, refused = self.codec.admit(columns, self.scaling)
+            for key, count in refused.items():
+                self._refuse(key, count, str(exc))
+            return columns, self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling, simulated=simulated)
+
+    def _refuse(self, key: ColumnKey, count: int, reason: str) -> None:
+        log.error("samples_refused", bus=key[0], message=key[1], signal=key[2], samples=count, reason=reason,
+                  encoding=self.codec.name)
+        if self.on_refused is not None:
+            self.on_refused(key[0], count)
 
     def _fit(self, columns: dict[ColumnKey, tuple[list[float], list]]) -> list[tuple[dict, bytes]]:
         """Encode, splitting the columns until each part fits within max_bytes."""
-        payload = self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling,
-                                    simulated=self._simulated(columns))
-        if len(payload) <= self.cfg.max_bytes:
+        columns, payload = self._encode(columns)
+        if len(payload) <= self.cfg.max_bytes or not columns:
             return [(columns, payload)]
         items = list(columns.items())
         if len(items) > 1:
@@ -139,7 +161,8 @@ class Batcher:
             return self._fit(dict(items[:half])) + self._fit(dict(items[half:]))
         key, (ts, vs) = items[0]
         if len(ts) <= 1:
-            raise ValueError(f"a single sample of {key} encodes larger than batching.max_bytes")
+            self._refuse(key, len(ts), f"one sample encodes to {len(payload)} bytes, more than batching.max_bytes")
+            return []
         half = len(ts) // 2
         kind = type(vs)  # a RawValues column stays one when split
         return self._fit({key: (ts[:half], kind(vs[:half]))}) + self._fit({key: (ts[half:], kind(vs[half:]))})
@@ -149,8 +172,8 @@ class Batcher:
 
     def _emit(self, priority: Priority, columns: dict[ColumnKey, tuple[list[float], list]], payload: bytes) -> None:
         count = sum(len(ts) for ts, _ in columns.values())
-        first = min(min(ts) for ts, _ in columns.values())
-        last = max(max(ts) for ts, _ in columns.values())
+        first = min(min(ts) for ts, _ in columns.values() if ts)
+        last = max(max(ts) for ts, _ in columns.values() if ts)
         created = self.wallclock()
         batch = Batch(
             id=new_batch_id(created), priority=priority, encoding=self.codec.name,

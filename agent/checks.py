@@ -9,24 +9,30 @@ from __future__ import annotations
 
 from agent.collect.policy import policy_resolver
 from agent.config import AgentConfig, CollectionConfig, ConfigError
-from agent.decode import DatabaseError, load_databases
+from agent.decode import DatabaseError, database_warnings, load_databases
 
 
-def check_databases(cfg: AgentConfig, source: str = "config") -> None:
-    """Load every bus's databases; the first one that fails is a ConfigError naming bus and position."""
+def check_databases(cfg: AgentConfig, source: str = "config") -> list[str]:
+    """Load every bus's databases; the first one that fails is a ConfigError naming bus and position.
+    Returns what cantools' strict checks say about the files of buses with `strict: false`."""
+    lenient = []
     for i, bus in enumerate(cfg.buses):
         for j, db in enumerate(bus.databases):
             try:
-                load_databases([cfg.resolve(db)])
+                load_databases([cfg.resolve(db)], strict=bus.strict)
             except DatabaseError as exc:
                 raise ConfigError([f"buses[{i}].databases[{j}]: {exc}"], source) from None
+            if not bus.strict:
+                lenient += [f"buses[{i}].databases[{j}]: {cfg.resolve(db)}: not strict: {complaint}"
+                            for complaint in database_warnings(cfg.resolve(db))]
+    return lenient
 
 
 def signal_names(cfg: AgentConfig) -> set[tuple[str, str]]:
     """(message, signal) of every signal of every bus's databases."""
     names: set[tuple[str, str]] = set()
     for bus in cfg.buses:
-        db = load_databases([cfg.resolve(p) for p in bus.databases])
+        db = load_databases([cfg.resolve(p) for p in bus.databases], strict=bus.strict)
         names.update((m.name, s.name) for m in db.messages for s in m.signals)
     return names
 

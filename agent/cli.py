@@ -22,6 +22,7 @@ import structlog
 
 from agent import __version__
 from agent.checks import check_databases, unmatched_rules
+from agent.codec import exact_json
 from agent.config import (
     ConfigError,
     build_config,
@@ -128,7 +129,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from agent.can.logs import LogProblem, read_log
 
     try:
-        decoder = FrameDecoder(load_databases(args.dbc))
+        decoder = FrameDecoder(load_databases(args.dbc, strict=not args.no_strict))
     except DatabaseError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_USAGE
@@ -162,7 +163,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             continue
         if args.labels:
             values = {k: dec.label(k, v) for k, v in values.items()}
-        _out(orjson.dumps({"t": item.t, "bus": item.channel, "id": item.id, "message": dec.name, "signals": values}))
+        _out(exact_json({"t": item.t, "bus": item.channel, "id": item.id, "message": dec.name, "signals": values}))
         decoded += 1
     sys.stdout.flush()
     log.info("decode_done", decoded=decoded, unknown_frames=sum(unknown.values()), unknown_ids=len(unknown),
@@ -196,7 +197,7 @@ def cmd_decode_batch(args: argparse.Namespace) -> int:
     sys.stderr.write(f"{args.file}: {codec.name} batch, vehicle {header.get('vehicle')!r}, {len(samples)} samples"
                      + (", SIMULATED (built-in simulator, not a vehicle's data)" if header.get("sim") else "") + "\n")
     for s in sorted(samples, key=lambda s: s.t):
-        _out(orjson.dumps({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value}))
+        _out(exact_json({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value}))
     return EXIT_OK
 
 
@@ -253,16 +254,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------- config, schema
 def cmd_check_config(args: argparse.Namespace) -> int:
+    configure_logging("error")  # cantools' complaints about lenient databases are listed below instead
     path = config_path(args.file)
     try:
         cfg = build_config(load_config_data(path), base_dir=path.parent.resolve(), source=str(path))
-        check_databases(cfg, source=str(path))
+        lenient = check_databases(cfg, source=str(path))
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_USAGE
     for rule in unmatched_rules(cfg):
         sys.stderr.write(f"{path}: warning: {rule}\n")
-    _out(f"{path}: OK ({len(cfg.buses)} buses, sink {cfg.sink.type}, encoding {cfg.encoding.format})")
+    for line in lenient:
+        _out(line)
+    _out(f"{path}: OK ({len(cfg.buses)} buses, sink {cfg.sink.type}, encoding {cfg.encoding.format})"
+         + (f", {len(lenient)} complaints of cantools' strict checks (strict: false)" if lenient else ""))
     return EXIT_OK
 
 
@@ -383,6 +388,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, b in doc["buses"].items():
         lines.append(f"  bus {name}: {'SIMULATED, ' if b.get('simulated') else ''}{b.get('state', '?')}, frames {b['frames']}, samples {b['samples']}, "
                      f"unknown ids {b['unknown_ids']}, decode errors {b['decode_errors']}, error frames {b['error_frames']}"
+                     + (f", refused: {b.get('refused_timestamps', 0)} timestamps, {b.get('refused_values', 0)} values"
+                        if b.get("refused_timestamps") or b.get("refused_values") else "")
                      + _bus_health_text(b))
     if "batches" in st and st["batches"] is not None:
         lines += _store_lines(st)
@@ -450,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decode", help="decode a candump -L / ASC / BLF log to JSON lines")
     d.add_argument("--dbc", action="append", required=True, help="database file (repeat for several)")
     d.add_argument("--labels", action="store_true", help="write enum signals as their label")
+    d.add_argument("--no-strict", action="store_true",
+                   help="load databases without cantools' strict checks (overlapping signals, signals that do not fit)")
     d.add_argument("log", nargs="?", help="log file (.log candump -L, .asc, .blf); stdin if absent or -")
     d.set_defaults(func=cmd_decode)
 

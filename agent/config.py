@@ -65,6 +65,12 @@ class BusConfig(_Model):
         description="Database files for this bus (anything cantools loads: dbc, kcd, arxml, sym). From the "
         "cloud: names inside databases_dir only.",
     )
+    strict: bool = Field(
+        True,
+        description="Load the databases strictly (cantools' default). false: also load sloppy OEM files "
+        "(overlapping signals, signals that do not fit their message); cantools' complaints are logged "
+        "once per file and listed by check-config, values are still exactly cantools'.",
+    )
     replay: str | None = Field(
         None, description="Read frames from this log (candump .log, .asc, .blf) instead of a live bus."
     )

@@ -119,6 +119,6 @@ def test_a_swap_reuses_parsed_databases_and_compiles_ids_as_they_appear(tmp_path
     batcher = Batcher(cfg.batching, codec_for("columnar"), vehicle="v", on_batch=lambda b: None)
     collector = build_pipeline(cfg, batcher, {}).collectors["pt"]
     assert len(collector.wanted_ids) == 300 and not collector.plans, "nothing compiled before frames arrive"
-    collector.process([(1.0, 256 + 7, bytes([4, 0, 0, 0, 0, 0, 0, 0]), False, False)])
+    collector.process([(1_700_000_000.0, 256 + 7, bytes([4, 0, 0, 0, 0, 0, 0, 0]), False, False)])
     assert set(collector.plans) == {256 + 7}
     assert batcher.open[Priority.normal].columns[("pt", "Msg7", "Sig7")][1] == [4]  # the raw integer column

@@ -5,6 +5,8 @@ from __future__ import annotations
 from agent.collect.policy import make_filter, resolve_policy
 from agent.config import CollectionConfig, SignalPolicy
 
+T0 = 1_700_000_000.0  # frames need a time between 1980 and 2200
+
 
 def _run(policy: SignalPolicy, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     f = make_filter(policy)()
@@ -114,10 +116,10 @@ BO_ 200 Plain: 8 N
     batcher = Batcher(BatchingConfig(), ColumnarCodec(), vehicle="v", on_batch=lambda b: None)
     collector = Collector("can0", FrameDecoder(db), CollectionConfig.model_validate({"default": {"policy": "on_change"}}),
                           batcher)
-    collector.process([Frame(1.0, 100, bytes([7] + [0] * 7)), Frame(1.1, 100, bytes([1, 2, 9, 0, 0, 0, 0, 0]))])
+    collector.process([Frame(T0 + 1.0, 100, bytes([7] + [0] * 7)), Frame(T0 + 1.1, 100, bytes([1, 2, 9, 0, 0, 0, 0, 0]))])
     assert collector.counters.decode_errors == 1
     speeds = [b"\x01" + bytes(7), b"\x02" + bytes(11), b"\x01" + bytes(7), b"\x01" + bytes(3)]
-    collector.process([Frame(2.0 + i, 200, data, len(data) > 8) for i, data in enumerate(speeds)])
+    collector.process([Frame(T0 + 2.0 + i, 200, data, len(data) > 8) for i, data in enumerate(speeds)])
     assert batcher.open[Priority.normal].columns[("can0", "Plain", "Speed")][1] == [1, 2, 1]
     assert collector.counters.decode_errors == 2, "the 4-byte frame is too short"
 
@@ -143,7 +145,7 @@ def test_one_message_name_at_two_ids_keeps_one_kind_of_column(tmp_path) -> None:
         batcher = Batcher(BatchingConfig(), codec, vehicle="v", on_batch=out.append, scaling=scaling)
         collector = Collector("pt", decoder, CollectionConfig.model_validate({"default": {"policy": "all"}}), batcher,
                               scaling=scaling)
-        collector.process([(1.0 + i, fid, bytes([100, 1, 0, 0, 0, 0, 0, 0]), False, False)
+        collector.process([(T0 + 1.0 + i, fid, bytes([100, 1, 0, 0, 0, 0, 0, 0]), False, False)
                            for i, fid in enumerate(order)])
         batcher.flush()
         temps = [s.value for s in codec.decode(out[0].payload)[1] if s.signal == "Temp"]

@@ -85,6 +85,9 @@ class _TimedCodec(Codec):
     def decode(self, payload: bytes):  # type: ignore[no-untyped-def]
         return self.inner.decode(payload)
 
+    def carries_column(self, key: tuple[str, str, str], values: list, scaling: Scaling | None) -> bool:
+        return self.inner.carries_column(key, values, scaling)
+
 
 class TimedPipeline:
     """The agent's pipeline after the bus read: collectors -> batcher (encode+compress) -> SQLite store."""

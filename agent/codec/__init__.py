@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from agent.codec.base import Codec, Columns, RawValues, Scaling, physical
+from agent.codec.base import Codec, Columns, RawValues, Scaling, Unencodable, physical
 from agent.codec.columnar import ColumnarCodec
-from agent.codec.jsonl import JsonCodec
+from agent.codec.jsonl import JsonCodec, exact_json
 
-__all__ = ["Codec", "Columns", "RawValues", "Scaling", "codec_for", "codec_by_content", "physical"]
+__all__ = ["Codec", "ColumnarCodec", "Columns", "JsonCodec", "RawValues", "Scaling", "Unencodable", "codec_by_content",
+           "codec_for", "physical", "exact_json"]
 
 
 def codec_for(name: str, *, timestamp_resolution: str = "ms", level: int = 3) -> Codec:

@@ -64,8 +64,8 @@ def _keep(i: int, slot: Slot, label: Label | None, et: str, ev: str) -> list[str
         value = f"r{i}"
     else:
         value = f"_label({slot.signal!r}, {ev})" if label is not None else ev
-    return [f"_c = S{i}.ts", "if _c is None:", f"    _c = _bind(S{i})", f"_c.append({et})",
-            f"S{i}.vs.append({value})", "kept += 1"]
+    return [f"_c = S{i}.ts", "if _c is None:", f"    _c = _bind(S{i})", f"S{i}.vs.append({value})",
+            f"_c.append({et})", "kept += 1"]  # the value first: if it raises, the columns stay aligned
 
 
 def _decide(i: int, slot: Slot, label: Label | None, env: dict[str, object], raw: bool = False) -> list[str]:

@@ -39,6 +39,8 @@ from agent.model import Frame
 
 log = structlog.get_logger()
 
+T_MIN, T_MAX = 315532800.0, 7258118400.0  # 1980-01-01 and 2200-01-01 UTC: the sane range of a frame's time
+
 
 @dataclass(slots=True)
 class BusCounters:
@@ -50,12 +52,15 @@ class BusCounters:
     filtered: int = 0
     decode_errors: int = 0
     samples: int = 0
+    refused_timestamps: int = 0  # frames whose time is not between 1980 and 2200 (or not finite)
+    refused_values: int = 0      # samples the encoder cannot carry exactly (agent.codec.Codec.admit)
     unknown_id_set: set[int] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, int]:
         return {"frames": self.frames, "error_frames": self.error_frames, "unknown_ids": self.unknown_ids,
                 "unknown_distinct_ids": len(self.unknown_id_set), "filtered": self.filtered,
-                "decode_errors": self.decode_errors, "samples": self.samples}
+                "decode_errors": self.decode_errors, "samples": self.samples,
+                "refused_timestamps": self.refused_timestamps, "refused_values": self.refused_values}
 
 
 @dataclass(slots=True)
@@ -171,22 +176,60 @@ class Collector:
         self._generation = self.batcher.generation
 
     def process(self, frames: list[Frame]) -> None:
-        """The hot path: decode and sample a batch of frames."""
+        """The hot path: decode and sample a batch of frames.
+
+        A frame whose timestamp is not a time between 1980 and 2200 (a replayed log's garbage, a
+        clock far off) is refused and counted, before any filter or batch sees it. A step that
+        raises (a bug, or a layout nobody foresaw) costs only its frame: the id is decoded with
+        cantools from then on, and the rest of the list goes on.
+        """
         c = self.counters
         c.frames += len(frames)
         if self._generation != self.batcher.generation:
             self._rebind()
         steps = self.steps
         kept = 0
-        for t, fid, data, _fd, is_error in frames:
-            step = steps.get(fid)
-            if step is None or is_error:
-                self._count_unwanted(fid, is_error)
-                continue
-            kept += step(t, data)
+        rest: list[Frame] = frames
+        while rest:
+            frame = None
+            try:
+                for frame in rest:
+                    t, fid, data, _fd, is_error = frame
+                    step = steps.get(fid)
+                    if step is None or is_error:
+                        self._count_unwanted(fid, is_error)
+                    elif T_MIN <= t <= T_MAX:
+                        kept += step(t, data)
+                    else:
+                        self._refuse_time(fid, t)
+                rest = []
+            except Exception as exc:  # noqa: BLE001 - one frame's failure must not stop the bus
+                at = next(i for i, f in enumerate(rest) if f is frame)
+                self._step_failed(frame, exc)
+                rest = rest[at + 1:]
         if kept:
             c.samples += kept
             self.batcher.settle(kept)
+
+    def _refuse_time(self, fid: int, t: float) -> None:
+        c = self.counters
+        c.refused_timestamps += 1
+        if c.refused_timestamps <= 10 or c.refused_timestamps % 1000 == 0:
+            log.warning("timestamp_refused", bus=self.bus, frame_id=fid, t=repr(t), count=c.refused_timestamps,
+                        reason="not a time between 1980 and 2200")
+
+    def _step_failed(self, frame: Frame | None, exc: Exception) -> None:
+        """A frame whose step raised: counted as a decode error; its id falls back to cantools."""
+        assert frame is not None
+        fid = frame[1]
+        self.counters.decode_errors += 1
+        if self.plans.get(fid) is not None and self.plans[fid].fast is not None:
+            log.error("step_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid][0].name, error=repr(exc),
+                      exc_info=exc, action="decoding this message with cantools")
+            self.last_payload.pop(fid, None)
+            self._build(fid, compiled=False)
+        elif self.counters.decode_errors <= 10 or self.counters.decode_errors % 1000 == 0:
+            log.warning("decode_error", bus=self.bus, frame_id=fid, reason=repr(exc), count=self.counters.decode_errors)
 
     def _step(self, fid: int, plan: _Plan, t: float, data: bytes) -> int:
         """The generic step: multiplexed messages, cantools-decoded ones, payloads of another length."""
@@ -206,7 +249,7 @@ class Collector:
             if plan.fast is None:
                 return self._sample(plan, t, plan.decoder.decode(data))
             decoded = plan.fast.decode(data)
-        except (ShortFrameError, ValueError, KeyError, DecodeError, struct.error) as exc:  # short frames, undefined mux values
+        except (ShortFrameError, ValueError, KeyError, DecodeError, struct.error, ArithmeticError) as exc:  # short frames, undefined mux values
             self._decode_error(fid, exc)
             last.pop(fid, None)
             return 0
@@ -226,8 +269,8 @@ class Collector:
             emit = slot.filt.offer(t, values[name])
             if emit is not None:
                 ts = slot.ts if slot.ts is not None else self._bind(slot)
-                ts.append(emit[0])
                 slot.vs.append(plan.decoder.label(slot.signal, emit[1]) if plan.labels else emit[1])  # type: ignore[union-attr]
+                ts.append(emit[0])
                 kept += 1
         return kept
 
@@ -259,8 +302,8 @@ class Collector:
             for slot, (t, value) in emits:
                 kept += 1
                 ts, vs = self.batcher.column(slot.priority, slot.key, slot.raw)
-                ts.append(t)
                 vs.append(plan.decoder.label(slot.signal, value) if plan.labels else value)
+                ts.append(t)
         if kept:
             self.counters.samples += kept
             self.batcher.settle(kept)

@@ -8,7 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import cantools
+import structlog
 from cantools.database import Database
+
+log = structlog.get_logger()
 
 _LINE_RE = re.compile(r"line (\d+), column (\d+)")
 _MESSAGE_RE = re.compile(r"message '?([A-Za-z_][A-Za-z0-9_]*)'?")
@@ -39,12 +42,24 @@ def _line_of_message(path: Path, reason: str) -> int:
     return 0
 
 
-def load_database(path: Path) -> Database:
-    """One database file; syntax and consistency errors become DatabaseError with a line number."""
+NO_STRICT_HINT = ("it loads without cantools' strict checks: set `strict: false` on the bus "
+                  "(`vehicle-agent decode --no-strict`) to use it anyway")
+
+
+def load_database(path: Path, strict: bool = True) -> Database:
+    """One database file; syntax and consistency errors become DatabaseError with a line number.
+
+    `strict=False` is cantools' own leniency (overlapping signals, signals that do not fit their
+    message), which OEM files often need and users cannot fix; what a strict load would have
+    refused is kept for `database_warnings` and logged once per parse. A strict failure that a
+    lenient load would accept says so.
+    """
     if not path.is_file():
         raise DatabaseError(path, "file not found")
+    repairs: list[str] = []
     try:
-        return cantools.database.load_file(str(path), database_format=None)
+        db = _load_lenient(path, repairs) if not strict else \
+            cantools.database.load_file(str(path), database_format=None, strict=True)
     except cantools.database.UnsupportedDatabaseFormatError as exc:
         # cantools tries every format and joins their complaints; keep the one for this file's format.
         text = str(exc)
@@ -56,13 +71,96 @@ def load_database(path: Path) -> Database:
         reason = parts.get(suffix) or text
         m = _LINE_RE.search(reason)
         line = int(m.group(1)) if m else 0
-        raise DatabaseError(path, reason.strip('"'), line) from None
+        raise DatabaseError(path, _with_hint(path, reason.strip('"'), strict), line) from None
     except Exception as exc:  # cantools raises plain Errors for semantic problems (overlaps, ranges)
         reason = str(exc) or type(exc).__name__
-        raise DatabaseError(path, reason, _line_of_message(path, reason)) from None
+        raise DatabaseError(path, _with_hint(path, reason, strict), _line_of_message(path, reason)) from None
+    if not strict:
+        _WARNINGS[str(path.absolute())] = complaints = repairs + _strict_complaints(db)
+        for complaint in complaints:
+            log.warning("database_not_strict", file=str(path), complaint=complaint,
+                        action="loaded anyway (strict: false); values are cantools' for this layout")
+    return db
 
 
-_LOADED: dict[tuple[str, ...], tuple[tuple[str, ...], Database]] = {}  # paths -> (their digests, database)
+_STANDARD_ID_RE = re.compile(r"Standard frame id 0x[0-9a-fA-F]+ is more than 11 bits")
+_UNUSED_RE = re.compile(r"unused (VAL_|SIG_VALTYPE_) entries in DBC:((?:\s+\S+ \d+ \S+)+)")
+_BO_RE = re.compile(r"^\s*BO_\s+(\d+)\s", re.MULTILINE)
+_MESSAGE_REF_RE = re.compile(r"\b((?:BO_|SG_|VAL_|SIG_VALTYPE_|SG_MUL_VAL_|BO_TX_BU_|SIG_GROUP_)\s+)(\d+)\b")
+
+
+def _dbc_reason(exc: Exception) -> str:
+    """The DBC parser's own complaint inside cantools' joined any-format error."""
+    return str(getattr(exc, "e_dbc", None) or exc)
+
+
+def _load_lenient(path: Path, repairs: list[str]) -> Database:
+    """cantools with strict=False, and for DBC files the two refusals cantools makes even then,
+    repaired the way a DBC tool reads them (each repair listed in `repairs`):
+
+    - a standard frame id above 11 bits (an extended id whose flag bit 31 the file forgot) is read as
+      the extended id of that number; frames are matched by number, so its frames decode;
+    - `VAL_` / `SIG_VALTYPE_` entries of signals no message has are dropped.
+    """
+    try:
+        return cantools.database.load_file(str(path), database_format=None, strict=False)
+    except Exception as exc:  # noqa: BLE001 - repaired below, or re-raised as it was
+        first, reason = exc, _dbc_reason(exc)
+        if path.suffix.lower() != ".dbc" or not (_STANDARD_ID_RE.search(reason) or _UNUSED_RE.search(reason)):
+            raise
+    text = path.read_text(encoding="cp1252", errors="replace")
+    wide = {int(i) for i in _BO_RE.findall(text) if 0x7FF < int(i) < 0x80000000}
+    if wide:
+        text = _MESSAGE_REF_RE.sub(lambda m: m.group(1) + str(int(m.group(2)) | 0x80000000)
+                                   if int(m.group(2)) in wide else m.group(0), text)
+        repairs += [f"standard frame id 0x{i:X} is more than 11 bits: read as extended id 0x{i:X}" for i in sorted(wide)]
+    for _ in range(3):  # unused VAL_ entries, then unused SIG_VALTYPE_ entries
+        try:
+            return cantools.database.load_string(text, "dbc", strict=False)
+        except Exception as exc:  # noqa: BLE001
+            m = _UNUSED_RE.search(_dbc_reason(exc))
+            if m is None:
+                raise first from None
+            for entry in m.group(2).split("\n"):
+                if entry.strip():
+                    keyword, frame_id, signal = entry.split()
+                    text = re.sub(rf"^\s*{keyword}\s+{frame_id}\s+{re.escape(signal)}\b.*$", "", text, flags=re.MULTILINE)
+                    repairs.append(f"{keyword} {frame_id} {signal}: no such signal, entry ignored")
+    raise first
+
+
+def _with_hint(path: Path, reason: str, strict: bool) -> str:
+    """The reason, plus how to load the file anyway when only cantools' strict checks refuse it."""
+    if not strict:
+        return reason
+    try:
+        _load_lenient(path, [])
+    except Exception:  # noqa: BLE001 - a file broken either way: the strict reason stands alone
+        return reason
+    return f"{reason} ({NO_STRICT_HINT})"
+
+
+def _strict_complaints(db: Database) -> list[str]:
+    """What cantools' strict checks say about each message of a leniently loaded database."""
+    complaints = []
+    for msg in db.messages:
+        try:
+            msg.refresh(strict=True)
+        except Exception as exc:  # noqa: BLE001 - cantools' check raises plain Errors
+            complaints.append(str(exc) or type(exc).__name__)
+            msg.refresh(strict=False)  # the lenient state, whatever the failed check left behind
+    return complaints
+
+
+_WARNINGS: dict[str, list[str]] = {}  # absolute path -> cantools' complaints at its last lenient parse
+
+
+def database_warnings(path: str | Path) -> list[str]:
+    """cantools' strict complaints about a file last loaded with `strict=False` (empty if none)."""
+    return list(_WARNINGS.get(str(Path(path).absolute()), ()))
+
+
+_LOADED: dict[tuple[str, ...], tuple[tuple[str | None, ...], Database]] = {}  # paths, strict -> (digests, database)
 _LOADED_MAX = 16  # sets of paths (a bus's databases); each keeps only its latest content
 
 
@@ -77,22 +175,22 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def load_databases(paths: Iterable[str | Path]) -> Database:
+def load_databases(paths: Iterable[str | Path], strict: bool = True) -> Database:
     """Several files merged into one database; a frame id defined twice is an error naming both files.
 
-    Parsed databases are kept (per set of paths, the latest content only), because a config swap
-    usually keeps its databases: a 1,500-message J1939 DBC takes ~0.8 s to parse here and several
-    seconds on a head unit, while frames wait in the kernel's buffer. The merged database is only
-    read afterwards (decoders are built from it), so sharing it is safe.
+    Parsed databases are kept (per set of paths and strictness, the latest content only), because a
+    config swap usually keeps its databases: a 1,500-message J1939 DBC takes ~0.8 s to parse here
+    and several seconds on a head unit, while frames wait in the kernel's buffer. The merged
+    database is only read afterwards (decoders are built from it), so sharing it is safe.
     """
     files = [Path(raw) for raw in paths]
-    names = tuple(str(path.absolute()) for path in files)
+    names = (*(str(path.absolute()) for path in files), f"strict={strict}")
     digests = tuple(_digest(path) for path in files)
     kept = _LOADED.get(names)
     if kept is not None and kept[0] == digests and None not in digests:
         _LOADED[names] = _LOADED.pop(names)  # most recently used last
         return kept[1]
-    merged = _merge(files)  # raises DatabaseError naming the file it cannot use
+    merged = _merge(files, strict)  # raises DatabaseError naming the file it cannot use
     if None not in digests and tuple(_digest(path) for path in files) == digests:  # not replaced while parsing
         _LOADED.pop(names, None)
         _LOADED[names] = (digests, merged)
@@ -101,11 +199,11 @@ def load_databases(paths: Iterable[str | Path]) -> Database:
     return merged
 
 
-def _merge(files: list[Path]) -> Database:
-    merged = Database()
+def _merge(files: list[Path], strict: bool) -> Database:
+    merged = Database(strict=strict)
     owner: dict[int, Path] = {}
     for path in files:
-        db = load_database(path)
+        db = load_database(path, strict)
         for msg in db.messages:
             if msg.frame_id in owner:
                 raise DatabaseError(

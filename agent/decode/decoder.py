@@ -52,7 +52,10 @@ class MessageDecoder:
         table = self.choices.get(signal)
         if table is None:
             return value
-        return table.get(int(value), value)
+        try:
+            return table.get(int(value), value)
+        except (ValueError, OverflowError):  # NaN, inf: no label
+            return value
 
 
 class FrameDecoder:

@@ -61,39 +61,63 @@ def _kind(sig: Signal) -> str:
     return "f" if sig.is_float else ("s" if sig.is_signed else "u")
 
 
-def _layouts(signals: Sequence[Signal], nbytes: int) -> tuple[tuple[str, list[Signal]], tuple[str, list[Signal]]]:
-    """bitstruct format strings (big-endian part on the data, little-endian part on the reversed data)."""
-    total = 8 * nbytes
-    big, big_sigs, pos = "", [], 0
-    for s in sorted((s for s in signals if s.byte_order == "big_endian"),
-                    key=lambda s: sawtooth_to_network_bitnum(s.start)):
+Layout = tuple[str, list[Signal]]  # a bitstruct format and the signals it reads, in order
+
+
+def _layers(signals: Sequence[Signal], first: Callable[[Signal], int]) -> list[list[Signal]]:
+    """`signals` in groups of non-overlapping fields, each in field order (`first`: a field's first
+    bit in the numbering its format reads). One group unless fields overlap, which a database
+    loaded with strict=False may have between a multiplexed page and the message's plain signals."""
+    layers: list[list[Signal]] = []
+    for s in sorted(signals, key=first):
+        layer = next((layer for layer in layers if first(layer[-1]) + layer[-1].length <= first(s)), None)
+        if layer is None:
+            layers.append([s])
+        else:
+            layer.append(s)
+    return layers
+
+
+def _big_format(sigs: list[Signal]) -> str:
+    fmt, pos = "", 0
+    for s in sigs:
         if start_bit(s) > pos:
-            big += f"p{start_bit(s) - pos}"
-        big += f"{_kind(s)}{s.length}"
-        big_sigs.append(s)
+            fmt += f"p{start_bit(s) - pos}"
+        fmt += f"{_kind(s)}{s.length}"
         pos = start_bit(s) + s.length
-    little, little_sigs, end = "", [], total
-    for s in sorted((s for s in signals if s.byte_order == "little_endian"), key=lambda s: s.start, reverse=True):
+    return fmt
+
+
+def _little_format(sigs: list[Signal], total: int) -> tuple[str, list[Signal]]:
+    fmt, end = "", total
+    for s in reversed(sigs):
         if end > s.start + s.length:
-            little += f"p{end - (s.start + s.length)}"
-        little += f"{_kind(s)}{s.length}"
-        little_sigs.append(s)
+            fmt += f"p{end - (s.start + s.length)}"
+        fmt += f"{_kind(s)}{s.length}"
         end = s.start
-    return (big, big_sigs), (little, little_sigs)
+    return fmt, sigs[::-1]
+
+
+def _layouts(signals: Sequence[Signal], nbytes: int) -> tuple[list[Layout], list[Layout]]:
+    """bitstruct formats (big-endian ones on the data, little-endian ones on the reversed data), one
+    per group of non-overlapping signals of each byte order."""
+    big = [(_big_format(sigs), sigs) for sigs in _layers(
+        [s for s in signals if s.byte_order == "big_endian"], lambda s: sawtooth_to_network_bitnum(s.start))]
+    little = [_little_format(sigs, 8 * nbytes) for sigs in _layers(
+        [s for s in signals if s.byte_order == "little_endian"], lambda s: s.start)]
+    return big, little
 
 
 def signal_mask(signals: Sequence[Signal], nbytes: int) -> int:
     """The payload bits of `signals`, as an int over the payload read big-endian (int.from_bytes(data, 'big'))."""
-    (big, big_sigs), (little, little_sigs) = _layouts(signals, nbytes)
+    big, little = _layouts(signals, nbytes)
     mask = 0
-    if big_sigs:
-        ones = bitstruct.c.compile(big.replace("s", "u").replace("f", "u")).pack(
-            *[(1 << s.length) - 1 for s in big_sigs])
-        mask |= int.from_bytes(ones.ljust(nbytes, b"\0"), "big")
-    if little_sigs:
-        ones = bitstruct.c.compile(little.replace("s", "u").replace("f", "u")).pack(
-            *[(1 << s.length) - 1 for s in little_sigs])
-        mask |= int.from_bytes(ones.ljust(nbytes, b"\0")[::-1], "big")
+    for fmt, sigs in big:
+        ones = bitstruct.c.compile(fmt.replace("s", "u").replace("f", "u")).pack(*[(1 << s.length) - 1 for s in sigs])
+        mask |= int.from_bytes(ones.ljust(nbytes, b"\0")[:nbytes], "big")
+    for fmt, sigs in little:
+        ones = bitstruct.c.compile(fmt.replace("s", "u").replace("f", "u")).pack(*[(1 << s.length) - 1 for s in sigs])
+        mask |= int.from_bytes(ones.ljust(nbytes, b"\0")[:nbytes][::-1], "big")
     return mask
 
 
@@ -140,25 +164,29 @@ def _byte_aligned(signals: Sequence[Signal], nbytes: int, order: str) -> tuple[s
 
 def values_code(signals: Sequence[Signal], nbytes: int) -> ValuesCode:
     """The statements and value expressions decoding `signals` from a payload of `nbytes` named `data`."""
-    (big, big_sigs), (little, little_sigs) = _layouts(signals, nbytes)
+    big, little = _layouts(signals, nbytes)
     env: dict[str, object] = {}
     lines = []
-    if big_sigs:
-        aligned = _byte_aligned(big_sigs, nbytes, ">")
+    where: dict[int, str] = {}
+    for n, (fmt, sigs) in enumerate(big):  # names of the first group as they always were: b, _big
+        name = f"b{n or ''}"
+        aligned = _byte_aligned(sigs, nbytes, ">")
         if aligned is not None:
-            env["_big"], big_sigs = struct.Struct(aligned[0]).unpack, aligned[1]
+            env[f"_big{n or ''}"], sigs = struct.Struct(aligned[0]).unpack, aligned[1]
         else:
-            env["_big"] = bitstruct.c.compile(big).unpack
-        lines.append("b = _big(data)")
-    if little_sigs:
-        aligned = _byte_aligned(little_sigs, nbytes, "<")
+            env[f"_big{n or ''}"] = bitstruct.c.compile(fmt).unpack
+        lines.append(f"{name} = _big{n or ''}(data)")
+        where |= {id(s): f"{name}[{i}]" for i, s in enumerate(sigs)}
+    for n, (fmt, sigs) in enumerate(little):
+        name = f"l{n or ''}"
+        aligned = _byte_aligned(sigs, nbytes, "<")
         if aligned is not None:
-            env["_little"], little_sigs = struct.Struct(aligned[0]).unpack, aligned[1]
-            lines.append("l = _little(data)")
+            env[f"_little{n or ''}"], sigs = struct.Struct(aligned[0]).unpack, aligned[1]
+            lines.append(f"{name} = _little{n or ''}(data)")
         else:
-            env["_little"] = bitstruct.c.compile(little).unpack
-            lines.append("l = _little(data[::-1])")
-    where = {id(s): f"b[{i}]" for i, s in enumerate(big_sigs)} | {id(s): f"l[{i}]" for i, s in enumerate(little_sigs)}
+            env[f"_little{n or ''}"] = bitstruct.c.compile(fmt).unpack
+            lines.append(f"{name} = _little{n or ''}(data[::-1])")
+        where |= {id(s): f"{name}[{i}]" for i, s in enumerate(sigs)}
     values, raws = [], []
     for s in signals:
         raw = where[id(s)]
@@ -196,20 +224,41 @@ def _page(signals: tuple[Signal, ...], nbytes: int) -> Page:
     return Page(signals, compile_values(code), code)
 
 
+def _decodable(node: dict, length: int) -> bool:
+    """Whether cantools can unpack a node of its codec tree (the message, or one multiplexer page).
+
+    With strict=False cantools loads overlapping signals and signals that do not fit the message,
+    but its formats for such a node are longer than the payload, and it refuses every frame of it
+    (DecodeError). The agent follows cantools: those frames are decode errors."""
+    try:
+        node["formats"].big_endian.unpack(bytes(length))
+        node["formats"].little_endian.unpack(bytes(length))
+    except Exception:  # noqa: BLE001 - bitstruct raises several types
+        return False
+    return True
+
+
 class FastDecoder:
-    """Decoder of one message, for a chosen set of signal names; `decode(data)` -> (page, values)."""
+    """Decoder of one message, for a chosen set of signal names; `decode(data)` -> (page, values).
+
+    The pages are cantools' own (`Message._codecs`): the pages of the multiplexer values that
+    signals use or that the multiplexer's value table names (a page of the multiplexer alone);
+    any other multiplexer value is an error, as in cantools."""
 
     def __init__(self, message: Message, wanted: Sequence[str]) -> None:
         self.message = message
         self.length = message.length
         wanted_set = set(wanted)
-        mux = [s for s in message.signals if s.is_multiplexer]
-        if len(mux) > 1 or any(s.is_multiplexer and s.multiplexer_ids for s in message.signals):
+        root = message._codecs  # noqa: SLF001 - cantools' decode tree: the pages exactly as it decodes them
+        if root is None or not _decodable(root, self.length):
+            raise NotImplementedError(f"{message.name}: cantools refuses this layout's frames: decoded with cantools")
+        muxes = root["multiplexers"]
+        if len(muxes) > 1 or any(node["multiplexers"] for nodes in muxes.values() for node in nodes.values()):
             raise NotImplementedError("nested multiplexing: decoded with cantools")
-        self.mux = mux[0] if mux else None
-        plain = tuple(s for s in message.signals
-                      if s.name in wanted_set and not s.is_multiplexer and s.multiplexer_ids is None)
+        self.mux = next((s for s in message.signals if s.name in muxes), None)
+        plain = tuple(s for s in root["signals"] if s.name in wanted_set and s is not self.mux)
         self.all_pages: set[int] = set()
+        self.broken_pages: set[int] = set()
         if self.mux is None:
             self.pages: dict[int | None, Page] = {None: _page(plain, self.length)} if plain else {}
             self._mux_value: Callable[[bytes], tuple] | None = None
@@ -218,15 +267,15 @@ class FastDecoder:
             self._mux_value = compile_values(values_code([self.mux], self.length))
             if self.mux.name in wanted_set:  # cantools reports the multiplexer as a signal of every page
                 plain = (self.mux, *plain)
-            ids = sorted({i for s in message.signals for i in (s.multiplexer_ids or ())})
-            self.all_pages = set(ids)
+            nodes = muxes[self.mux.name]
+            self.all_pages = set(nodes)
+            self.broken_pages = {key for key, node in nodes.items() if not _decodable(node, self.length)}
             self.pages = {}
             masked = [s for s in plain if s is not self.mux] + [self.mux]
-            for page in ids:
-                sigs = plain + tuple(s for s in message.signals
-                                     if s.name in wanted_set and s.multiplexer_ids and page in s.multiplexer_ids)
+            for key in sorted(self.all_pages - self.broken_pages):
+                sigs = plain + tuple(s for s in nodes[key]["signals"] if s.name in wanted_set)
                 if sigs:
-                    self.pages[page] = _page(sigs, self.length)
+                    self.pages[key] = _page(sigs, self.length)
                     masked += [s for s in sigs if s not in masked]
         self.mask = 0  # signal by signal: signals of different pages may share bits
         for s in masked:
@@ -243,9 +292,16 @@ class FastDecoder:
             page = self.pages.get(None)
             return (None, page.values(data)) if page is not None else None
         key = self._mux_value(data)[0]
+        if type(key) is not int:  # a scaled multiplexer: cantools takes int() of its value
+            try:
+                key = int(key)
+            except (ValueError, OverflowError):
+                raise UnknownPageError(f"{self.message.name}: multiplexer value {key} is not a number") from None
         page = self.pages.get(key)
         if page is None:
             if key not in self.all_pages:
                 raise UnknownPageError(f"{self.message.name}: multiplexer value {key} is not defined")
+            if key in self.broken_pages:
+                raise UnknownPageError(f"{self.message.name}: cantools cannot unpack the page of multiplexer value {key}")
             return None
         return key, page.values(data)

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import structlog
 
-from agent.codec import codec_by_content
+from agent.codec import codec_by_content, exact_json
 from agent.model import Batch
 from agent.uplink.base import Sink, SinkError
 
@@ -134,8 +134,8 @@ class FileSink(Sink):
             _, samples = codec_by_content(batch.content_type).decode(batch.payload)
             marker = {"simulated": True} if batch.simulated else {}
             lines = b"".join(
-                orjson.dumps({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value,
-                              "batch": batch.id, **marker}) + b"\n"
+                exact_json({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value,
+                            "batch": batch.id, **marker}) + b"\n"
                 for s in sorted(samples, key=lambda s: s.t))
             _write_atomic(self.outbox / f"{batch.id}.jsonl", lines)
             size = len(lines)
