@@ -189,23 +189,23 @@ class Collector:
             self._rebind()
         steps = self.steps
         kept = 0
+        lo, hi = T_MIN, T_MAX
         rest: list[Frame] = frames
         while rest:
-            frame = None
             try:
-                for frame in rest:
-                    t, fid, data, _fd, is_error = frame
+                for t, fid, data, _fd, is_error in rest:
                     step = steps.get(fid)
                     if step is None or is_error:
                         self._count_unwanted(fid, is_error)
-                    elif T_MIN <= t <= T_MAX:
+                    elif lo <= t <= hi:
                         kept += step(t, data)
                     else:
                         self._refuse_time(fid, t)
                 rest = []
             except Exception as exc:  # noqa: BLE001 - one frame's failure must not stop the bus
-                at = next(i for i, f in enumerate(rest) if f is frame)
-                self._step_failed(frame, exc)
+                # the failing frame: its own payload and time objects (no per-frame index on the hot path)
+                at = next((i for i, f in enumerate(rest) if f[2] is data and f[0] is t), len(rest) - 1)
+                self._step_failed(fid, exc)
                 rest = rest[at + 1:]
         if kept:
             c.samples += kept
@@ -218,10 +218,8 @@ class Collector:
             log.warning("timestamp_refused", bus=self.bus, frame_id=fid, t=repr(t), count=c.refused_timestamps,
                         reason="not a time between 1980 and 2200")
 
-    def _step_failed(self, frame: Frame | None, exc: Exception) -> None:
+    def _step_failed(self, fid: int, exc: Exception) -> None:
         """A frame whose step raised: counted as a decode error; its id falls back to cantools."""
-        assert frame is not None
-        fid = frame[1]
         self.counters.decode_errors += 1
         if self.plans.get(fid) is not None and self.plans[fid].fast is not None:
             log.error("step_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid][0].name, error=repr(exc),
