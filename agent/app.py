@@ -39,13 +39,15 @@ from agent.codec import codec_for
 from agent.collect.collector import BusCounters, Collector
 from agent.config import AgentConfig, BusConfig
 from agent.decode import FrameDecoder, load_databases
-from agent.health import RateMeter, write_status
+from agent.health import RateMeter, losses, write_status
+from agent.liveness import beat
 from agent.logs import set_level
 from agent.model import Batch
 from agent.store import Store, StoreFullError
 from agent.summary import SummaryLog
+from agent.supervisor import Supervisor
 from agent.systemd import Notifier
-from agent.twin.control import make_plane
+from agent.twin.control import HEARTBEAT_STALE_S, make_plane
 from agent.twin.desired import DesiredState
 from agent.uplink import Sink
 from agent.uplink.factory import make_sink
@@ -54,6 +56,21 @@ from agent.uplink.forwarder import Forwarder
 log = structlog.get_logger()
 
 FINAL_DRAIN_S = 5.0
+TASK_STOP_S = 5.0  # at shutdown, a task that does not end this long after `stop` (wedged) is cancelled
+# Seconds without progress after which a task counts as wedged (the watchdog is then no longer fed).
+SOURCE_STALL_S = 60.0       # a source beats every tick (0.1 s) and every second of a reopen backoff
+HOUSEKEEPING_STALL_S = 10.0  # ticks every 0.25 s
+STATUS_STALL_S = 30.0        # writes every second
+SIMULATOR_STALL_S = float("inf")  # the built-in simulator (demo, tests) does not beat
+
+
+def forwarder_stall_s(cfg: AgentConfig) -> float:
+    """Twice the longest single call the sink may make (connect, send), since the forwarder cannot beat
+    inside it; the file sink's writes get 5 s (its fault injection's ack_delay_ms counts against it)."""
+    sink = cfg.sink
+    longest = {"iothub": max(sink.iothub.connect_timeout_s, sink.iothub.send_timeout_s),
+               "mqtt": max(sink.mqtt.connect_timeout_s, sink.mqtt.publish_timeout_s)}.get(sink.type, 5.0)
+    return 2 * longest
 
 
 @dataclass(slots=True)
@@ -95,6 +112,17 @@ def build_pipeline(cfg: AgentConfig, batcher: Batcher, counters: dict[str, BusCo
     return Pipeline(cfg, collectors, exact)
 
 
+async def _ended(tasks: list[asyncio.Task]) -> None:
+    """Wait for tasks told to stop; cancel those that do not end in time (a wedged sink call)."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=TASK_STOP_S)
+    for task in pending:
+        log.warning("task_cancelled_at_stop", task=task.get_name(), waited_s=TASK_STOP_S)
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
 class Agent:
     """One running agent: owns the store, the sink, the sources and the current pipeline."""
 
@@ -107,11 +135,13 @@ class Agent:
         self.cfg = cfg
         self.state_dir = cfg.resolve(cfg.state_dir)
         self.started = time.time()
+        self.stop = asyncio.Event()
+        self.supervisor = Supervisor(self.stop)
         self.notifier = Notifier()
         self.counters: dict[str, BusCounters] = {}
         self.store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
                            max_batches=cfg.store.max_batches, synchronous=cfg.store.synchronous,
-                           ttl_s=cfg.store.ttl_s)
+                           ttl_s=cfg.store.ttl_s, quarantine_max_bytes=cfg.store.quarantine_max_bytes)
         self.sink = sink or make_sink(cfg)
         self.control = make_plane(self, self.desired, cfg, self.sink)  # remote control: agent/twin/
         self.forwarder = Forwarder(self.store, self.sink, retry_initial_s=cfg.sink.retry_initial_s,
@@ -128,7 +158,6 @@ class Agent:
         self.spill_bytes = 0
         self.spill_dropped = 0
         self.spill_dropped_batches = 0
-        self.too_large_dropped = 0
         self.store_error: str | None = self.store.open_error
         self.progress = progress
         self.config_version = 0
@@ -137,7 +166,7 @@ class Agent:
         self._bus_rates: dict[str, RateMeter] = {}
         self._tasks: list[asyncio.Task] = []
         self._running = False
-        self.stop = asyncio.Event()
+        self._watchdog_withheld: dict[str, float] = {}
 
     def _count_refused(self, bus: str, samples: int) -> None:
         """Samples the encoder could not carry exactly: counted on their bus (`refused_values`)."""
@@ -165,8 +194,7 @@ class Agent:
         """Commit one batch; log what it evicted. A batch larger than the whole store is dropped, loudly."""
         try:
             evicted = self.store.put(batch)
-        except StoreFullError as exc:
-            self.too_large_dropped += batch.sample_count
+        except StoreFullError as exc:  # counted by the store (too_large_*)
             log.error("store_batch_too_large", batch_id=batch.id, bytes=batch.size, error=str(exc),
                       fix="raise store.max_bytes above batching.max_bytes")
             return
@@ -223,22 +251,20 @@ class Agent:
         return source, choice.simulate
 
     async def _run_source(self, source: FrameSource, stop: asyncio.Event) -> None:
-        """Feed a bus's frames to its collector; a live source that crashes is logged and restarted."""
-        while not stop.is_set():
-            try:
-                async for frames in source.frames(stop):
-                    collector = self.pipeline.collectors.get(source.bus)
-                    if collector is not None:
-                        collector.process(frames)
-                return
-            except Exception as exc:  # a bug must not stop collection on every other bus, nor this one for good
-                log.exception("source_crashed", bus=source.bus, error=repr(exc))
-                source.state, source.last_error = "down", repr(exc)
-                if isinstance(source, ReplaySource):
-                    raise
-                await asyncio.sleep(1.0)
-            finally:
-                source.close()
+        """Feed a bus's frames to its collector. A source that raises is marked down and the error goes
+        to the supervisor (logged, counted, restarted): a bug must not stop collection on every other
+        bus, nor on this one for good."""
+        try:
+            async for frames in source.frames(stop):
+                beat()
+                collector = self.pipeline.collectors.get(source.bus)
+                if collector is not None:
+                    collector.process(frames)
+        except Exception as exc:
+            source.state, source.last_error = "down", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            source.close()
 
     async def _run_simulator(self, bus: BusConfig, stop: asyncio.Event) -> None:
         import can
@@ -261,9 +287,13 @@ class Agent:
             else self.batcher.simulated_buses - {bus.name}
         collector = self.pipeline.collectors.get(bus.name)
         source.set_wanted_ids(collector.wanted_ids if collector else None)
-        tasks = [asyncio.create_task(self._run_source(source, stop), name=f"source:{bus.name}")]
+        # A replay is not restarted after a crash (it would send its frames again); a live bus is.
+        tasks = [self.supervisor.spawn(f"source:{bus.name}", lambda: self._run_source(source, stop),
+                                       stall_s=SOURCE_STALL_S, stop=stop,
+                                       restart=not isinstance(source, ReplaySource))]
         if simulate:
-            tasks.append(asyncio.create_task(self._run_simulator(bus, stop), name=f"sim:{bus.name}"))
+            tasks.append(self.supervisor.spawn(f"simulator:{bus.name}", lambda: self._run_simulator(bus, stop),
+                                               stall_s=SIMULATOR_STALL_S, stop=stop))
         self._bus_tasks[bus.name] = (stop, tasks)
         return tasks[0]
 
@@ -272,6 +302,8 @@ class Agent:
         if stop is not None:
             stop.set()
         self.sources.pop(name, None)  # its simulated mark stays: what it collected is flushed after this
+        self.supervisor.forget(f"source:{name}")
+        self.supervisor.forget(f"simulator:{name}")
 
     # ---------------------------------------------------------------- config swap
     def apply_config(self, new: AgentConfig) -> None:
@@ -288,6 +320,7 @@ class Agent:
         self.batcher.reconfigure(new.batching, codec, new.vehicle_id, pipeline.scaling)
         self.store.max_bytes, self.store.max_batches = new.store.max_bytes, new.store.max_batches
         self.store.ttl_s = dict(new.store.ttl_s)
+        self.store.quarantine_max_bytes = new.store.quarantine_max_bytes
         old_buses = {b.name: b for b in self.cfg.buses}
         self.pipeline, self.cfg = pipeline, new
         set_level(new.log_level)
@@ -322,7 +355,7 @@ class Agent:
     # ---------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         frames = sum(c.frames for c in self.counters.values())
-        return {
+        doc = {
             "updated": time.time(),
             "agent": {"version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
                       "started": self.started, "vehicle_id": self.cfg.vehicle_id,
@@ -342,7 +375,10 @@ class Agent:
                       "corrupt_moved_aside": [str(p) for p in self.store.quarantined]},
             "sink": {"type": self.sink.name, **self.forwarder.status.as_dict(), **self.sink.state()},
             "control": self.control.state(),
+            "tasks": self.supervisor.status(),
         }
+        doc["losses"] = losses(doc["store"]["counters"], doc["store"]["spill"], doc["buses"])
+        return doc
 
     def _store_stats(self) -> dict[str, Any]:
         """Depth and counters; a store that cannot even be read shows as an error, not a crash."""
@@ -362,27 +398,47 @@ class Agent:
                 + (" | SIMULATED" if any(b.get("simulated") for b in doc["buses"].values()) else ""))
 
     async def _housekeeping(self) -> None:
-        """Close aged batches, retry the spill, write the status file, draw the progress line."""
-        last_status = 0.0
+        """Close aged batches, retry the spill, feed the watchdog while every task makes progress."""
         while not self.stop.is_set():
+            beat()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=0.25)
             self.batcher.tick()
-            if self.control.healthy():  # a wedged control channel starves the watchdog: systemd restarts us
-                self.notifier.watchdog()
+            self._feed_watchdog()
             if self.spill:
                 self._retry_spill()
-            now = time.monotonic()
-            if now - last_status >= 1.0:
-                last_status = now
-                doc = self.status()
-                try:
-                    write_status(self.state_dir, doc)
-                except OSError as exc:
-                    log.warning("status_write_failed", error=str(exc))
-                self.summary.observe(doc)
-                if self.progress:
-                    logs.progress.show(self._progress_line(doc))
+
+    def _feed_watchdog(self) -> None:
+        """Ping systemd's watchdog only while no task is wedged (the control plane watches its channel
+        with its own heartbeat): a wedged agent gets restarted."""
+        stalled = self.supervisor.stalled()
+        if not self.control.healthy():
+            stalled["control"] = HEARTBEAT_STALE_S  # at least
+        if not stalled:
+            if self._watchdog_withheld:
+                log.info("watchdog_resumed", tasks=sorted(self._watchdog_withheld))
+            self._watchdog_withheld = {}
+            self.notifier.watchdog()
+            return
+        if stalled.keys() != self._watchdog_withheld.keys():
+            log.error("watchdog_withheld", stalled_s=stalled,
+                      action="no progress: not feeding the systemd watchdog, so the service manager restarts us")
+        self._watchdog_withheld = stalled
+
+    async def _status_writer(self) -> None:
+        """Write the status file, feed the periodic summary line, draw the progress line, every second."""
+        while not self.stop.is_set():
+            beat()
+            doc = self.status()
+            try:
+                write_status(self.state_dir, doc)
+            except OSError as exc:
+                log.warning("status_write_failed", error=str(exc))
+            self.summary.observe(doc)
+            if self.progress:
+                logs.progress.show(self._progress_line(doc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=1.0)
 
     # ---------------------------------------------------------------- run
     async def run(self) -> None:
@@ -392,18 +448,17 @@ class Agent:
         self._running = True
         for bus in self.cfg.buses:
             self._start_bus(bus)
-        self._tasks += [asyncio.create_task(self.forwarder.run(self.stop), name="forwarder"),
-                        asyncio.create_task(self._housekeeping(), name="housekeeping"),
-                        asyncio.create_task(self.control.run(self.stop), name="control")]
+        spawn = self.supervisor.spawn
+        self._tasks += [spawn("forwarder", lambda: self.forwarder.run(self.stop), stall_s=forwarder_stall_s(self.cfg)),
+                        spawn("housekeeping", self._housekeeping, stall_s=HOUSEKEEPING_STALL_S),
+                        spawn("status", self._status_writer, stall_s=STATUS_STALL_S),
+                        spawn("control", lambda: self.control.run(self.stop), stall_s=float("inf"))]
         self.notifier.ready(f"collecting from {len(self.cfg.buses)} bus(es), sink {self.sink.name}")
         try:
             while not self.stop.is_set():
                 sources = [tasks[0] for _, tasks in self._bus_tasks.values()]
                 if not sources or all(t.done() for t in sources):
                     break  # every source ended (replays): finish like a SIGTERM
-                for task in sources:
-                    if task.done() and not task.cancelled() and task.exception():
-                        raise task.exception()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), timeout=0.5)
         finally:
@@ -416,16 +471,20 @@ class Agent:
         for name in list(self._bus_tasks):
             stop, tasks = self._bus_tasks[name]
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._stop_bus(name)
+            await _ended(tasks)  # the source stays listed: the final status keeps its state and counters
         for collector in self.pipeline.collectors.values():
             collector.flush()
         self.batcher.flush()
         if self.spill:
             self._retry_spill()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _ended(self._tasks)
         sent = await self.forwarder.drain(FINAL_DRAIN_S)
         await self.forwarder.close()
+        for batch in self.spill:  # the store never became writable: what memory holds is lost now, counted
+            self.spill_dropped_batches += 1
+            self.spill_dropped += batch.sample_count
+            log.error("spill_dropped", batch_id=batch.id, samples=batch.sample_count, bytes=batch.size,
+                      lost_samples_total=self.spill_dropped, reason="stopped while the store was not writable")
         doc = self.status()
         with contextlib.suppress(OSError):
             write_status(self.state_dir, doc)

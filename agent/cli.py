@@ -323,6 +323,16 @@ def _store_lines(st: dict[str, Any]) -> list[str]:
     if c.get("corrupt_files_moved"):
         lines.append(f"  corrupt store files moved aside: {c['corrupt_files_moved']}"
                      + (f" (this run: {', '.join(st['corrupt_moved_aside'])})" if st.get("corrupt_moved_aside") else ""))
+    if c.get("too_large_batches"):
+        lines.append(f"  lost, larger than store.max_bytes: {c['too_large_batches']} batches/"
+                     f"{c.get('too_large_samples', 0)} samples")
+    if c.get("quarantined_batches"):
+        discarded = c.get("quarantine_discarded_batches", 0)
+        lines.append(f"  quarantined, not sent (damaged on disk, or a sink cannot prepare them): "
+                     f"{c['quarantined_batches']} batches/{c.get('quarantined_samples', 0)} samples"
+                     + (f"; {discarded} discarded from the quarantine (store.quarantine_max_bytes)" if discarded else ""))
+        lines += [f"    {q['id']} {q['priority']}, {q['samples']} samples, {q['bytes']} bytes: {q['reason']}"
+                  for q in st.get("quarantine", [])]
     spill = st.get("spill")
     if spill and (spill["batches"] or spill["dropped_samples"]):
         lines.append(f"  memory spill (store not writable): {spill['batches']} batches, {spill['bytes']} bytes "
@@ -332,7 +342,7 @@ def _store_lines(st: dict[str, Any]) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent.health import read_status, status_age
+    from agent.health import losses, read_status, status_age
     from agent.store import read_stats
 
     store_path: Path | None = None
@@ -369,6 +379,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 fresh = {"error": f"cannot read {store_path}: {exc}"}
             doc = doc or {"agent": {}, "buses": {}, "sink": {}}
             doc["store"] = {**doc.get("store", {}), **fresh, "path": str(store_path)}
+            doc["losses"] = losses(doc["store"].get("counters", {}), doc["store"].get("spill", {}), doc["buses"])
     assert doc is not None
     age = status_age(doc) if "updated" in doc else None
     if args.json:
@@ -403,6 +414,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                      + (f", last error: {sk['last_error']}" if sk.get("last_error") else "")
                      + (f"; outbox {sk['outbox_bytes']} of {sk['max_bytes']} bytes, oldest {sk['removed_batches']} "
                         "batches removed (sink.max_bytes)" if sk.get("max_bytes") else ""))
+    if "losses" in doc:
+        lost = {k: v for k, v in doc["losses"].items() if v}
+        lines.append("lost (docs/durability.md): " + (", ".join(f"{k} {v}" for k, v in lost.items()) if lost else "nothing"))
+    if alive and doc.get("tasks"):
+        lines.append("tasks: " + ", ".join(
+            f"{name} {t['state']}" + (f" (restarted {t['restarts']}x, last error: {t['last_error']})"
+                                       if t["restarts"] else "")
+            for name, t in doc["tasks"].items()))
     _out("\n".join(lines))
     return EXIT_OK
 

@@ -159,6 +159,10 @@ class StoreConfig(_Model):
         default_factory=lambda: {"low": 86400.0, "normal": 7 * 86400.0, "high": 30 * 86400.0},
         description="Time-to-live of a stored batch per priority, seconds (1 minute to 10 years).",
     )
+    quarantine_max_bytes: int = Field(
+        8 * 1024 * 1024, gt=0,
+        description="Bytes kept of quarantined batches (damaged on disk, or a sink cannot prepare them); "
+        "beyond it the oldest are discarded (every quarantined batch stays counted).")
 
 
 class IoTHubConfig(_Model):
@@ -220,6 +224,9 @@ class SinkFaultConfig(_Model):
     fail_rate: float = Field(0.0, ge=0, le=1, description="Probability that a send fails (no acknowledgement).")
     ack_delay_ms: int = Field(0, ge=0, description="Delay before each send is acknowledged (a slow uplink).")
     seed: int | None = Field(None, description="Random seed for fail_rate (None: unpredictable).")
+    crash_first: int = Field(
+        0, ge=0, description="The first this many sends raise an unexpected error (as a bug in a sink would), "
+        "to rehearse the supervisor's restarts.")
     delivery_log: str | None = Field(
         None, description="Append one JSON line per acknowledged send (id, samples, content hash) to this file; "
         "relative paths are under state_dir. Resends append again, so duplicates are visible.")

@@ -14,7 +14,37 @@ from typing import Any
 
 import orjson
 
+from agent.model import Priority
+
 STATUS_FILE = "status.json"
+
+# Every way the agent can drop data, each one counter: the `losses` section of the status document and of
+# the reported properties, the table in docs/durability.md, and tests/test_losses.py keep to this list.
+STORE_LOSSES = ("evicted", "expired", "too_large", "quarantined")  # store counters <kind>[_<prio>]_<unit>
+BY_PRIORITY = ("evicted", "expired")
+BUS_LOSSES = {  # loss name -> the bus counter it sums over every bus
+    "decode_error_frames": "decode_errors",
+    "refused_timestamp_frames": "refused_timestamps",
+    "refused_values": "refused_values",
+    "kernel_dropped_frames": "kernel_drops",
+    "replay_bad_lines": "bad_lines",
+}
+LOSSES = (*(f"{kind}_{unit}" for kind in (*STORE_LOSSES, "spill_dropped") for unit in ("batches", "samples")),
+          *BUS_LOSSES)
+
+
+def losses(store_counters: dict[str, int], spill: dict[str, Any], buses: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """The `losses` section: every counter of LOSSES, zero when nothing was lost that way."""
+    out = {}
+    for kind in STORE_LOSSES:
+        for unit in ("batches", "samples"):
+            names = [f"{kind}_{p.name}_{unit}" for p in Priority] if kind in BY_PRIORITY else [f"{kind}_{unit}"]
+            out[f"{kind}_{unit}"] = sum(store_counters.get(name, 0) for name in names)
+    out["spill_dropped_batches"] = spill.get("dropped_batches", 0)
+    out["spill_dropped_samples"] = spill.get("dropped_samples", 0)
+    for name, counter in BUS_LOSSES.items():
+        out[name] = sum(int(bus.get(counter) or 0) for bus in buses.values())
+    return out
 
 
 def write_status(state_dir: Path, doc: dict[str, Any]) -> None:

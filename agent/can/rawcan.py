@@ -37,6 +37,7 @@ from agent.can.frame_format import (
 )
 from agent.can.mmsg import CTRL_BYTES, MultiReceiver
 from agent.can.source import MAX_DRAIN, MISSING_POLL_S, FrameSource, sleep_or_stop
+from agent.liveness import beat
 from agent.model import Frame
 
 log = structlog.get_logger()
@@ -331,6 +332,7 @@ class RawCanSource(FrameSource):
                     await sleep_or_stop(stop, delay)
                     continue
             await asyncio.sleep(self.tick_s)  # cheaper than a wait on `stop` every tick; checked above
+            beat()
             try:
                 batch = self.read()
             except OSError as exc:

@@ -19,6 +19,7 @@ import can
 import structlog
 
 from agent.can.logs import LogFrame, LogProblem, read_log
+from agent.liveness import beat, pause
 from agent.model import Frame
 
 log = structlog.get_logger()
@@ -113,10 +114,8 @@ class FrameSource(ABC):
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
+    """A reopen backoff or replay pacing: a wait that counts as progress for the supervisor."""
+    await pause(stop, seconds)
 
 
 def _to_frame(msg: can.Message) -> Frame:
@@ -175,6 +174,7 @@ class BusSource(FrameSource):
                     await sleep_or_stop(stop, delay)
                     continue
             await asyncio.sleep(self.tick_s)  # cheaper than a wait on `stop` every tick; checked above
+            beat()
             try:
                 batch = self._drain(self.can_bus)
             except (can.CanError, OSError) as exc:
@@ -203,6 +203,9 @@ class ReplaySource(FrameSource):
         self.rate = rate
         self.chunk = chunk
         self.problems = 0
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "bad_lines": self.problems}
 
     async def frames(self, stop: asyncio.Event) -> AsyncIterator[list[Frame]]:
         self.state = "replaying"

@@ -2,6 +2,7 @@
 
 from agent.store.sqlite import (
     Evicted,
+    Quarantined,
     Store,
     StoreCorruptError,
     StoreFullError,
@@ -10,4 +11,4 @@ from agent.store.sqlite import (
     read_stats,
 )
 
-__all__ = ["Evicted", "Store", "StoreCorruptError", "StoreFullError", "StoreStats", "is_corrupt", "read_stats"]
+__all__ = ["Evicted", "Quarantined", "Store", "StoreCorruptError", "StoreFullError", "StoreStats", "is_corrupt", "read_stats"]

@@ -1,15 +1,22 @@
 """Batches in SQLite (WAL): committed before they count as stored, deleted only when acknowledged.
 
-One pre-encoded blob per batch keeps buffering almost free (~0.03 us a sample, see
-shared/reference/perf-building-blocks.md). The store is bounded by bytes (and optionally by batch
-count); when full it evicts the lowest priority, oldest batches first and counts every eviction.
-Counters live in the same file and change in the same transaction as the rows they count.
+One pre-encoded blob per batch keeps buffering almost free (~0.03 us a sample). The store is
+bounded by bytes (and optionally by batch count); when full it evicts the lowest priority, oldest
+batches first and counts every eviction. Counters live in the same file and change in the same
+transaction as the rows they count.
+
+Every batch carries the SHA-256 of its payload, written in the transaction that commits it and
+checked whenever it is read back for sending: flash, a file system or a stray write can damage a
+blob in a way SQLite's own checks do not see, and such bytes must never reach a cloud. A batch that
+fails the check (or that a sink cannot prepare) moves to a bounded quarantine table in the same file,
+counted, and the queue goes on with the next batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import sqlite3
 import time
@@ -28,15 +35,16 @@ log = structlog.get_logger()
 CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 SQLITE_READONLY = 8
 EXPECTED_COLUMNS = ("seq", "id", "priority", "created", "encoding", "content_type", "content_encoding",
-                    "sample_count", "first_t", "last_t", "vehicle", "buses", "size", "payload", "simulated")
-# Columns added since the first store layout: an older file is upgraded in place, not moved aside
-# (its batches predate the simulated marker and read as 0).
-ADDED_COLUMNS = {"simulated": "INTEGER NOT NULL DEFAULT 0"}
+                    "sample_count", "first_t", "last_t", "vehicle", "buses", "size", "payload", "simulated", "sha256")
+# Columns added since the first store layout, in the order they came: an older file is upgraded in place,
+# not moved aside (its batches predate the simulated marker and read as 0; their checksums are added by
+# _checksum_legacy_rows).
+ADDED_COLUMNS = {"simulated": "INTEGER NOT NULL DEFAULT 0", "sha256": "TEXT"}
+QUARANTINE_MAX_BYTES = 8 * 1024 * 1024
+QUARANTINE_LISTED = 20  # newest quarantined batches in status (the counters count them all)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+# A batch's columns after its id: the queue and the quarantine hold the same rows.
+_BATCH_FIELDS = """
     priority INTEGER NOT NULL,
     created REAL NOT NULL,
     encoding TEXT NOT NULL,
@@ -49,15 +57,33 @@ CREATE TABLE IF NOT EXISTS batches (
     buses TEXT NOT NULL,
     size INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    simulated INTEGER NOT NULL DEFAULT 0
+    simulated INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT"""
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,{_BATCH_FIELDS}
 );
 CREATE INDEX IF NOT EXISTS batches_drain ON batches (priority DESC, seq);
 CREATE INDEX IF NOT EXISTS batches_evict ON batches (priority, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    quarantined REAL NOT NULL,
+    reason TEXT NOT NULL,{_BATCH_FIELDS}
+);
 """
 
 _COLUMNS = ("id, priority, created, encoding, content_type, content_encoding, sample_count, first_t, last_t, "
             "vehicle, buses, size, payload, simulated")
+_COPY_COLUMNS = f"{_COLUMNS}, sha256"
+
+
+def checksum(payload: bytes) -> str:
+    """The integrity check of a stored payload (hex SHA-256; the file sink's delivery log uses the same)."""
+    return hashlib.sha256(payload).hexdigest()
 
 
 class Evicted(NamedTuple):
@@ -69,8 +95,21 @@ class Evicted(NamedTuple):
     bytes: int
 
 
+class Quarantined(NamedTuple):
+    """A batch taken out of the queue because its bytes failed the checksum or a sink could not prepare
+    it: counted, kept (bounded) for inspection, never sent."""
+
+    id: str
+    priority: Priority
+    samples: int
+    bytes: int
+    quarantined: float
+    reason: str
+
+
 class StoreFullError(Exception):
-    """A batch larger than the whole store limit (a configuration error: store.max_bytes < batching.max_bytes)."""
+    """A batch larger than the whole store limit (a configuration error: store.max_bytes < batching.max_bytes).
+    The store counts it (`too_large_*`) before raising."""
 
 
 class StoreCorruptError(sqlite3.DatabaseError):
@@ -82,7 +121,7 @@ def is_corrupt(exc: BaseException) -> bool:
         isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in CORRUPT_CODES)
 
 
-def quarantine(path: Path, reason: str, now: float | None = None) -> Path:
+def move_aside(path: Path, reason: str, now: float | None = None) -> Path:
     """Move a corrupt database (and its -wal/-shm) aside under a timestamped name; returns the new name."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
@@ -106,6 +145,7 @@ class StoreStats:
     depth: dict[str, dict[str, int]] = field(default_factory=dict)   # priority -> batches/samples/bytes
     oldest_created: float | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    quarantine: list[Quarantined] = field(default_factory=list)      # newest first, at most QUARANTINE_LISTED
 
     @property
     def batches(self) -> int:
@@ -124,11 +164,13 @@ class StoreStats:
         return {"batches": self.batches, "samples": self.samples, "bytes": self.bytes,
                 "by_priority": self.depth,
                 "oldest_pending_age_s": None if self.oldest_created is None else round(now - self.oldest_created, 3),
-                "counters": self.counters}
+                "counters": self.counters,
+                "quarantine": [{"id": q.id, "priority": q.priority.name, "samples": q.samples, "bytes": q.bytes,
+                                "quarantined": q.quarantined, "reason": q.reason} for q in self.quarantine]}
 
 
 def _row_to_batch(row: tuple) -> Batch:
-    (bid, prio, created, enc, ctype, cenc, count, first, last, vehicle, buses, _size, payload, simulated) = row
+    (bid, prio, created, enc, ctype, cenc, count, first, last, vehicle, buses, _size, payload, simulated) = row[:14]
     return Batch(id=bid, priority=Priority(prio), encoding=enc, content_type=ctype, content_encoding=cenc,
                  payload=bytes(payload), sample_count=count, first_t=first, last_t=last, created=created,
                  vehicle=vehicle, buses=tuple(b for b in buses.split(",") if b), simulated=bool(simulated))
@@ -188,8 +230,10 @@ class Store:
 
     def __init__(self, path: str | Path, *, max_bytes: int, max_batches: int | None = None,
                  synchronous: str = "NORMAL", ttl_s: Mapping[str, float] | None = None,
+                 quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
                  wallclock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.quarantine_max_bytes = quarantine_max_bytes
         self.wallclock = wallclock  # injectable: tests step it as NTP would
         self._clock_offset = wallclock() - _since_boot()
         self._unset_dated = False
@@ -237,7 +281,7 @@ class Store:
                 raise
             with contextlib.suppress(Exception):
                 self.db.close()
-            self.quarantined.append(quarantine(self.path, str(exc)))
+            self.quarantined.append(move_aside(self.path, str(exc)))
             self._connect()
             self._count_now(corrupt_files_moved=1)
 
@@ -245,18 +289,20 @@ class Store:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA busy_timeout=5000")
         columns = tuple(r[1] for r in self.db.execute("PRAGMA table_info(batches)"))  # before changing the file
-        if columns and columns + tuple(ADDED_COLUMNS) == EXPECTED_COLUMNS:
-            for name, decl in ADDED_COLUMNS.items():
-                self.db.execute(f"ALTER TABLE batches ADD COLUMN {name} {decl}")
+        first_layout = len(EXPECTED_COLUMNS) - len(ADDED_COLUMNS)
+        if columns and len(columns) >= first_layout and EXPECTED_COLUMNS[:len(columns)] == columns:
+            for name in EXPECTED_COLUMNS[len(columns):]:
+                self.db.execute(f"ALTER TABLE batches ADD COLUMN {name} {ADDED_COLUMNS[name]}")
             columns = EXPECTED_COLUMNS
         if columns and columns != EXPECTED_COLUMNS:
             raise _SchemaMismatch(f"table batches has columns {columns}, expected {EXPECTED_COLUMNS}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={self.synchronous}")
-        self.db.executescript(SCHEMA)
         check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if check != "ok":
             raise _SchemaMismatch(f"integrity check failed: {check}")
+        self.db.executescript(SCHEMA)
+        self._checksum_legacy_rows()
         self.total_bytes, self.total_batches = self.db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
         self._unset_dated = False  # batches of an unset clock (an earlier run's) are dated once the clock is set
@@ -268,7 +314,7 @@ class Store:
             return False
         with contextlib.suppress(Exception):
             self.db.close()
-        self.quarantined.append(quarantine(self.path, str(exc)))
+        self.quarantined.append(move_aside(self.path, str(exc)))
         self._open()
         self._count_now(corrupt_files_moved=1)
         return True
@@ -349,7 +395,9 @@ class Store:
         returned in the list) instead.
         """
         if batch.size > self.max_bytes:
-            raise StoreFullError(f"batch {batch.id} ({batch.size} B) is larger than the store limit")
+            self._count_now(too_large_batches=1, too_large_samples=batch.sample_count, too_large_bytes=batch.size)
+            raise StoreFullError(f"batch {batch.id} ({batch.size} B) is larger than the store limit "
+                                 f"store.max_bytes ({self.max_bytes} B)")
         self._follow_clock()
         created = batch.created
         if created < CLOCK_SET_AFTER and self._unset_dated:  # made before the clock was set (memory spill)
@@ -378,10 +426,10 @@ class Store:
                 self.total_batches -= 1
                 evicted.append(Evicted(vid, Priority(prio), count, size))
             self.db.execute(
-                f"INSERT OR IGNORE INTO batches ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO batches ({_COPY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (batch.id, int(batch.priority), created, batch.encoding, batch.content_type,
                  batch.content_encoding, batch.sample_count, batch.first_t, batch.last_t, batch.vehicle,
-                 ",".join(batch.buses), batch.size, batch.payload, int(batch.simulated)))
+                 ",".join(batch.buses), batch.size, batch.payload, int(batch.simulated), checksum(batch.payload)))
             self._count(stored_batches=1, stored_samples=batch.sample_count, stored_bytes=batch.size)
             self.db.execute("COMMIT")
         except BaseException:
@@ -404,11 +452,86 @@ class Store:
 
     @_guarded
     def next_batches(self, limit: int = 1, exclude: set[str] | frozenset[str] = frozenset()) -> list[Batch]:
-        """The next batches to send: highest priority first, then oldest first."""
-        rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM batches ORDER BY priority DESC, seq LIMIT ?", (limit + len(exclude),)
-        ).fetchall()
-        return [_row_to_batch(r) for r in rows if r[0] not in exclude][:limit]
+        """The next batches to send: highest priority first, then oldest first; only batches whose payload
+        matches its checksum (one that does not is quarantined here, and the next one taken instead)."""
+        while True:
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS}, sha256 FROM batches ORDER BY priority DESC, seq LIMIT ?", (limit + len(exclude),)
+            ).fetchall()
+            damaged = [r[0] for r in rows if r[0] not in exclude and checksum(r[12]) != r[14]]
+            if not damaged:
+                return [_row_to_batch(r) for r in rows if r[0] not in exclude][:limit]
+            for bid in damaged:
+                self._quarantine(bid, "payload does not match its checksum (damaged on disk)")
+
+    @_guarded
+    def quarantine(self, batch_id: str, reason: str) -> Quarantined | None:
+        """Take a batch out of the queue into the quarantine (a sink could not prepare it); None if it was
+        already gone."""
+        return self._quarantine(batch_id, reason)
+
+    def _quarantine(self, batch_id: str, reason: str) -> Quarantined | None:
+        """Move one batch to the quarantine table and count it, in one transaction; then trim the quarantine
+        to its byte bound, oldest first (counted as discarded: their bytes are gone, their count stays)."""
+        now = self.wallclock()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT priority, sample_count, size FROM batches WHERE id = ?",
+                                  (batch_id,)).fetchone()
+            if row is None:
+                self.db.execute("COMMIT")
+                return None
+            self.db.execute(
+                f"INSERT INTO quarantine ({_COPY_COLUMNS}, quarantined, reason) "
+                f"SELECT {_COPY_COLUMNS}, ?, ? FROM batches WHERE id = ?", (now, reason, batch_id))
+            self.db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            self._count(quarantined_batches=1, quarantined_samples=row[1], quarantined_bytes=row[2])
+            discarded = self._trim_quarantine()
+            self.db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self.total_bytes -= row[2]
+        self.total_batches -= 1
+        entry = Quarantined(batch_id, Priority(row[0]), row[1], row[2], now, reason)
+        log.error("batch_quarantined", batch_id=batch_id, priority=entry.priority.name, samples=row[1],
+                  bytes=row[2], reason=reason, discarded_from_quarantine=discarded, path=str(self.path),
+                  action="not sent; kept in the store's quarantine table; the queue goes on")
+        return entry
+
+    def _trim_quarantine(self) -> int:
+        held = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM quarantine").fetchone()[0]
+        discarded = 0
+        while held > self.quarantine_max_bytes:
+            seq, size = self.db.execute("SELECT seq, size FROM quarantine ORDER BY seq LIMIT 1").fetchone()
+            self.db.execute("DELETE FROM quarantine WHERE seq = ?", (seq,))
+            held -= size
+            discarded += 1
+        self._count(quarantine_discarded_batches=discarded)
+        return discarded
+
+    def _checksum_legacy_rows(self) -> None:
+        """Rows of a store written before checksums: a payload its codec reads gets its checksum now, one
+        it cannot read is quarantined (it may have been damaged already). Once per file, row by row."""
+        ids = [r[0] for r in self.db.execute("SELECT id FROM batches WHERE sha256 IS NULL")]
+        if not ids:
+            return
+        from agent.codec import codec_by_content  # only for this one-time migration
+
+        self.total_bytes = self.total_batches = 0  # recounted by _connect right after
+
+        bad = 0
+        for bid in ids:
+            ctype, payload = self.db.execute("SELECT content_type, payload FROM batches WHERE id = ?",
+                                             (bid,)).fetchone()
+            try:
+                codec_by_content(ctype).decode(payload)
+            except Exception as exc:  # noqa: BLE001 - any failure to read it back is a damaged batch
+                self._quarantine(bid, f"stored before checksums and unreadable: {exc}")
+                bad += 1
+                continue
+            self.db.execute("UPDATE batches SET sha256 = ? WHERE id = ?", (checksum(payload), bid))
+        log.info("store_checksums_added", path=str(self.path), batches=len(ids) - bad, quarantined=bad)
 
     @_guarded
     def ack(self, batch_id: str) -> bool:
@@ -469,7 +592,12 @@ def _stats(db: sqlite3.Connection) -> StoreStats:
         depth[Priority(prio).name] = {"batches": n, "samples": samples, "bytes": size}
     oldest = db.execute("SELECT MIN(created) FROM batches").fetchone()[0]
     counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-    return StoreStats(depth=depth, oldest_created=oldest, counters=counters)
+    quarantine = []
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'").fetchone():
+        quarantine = [Quarantined(bid, Priority(prio), n, size, when, reason) for bid, prio, n, size, when, reason
+                      in db.execute("SELECT id, priority, sample_count, size, quarantined, reason FROM quarantine "
+                                    "ORDER BY seq DESC LIMIT ?", (QUARANTINE_LISTED,))]
+    return StoreStats(depth=depth, oldest_created=oldest, counters=counters, quarantine=quarantine)
 
 
 def read_stats(path: str | Path) -> StoreStats:

@@ -18,7 +18,7 @@ from azure.iot.device import MethodResponse
 
 from agent.twin import guard
 from agent.twin.control import ControlChannel, ControlPlane, wait_or_stop
-from agent.uplink.forwarder import backoff_delay
+from agent.liveness import backoff_delay
 from agent.uplink.iothub import IoTHubSink
 
 log = structlog.get_logger()

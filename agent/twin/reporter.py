@@ -49,6 +49,9 @@ def reported_doc(status: dict[str, Any]) -> dict[str, Any]:
         "buses": buses,
         "store": {**{k: store[k] for k in ("batches", "bytes", "oldest_pending_age_s", "counters", "error")
                      if k in store}, "evictions": evictions(store.get("counters") or {})},
+        "losses": status.get("losses", {}),
+        "tasks": {name: {k: t.get(k) for k in ("state", "restarts", "last_error")}
+                  for name, t in status.get("tasks", {}).items()},
         "uplink": {k: sink[k] for k in ("type", "state", "connected", "link", "last_send", "backoff_s",
                                         "last_error", "sent_batches", "consecutive_failures") if k in sink},
         "control": status.get("control"),

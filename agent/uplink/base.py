@@ -20,6 +20,11 @@ class SinkError(Exception):
         self.retry_after = retry_after
 
 
+class UnsendableBatch(Exception):
+    """A batch this sink cannot prepare for sending (its stored bytes do not decode): retrying cannot
+    help, so the forwarder quarantines it and goes on with the next batch."""
+
+
 class Sink(ABC):
     """Sends batches, nothing else. A cloud sink may let the control plane (agent/twin/) share its
     connection: the control channel of that transport subscribes through it, the sink never calls back up."""

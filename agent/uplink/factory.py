@@ -14,7 +14,7 @@ def make_sink(cfg: AgentConfig) -> Sink:
             return FileSink(cfg.state_path(cfg.sink.path), decoded=cfg.sink.decoded, max_bytes=cfg.sink.max_bytes)
         return FileSink(cfg.state_path(cfg.sink.path), decoded=cfg.sink.decoded, max_bytes=cfg.sink.max_bytes,
                         fail_rate=fault.fail_rate,
-                        ack_delay_ms=fault.ack_delay_ms, seed=fault.seed,
+                        ack_delay_ms=fault.ack_delay_ms, seed=fault.seed, crash_first=fault.crash_first,
                         delivery_log=cfg.state_path(fault.delivery_log) if fault.delivery_log else None)
     if cfg.sink.type == "iothub":
         from agent.uplink.iothub import IoTHubSink  # the SDK is imported only when used

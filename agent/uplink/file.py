@@ -25,7 +25,7 @@ import structlog
 
 from agent.codec import codec_by_content, exact_json
 from agent.model import Batch
-from agent.uplink.base import Sink, SinkError
+from agent.uplink.base import Sink, SinkError, UnsendableBatch
 
 log = structlog.get_logger()
 
@@ -54,7 +54,7 @@ class FileSink(Sink):
 
     def __init__(self, outbox: str | Path, *, decoded: bool = True, fail_rate: float = 0.0,
                  ack_delay_ms: int = 0, seed: int | None = None, delivery_log: str | Path | None = None,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, crash_first: int = 0) -> None:
         self.outbox = Path(outbox)
         self.decoded = decoded
         self.files_written = 0
@@ -68,6 +68,7 @@ class FileSink(Sink):
         self.rng = random.Random(seed)
         self.delivery_log = Path(delivery_log) if delivery_log else None
         self.injected_failures = 0
+        self.crashes_left = crash_first
 
     async def open(self) -> None:
         try:
@@ -109,6 +110,9 @@ class FileSink(Sink):
     async def send(self, batch: Batch) -> None:
         if self.ack_delay_s:
             await asyncio.sleep(self.ack_delay_s)
+        if self.crashes_left:
+            self.crashes_left -= 1
+            raise RuntimeError("injected crash (sink.fault.crash_first)")
         if self.fail_rate and self.rng.random() < self.fail_rate:
             self.injected_failures += 1
             raise SinkError("injected failure (sink.fault.fail_rate)")
@@ -131,7 +135,10 @@ class FileSink(Sink):
 
     def _write(self, batch: Batch) -> None:
         if self.decoded:
-            _, samples = codec_by_content(batch.content_type).decode(batch.payload)
+            try:
+                _, samples = codec_by_content(batch.content_type).decode(batch.payload)
+            except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, these bytes cannot be written
+                raise UnsendableBatch(f"cannot decode batch {batch.id} for the outbox: {exc}") from None
             marker = {"simulated": True} if batch.simulated else {}
             lines = b"".join(
                 exact_json({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value,

@@ -3,12 +3,16 @@
 At-least-once: a batch is deleted only after `sink.send` returned. Failures back off exponentially
 with jitter up to a cap; when the link is back the store drains at full speed, reading one batch at
 a time so pending data never has to fit in memory.
+
+The store hands out only batches whose bytes match their checksum. A batch the sink cannot prepare
+(`UnsendableBatch`), or one on which the sink raised an unexpected error `POISON_AFTER` times, is
+quarantined so one bad batch never blocks the queue; any other unexpected error propagates to the
+supervisor, which logs, counts and restarts this loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import sqlite3
 import time
 from collections.abc import Callable
@@ -16,10 +20,13 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.liveness import backoff_delay, beat, pause
 from agent.store import Store
-from agent.uplink.base import Sink, SinkError
+from agent.uplink.base import Sink, SinkError, UnsendableBatch
 
 log = structlog.get_logger()
+
+POISON_AFTER = 3  # unexpected sink errors on the same batch before it is quarantined instead of retried
 
 
 @dataclass(slots=True)
@@ -39,12 +46,6 @@ class ForwarderState:
                 "sent_batches": self.sent_batches}
 
 
-def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random = random._inst) -> float:
-    """Capped exponential backoff with 'equal jitter': between half and all of initial * 2^(n-1)."""
-    ceiling = min(cap, initial * (2 ** max(0, failures - 1)))
-    return ceiling / 2 + rng.random() * ceiling / 2
-
-
 class Forwarder:
     def __init__(self, store: Store, sink: Sink, *, retry_initial_s: float = 1.0, retry_max_s: float = 60.0,
                  clock: Callable[[], float] = time.time) -> None:
@@ -56,12 +57,14 @@ class Forwarder:
         self.wake = asyncio.Event()
         self.status = ForwarderState()
         self._opened = False
+        self._crashes: tuple[str, int] = ("", 0)  # (batch id, unexpected sink errors on it in a row)
 
     def notify(self) -> None:
         """A batch was stored: wake the drain loop."""
         self.wake.set()
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
+        beat()
         self.wake.clear()
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
         try:
@@ -82,10 +85,7 @@ class Forwarder:
         log.warning("sink_failed", sink=self.sink.name, error=str(error), retry_in_s=round(delay, 2),
                     failures=st.consecutive_failures)
         # Only `stop` ends a backoff early: new batches must not turn backoff into a busy retry loop.
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        except TimeoutError:
-            pass
+        await pause(stop, delay)
 
     async def send_one(self) -> bool:
         """Send the next stored batch; True if one was sent, False if the store is empty."""
@@ -96,7 +96,21 @@ class Forwarder:
         if not batches:
             return False
         batch = batches[0]
-        await self.sink.send(batch)
+        try:
+            await self.sink.send(batch)
+        except UnsendableBatch as exc:
+            self.store.quarantine(batch.id, f"{self.sink.name} sink cannot prepare it: {exc}")
+            return True
+        except (SinkError, OSError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            crashes = self._crashes[1] + 1 if self._crashes[0] == batch.id else 1
+            self._crashes = (batch.id, crashes)
+            if crashes < POISON_AFTER:
+                raise
+            self.store.quarantine(batch.id, f"{self.sink.name} sink failed on it {crashes} times: "
+                                            f"{type(exc).__name__}: {exc}")
+            return True
         self.store.ack(batch.id)
         st = self.status
         st.state, st.last_send, st.consecutive_failures, st.backoff_s = "connected", self.clock(), 0, 0.0
@@ -107,6 +121,7 @@ class Forwarder:
         """Drain until `stop` is set."""
         last_expire = 0.0
         while not stop.is_set():
+            beat()
             now = self.clock()
             try:
                 if now - last_expire > 10:
@@ -141,6 +156,10 @@ class Forwarder:
                     break
                 sent += 1
             except (SinkError, OSError, TimeoutError):
+                break
+            except Exception as exc:  # noqa: BLE001 - shutdown must end cleanly; the batch stays stored
+                log.error("final_drain_failed", sink=self.sink.name, error=f"{type(exc).__name__}: {exc}",
+                          action="the batch stays in the store for the next start")
                 break
         return sent
 

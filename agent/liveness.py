@@ -1,0 +1,43 @@
+"""Progress beats and the one backoff: the bottom layer of supervision, importable from any part.
+
+A supervised task beats (`beat()`) while it makes progress; `pause` is a long wait that is not a
+wedge. The supervisor (agent/supervisor.py) sets which task a beat belongs to; outside a supervised
+task both are plain. `backoff_delay` is the capped exponential backoff every retry loop uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import time
+from typing import Any
+
+current: contextvars.ContextVar[Any] = contextvars.ContextVar("supervised_worker", default=None)
+
+
+def beat() -> None:
+    """The calling task made progress (no-op outside a supervised task). Cheap: call it every loop."""
+    worker = current.get()
+    if worker is not None:
+        worker.last_beat = time.monotonic()
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait up to `seconds` for `stop`, beating every second: a long wait is not a wedge."""
+    end = time.monotonic() + seconds
+    while not stop.is_set():
+        beat()
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=min(remaining, 1.0))
+        except TimeoutError:
+            pass
+
+
+def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random = random._inst) -> float:
+    """Capped exponential backoff with 'equal jitter': between half and all of initial * 2^(n-1)."""
+    ceiling = min(cap, initial * (2 ** max(0, failures - 1)))
+    return ceiling / 2 + rng.random() * ceiling / 2

@@ -1,0 +1,72 @@
+"""No uncounted loss: every way the agent can drop data is one counter, in status, in the reported
+properties and in docs/durability.md; and in a real run every kept sample is delivered, stored or counted."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.health import LOSSES
+from agent.twin.reporter import reported_doc
+from tests.conftest import CONFIG_DIR, ROOT, run_cli
+
+DBC = str(CONFIG_DIR / "dbc" / "powertrain.dbc")
+STORE_LOSSES = ("evicted_samples", "expired_samples", "too_large_samples", "quarantined_samples",
+                "spill_dropped_samples")
+
+
+def run_replay(tmp_path: Path, store: dict, sink: dict) -> tuple[Path, dict]:
+    cfg = {"vehicle_id": "car-l", "state_dir": str(tmp_path / "state"),
+           "buses": [{"name": "powertrain", "databases": [DBC], "replay": str(CONFIG_DIR / "sample-drive.log"),
+                      "replay_rate": 10}],
+           "collection": {"default": {"policy": "all"}}, "batching": {"max_age_s": 0.2},
+           "store": store, "sink": {"retry_initial_s": 0.2, "retry_max_s": 0.5, **sink}}
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = run_cli("run", "--config", str(path), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    status = run_cli("status", "--config", str(path), "--json")
+    assert status.returncode == 0, status.stderr
+    return path, json.loads(status.stdout)
+
+
+def kept_samples(doc: dict) -> int:
+    return sum(b["samples"] for b in doc["buses"].values())
+
+
+def test_every_loss_counter_is_in_status_reported_properties_and_docs(tmp_path: Path) -> None:
+    _, doc = run_replay(tmp_path, {}, {"type": "file"})
+    assert list(doc["losses"]) == list(LOSSES)
+    assert list(reported_doc(doc)["losses"]) == list(LOSSES)
+    documented = set(re.findall(r"^\| `(\w+)` \|", (ROOT / "docs" / "durability.md").read_text(), re.M))
+    assert set(LOSSES) <= documented, f"undocumented: {set(LOSSES) - documented}"
+    assert all(v == 0 for v in doc["losses"].values()), doc["losses"]
+    assert doc["store"]["counters"]["sent_samples"] == kept_samples(doc) > 0
+
+
+def test_store_smaller_than_one_batch_loses_every_batch_counted(tmp_path: Path) -> None:
+    """`store.max_bytes` below the size of any batch: nothing can be stored, and all of it is counted."""
+    path, doc = run_replay(tmp_path, {"max_bytes": 64}, {"type": "file"})
+    c = doc["store"]["counters"]
+    assert c.get("stored_batches", 0) == 0 and c["too_large_batches"] >= 2
+    assert c["too_large_samples"] == kept_samples(doc) > 0, "every kept sample is counted as lost"
+    assert doc["losses"]["too_large_samples"] == c["too_large_samples"]
+    text = run_cli("status", "--config", str(path)).stdout
+    assert f"lost, larger than store.max_bytes: {c['too_large_batches']} batches/{c['too_large_samples']} samples" in text
+    assert f"too_large_samples {c['too_large_samples']}" in text
+
+
+@pytest.mark.parametrize("store", [{"max_bytes": 5000}, {"max_bytes": 10**6, "max_batches": 1}],
+                         ids=["bytes", "batches"])
+def test_every_kept_sample_is_sent_stored_or_counted(tmp_path: Path, store: dict) -> None:
+    """A sink that fails most of the time and a store too small for the drive: samples kept by the collector
+    = sent + still stored + every store loss counter."""
+    _, doc = run_replay(tmp_path, store, {"type": "file", "fault": {"fail_rate": 0.8, "seed": 3}})
+    c, losses = doc["store"]["counters"], doc["losses"]
+    assert losses["evicted_samples"] > 0, "the store was too small: batches were evicted"
+    accounted = c.get("sent_samples", 0) + doc["store"]["samples"] + sum(losses[k] for k in STORE_LOSSES)
+    assert accounted == kept_samples(doc) - losses["refused_values"]
