@@ -404,7 +404,8 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=0.25)
             self.batcher.tick()
-            self._feed_watchdog()
+            if not self.stop.is_set():  # stopping: tasks end on purpose, and STOPPING=1 was sent
+                self._feed_watchdog()
             if self.spill:
                 self._retry_spill()
 

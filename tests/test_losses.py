@@ -19,11 +19,11 @@ STORE_LOSSES = ("evicted_samples", "expired_samples", "too_large_samples", "quar
                 "spill_dropped_samples")
 
 
-def run_replay(tmp_path: Path, store: dict, sink: dict) -> tuple[Path, dict]:
+def run_replay(tmp_path: Path, store: dict, sink: dict, batch_bytes: int = 258048) -> tuple[Path, dict]:
     cfg = {"vehicle_id": "car-l", "state_dir": str(tmp_path / "state"),
            "buses": [{"name": "powertrain", "databases": [DBC], "replay": str(CONFIG_DIR / "sample-drive.log"),
                       "replay_rate": 10}],
-           "collection": {"default": {"policy": "all"}}, "batching": {"max_age_s": 0.2},
+           "collection": {"default": {"policy": "all"}}, "batching": {"max_age_s": 0.2, "max_bytes": batch_bytes},
            "store": store, "sink": {"retry_initial_s": 0.2, "retry_max_s": 0.5, **sink}}
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -48,24 +48,23 @@ def test_every_loss_counter_is_in_status_reported_properties_and_docs(tmp_path: 
     assert doc["store"]["counters"]["sent_samples"] == kept_samples(doc) > 0
 
 
-def test_store_smaller_than_one_batch_loses_every_batch_counted(tmp_path: Path) -> None:
-    """`store.max_bytes` below the size of any batch: nothing can be stored, and all of it is counted."""
-    path, doc = run_replay(tmp_path, {"max_bytes": 64}, {"type": "file"})
-    c = doc["store"]["counters"]
-    assert c.get("stored_batches", 0) == 0 and c["too_large_batches"] >= 2
-    assert c["too_large_samples"] == kept_samples(doc) > 0, "every kept sample is counted as lost"
-    assert doc["losses"]["too_large_samples"] == c["too_large_samples"]
-    text = run_cli("status", "--config", str(path)).stdout
-    assert f"lost, larger than store.max_bytes: {c['too_large_batches']} batches/{c['too_large_samples']} samples" in text
-    assert f"too_large_samples {c['too_large_samples']}" in text
+def test_store_smaller_than_a_batch_is_refused_before_anything_is_lost(tmp_path: Path) -> None:
+    """`store.max_bytes` below a batch would lose every batch: the config is refused at start with a clear
+    error (a batch that still arrives too large is counted by the store: test_store_integrity.py)."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"buses": [{"name": "powertrain", "databases": [DBC]}],
+                                    "state_dir": str(tmp_path / "state"), "store": {"max_bytes": 64}}))
+    res = run_cli("run", "--config", str(path), "--no-progress")
+    assert res.returncode == 2 and "store.max_bytes (64) must hold at least" in res.stderr
+    assert not (tmp_path / "state" / "store.db").exists()
 
 
-@pytest.mark.parametrize("store", [{"max_bytes": 5000}, {"max_bytes": 10**6, "max_batches": 1}],
+@pytest.mark.parametrize("store", [{"max_bytes": 5000}, {"max_bytes": 10**6, "max_batches": 4}],
                          ids=["bytes", "batches"])
 def test_every_kept_sample_is_sent_stored_or_counted(tmp_path: Path, store: dict) -> None:
     """A sink that fails most of the time and a store too small for the drive: samples kept by the collector
     = sent + still stored + every store loss counter."""
-    _, doc = run_replay(tmp_path, store, {"type": "file", "fault": {"fail_rate": 0.8, "seed": 3}})
+    _, doc = run_replay(tmp_path, store, {"type": "file", "fault": {"fail_rate": 0.8, "seed": 3}}, batch_bytes=1100)
     c, losses = doc["store"]["counters"], doc["losses"]
     assert losses["evicted_samples"] > 0, "the store was too small: batches were evicted"
     accounted = c.get("sent_samples", 0) + doc["store"]["samples"] + sum(losses[k] for k in STORE_LOSSES)

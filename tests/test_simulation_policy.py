@@ -149,9 +149,10 @@ def test_a_store_written_before_the_simulated_marker_is_upgraded_not_moved_aside
             sample_count INTEGER NOT NULL, first_t REAL NOT NULL, last_t REAL NOT NULL, vehicle TEXT NOT NULL,
             buses TEXT NOT NULL, size INTEGER NOT NULL, payload BLOB NOT NULL);
         CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);""")
+    payload = codec_by_content("application/json").encode({("pt", "M", "S"): ([1.0], [1])}, vehicle="car")
     db.execute("INSERT INTO batches (id, priority, created, encoding, content_type, content_encoding, sample_count, "
                "first_t, last_t, vehicle, buses, size, payload) VALUES ('old-1', 1, ?, 'json', 'application/json', "
-               "'utf-8', 1, 1.0, 1.0, 'car', 'pt', 3, x'7b7d7d')", (time.time(),))
+               "'utf-8', 1, 1.0, 1.0, 'car', 'pt', ?, ?)", (time.time(), len(payload), payload))
     db.commit()
     db.close()
     with Store(path, max_bytes=1 << 20) as store:
