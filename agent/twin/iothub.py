@@ -16,9 +16,9 @@ from typing import Any
 import structlog
 from azure.iot.device import MethodResponse
 
+from agent.liveness import backoff_delay
 from agent.twin import guard
 from agent.twin.control import ControlChannel, ControlPlane, wait_or_stop
-from agent.liveness import backoff_delay
 from agent.uplink.iothub import IoTHubSink
 
 log = structlog.get_logger()

@@ -26,9 +26,9 @@ from typing import Any
 import structlog
 
 from agent.config import MqttConfig
+from agent.liveness import backoff_delay
 from agent.model import Batch
 from agent.uplink.base import Sink, SinkError
-from agent.liveness import backoff_delay
 
 logging.getLogger("mqtt").addFilter(lambda r: "renamed asyncio-mqtt" not in r.getMessage())
 from asyncio_mqtt import Client, MqttError, Will  # noqa: E402 - after the filter that silences its banner
