@@ -377,7 +377,7 @@ class Agent:
             "control": self.control.state(),
             "tasks": self.supervisor.status(),
         }
-        doc["losses"] = losses(doc["store"]["counters"], doc["store"]["spill"], doc["buses"])
+        doc["losses"] = losses(doc["store"]["counters"], doc["store"]["spill"], doc["buses"], doc["sink"])
         return doc
 
     def _store_stats(self) -> dict[str, Any]:

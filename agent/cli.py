@@ -379,7 +379,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 fresh = {"error": f"cannot read {store_path}: {exc}"}
             doc = doc or {"agent": {}, "buses": {}, "sink": {}}
             doc["store"] = {**doc.get("store", {}), **fresh, "path": str(store_path)}
-            doc["losses"] = losses(doc["store"].get("counters", {}), doc["store"].get("spill", {}), doc["buses"])
+            doc["losses"] = losses(doc["store"].get("counters", {}), doc["store"].get("spill", {}), doc["buses"],
+                                   doc.get("sink", {}))
     assert doc is not None
     age = status_age(doc) if "updated" in doc else None
     if args.json:

@@ -30,10 +30,11 @@ BUS_LOSSES = {  # loss name -> the bus counter it sums over every bus
     "replay_bad_lines": "bad_lines",
 }
 LOSSES = (*(f"{kind}_{unit}" for kind in (*STORE_LOSSES, "spill_dropped") for unit in ("batches", "samples")),
-          *BUS_LOSSES)
+          *BUS_LOSSES, "outbox_removed_batches")
 
 
-def losses(store_counters: dict[str, int], spill: dict[str, Any], buses: dict[str, dict[str, Any]]) -> dict[str, int]:
+def losses(store_counters: dict[str, int], spill: dict[str, Any], buses: dict[str, dict[str, Any]],
+           sink: dict[str, Any]) -> dict[str, int]:
     """The `losses` section: every counter of LOSSES, zero when nothing was lost that way."""
     out = {}
     for kind in STORE_LOSSES:
@@ -44,6 +45,7 @@ def losses(store_counters: dict[str, int], spill: dict[str, Any], buses: dict[st
     out["spill_dropped_samples"] = spill.get("dropped_samples", 0)
     for name, counter in BUS_LOSSES.items():
         out[name] = sum(int(bus.get(counter) or 0) for bus in buses.values())
+    out["outbox_removed_batches"] = int(sink.get("removed_batches") or 0)  # file sink, this run
     return out
 
 
