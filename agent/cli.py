@@ -341,6 +341,29 @@ def _store_lines(st: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cmd_call(args: argparse.Namespace) -> int:
+    """A direct method on the running agent through its local control socket (the file sink's channel)."""
+    from agent.twin.local import call_method
+
+    if args.state_dir:
+        state_dir = Path(args.state_dir)
+    else:
+        cfg, _ = _load_config_or_exit(args.config)
+        state_dir = cfg.resolve(cfg.state_dir)
+    try:
+        payload = orjson.loads(args.payload) if args.payload else None
+    except ValueError as exc:
+        sys.stderr.write(f"error: the payload is not JSON: {exc}\n")
+        return 2
+    try:
+        status, answer = call_method(state_dir, args.method, payload)
+    except OSError as exc:
+        sys.stderr.write(f"error: no agent answers on {state_dir}/control/agent.sock: {exc.strerror or exc}\n")
+        return 1
+    _out(orjson.dumps({"status": status, "payload": answer}, option=orjson.OPT_INDENT_2))
+    return 0 if status == 200 else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from agent.health import losses, read_status, status_age
     from agent.store import read_stats
@@ -520,6 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--check", action="store_true", help="exit 0 if the status is fresh (health check)")
     st.add_argument("--max-age", type=float, default=30.0, help="--check: seconds a status may be old")
     st.set_defaults(func=cmd_status)
+
+    ca = sub.add_parser("call", help="call a method (flush, get_status, set_log_level) on the running agent (file sink)")
+    ca.add_argument("method")
+    ca.add_argument("payload", nargs="?", help='JSON payload, e.g. \'{"level": "debug", "duration_s": 600}\'')
+    ca.add_argument("--config", help="config file (to find the state directory)")
+    ca.add_argument("--state-dir", help="state directory (instead of --config)")
+    ca.set_defaults(func=cmd_call)
     return p
 
 

@@ -242,6 +242,19 @@ class Responder:
         self.client.publish(f"$iothub/twin/PATCH/properties/desired/?$version={version}", json.dumps(body), qos=1)
         return version
 
+    def push_raw(self, body: bytes) -> int:
+        """A desired patch of any bytes, as a broken or hostile hub could send it (the twin is not changed)."""
+        with self.lock:
+            version = self.desired["$version"] + 1
+            self.desired["$version"] = version
+        self.client.publish(f"$iothub/twin/PATCH/properties/desired/?$version={version}", body, qos=1)
+        return version
+
+    def set_twin(self, desired: dict[str, Any]) -> None:
+        """Change the twin without telling the device (it is offline, or the hub was re-created)."""
+        with self.lock:
+            self.desired = dict(desired)
+
     def invoke(self, name: str, payload: Any = None, timeout: float = 30) -> tuple[int, Any]:
         rid = uuid.uuid4().hex
         self.client.publish(f"$iothub/methods/POST/{name}/?$rid={rid}", json.dumps(payload), qos=1)

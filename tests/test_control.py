@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from agent.config import build_config
 from agent.twin import guard
 from agent.twin.desired import DesiredState
 from tests.conftest import DATA
+from tests.iothub_standin import wait_for
 
 SECRET = "TOP-SECRET-LINE-4711"
 
@@ -294,3 +296,58 @@ def test_guard_limits() -> None:
         guard.check({"a": math.nan})
     with pytest.raises(guard.Rejected, match="more than the limit"):
         guard.check({"a": "x" * guard.MAX_DESIRED_BYTES})
+
+
+def hostile_then_valid(hostile: Callable[[bytes], None], valid_change: Callable[[int], None],
+                       send_frame: Callable[[int], None], speeds: Callable[[], list[float]]) -> None:
+    """For the broker tests, in a worker thread while the agent runs: each hostile document, then a valid
+    change that must be acked 200 and applied (`valid_change(version)` asserts it; versions start at
+    2**41, above any a hostile body claims), then a frame that must arrive: telemetry keeps flowing."""
+    count = {"n": 0}
+
+    @settings(max_examples=8, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(data=hostile_bytes())
+    def one(data: bytes) -> None:
+        hostile(data)
+        count["n"] += 1
+        n = count["n"]
+        valid_change(2**41 + n)
+
+        def arrived() -> bool:
+            send_frame(n)
+            return 1000 + n * 0.25 in speeds()
+        wait_for(arrived, 30, interval=0.5, what="telemetry after the document")
+
+    one()
+
+
+def test_reported_store_evictions_and_the_throttle_after_a_reconnect(tmp_path: Path) -> None:
+    import asyncio
+
+    from agent.model import Priority
+    from agent.store import Store
+    from agent.twin.reporter import Reporter
+    from tests.test_store import make_batch
+
+    with Store(tmp_path / "s.db", max_bytes=3000) as store:
+        for i in range(1, 6):
+            store.put(make_batch(i, Priority.low))
+        status = {"agent": {"vehicle_id": "car"}, "frames_per_s": 1.0,
+                  "store": {"batches": store.stats().batches, "counters": store.stats().counters}}
+    sent: list[dict] = []
+
+    async def publish(patch: dict) -> None:
+        sent.append(patch)
+
+    async def run() -> None:
+        reporter = Reporter(lambda: status, publish, interval_s=3600)
+        assert await reporter.publish_due()
+        status["frames_per_s"] = 2.0
+        reporter.reset()  # a reconnect
+        assert not await reporter.publish_due(), "the throttle holds after a reconnect"
+
+    asyncio.run(run())
+    assert len(sent) == 1
+    evictions = sent[0]["store"]["evictions"]
+    assert evictions["low"] == {"batches": 2, "samples": 11 + 12} and evictions["high"]["batches"] == 0

@@ -25,7 +25,8 @@ from agent.twin.reporter import Reporter
 
 log = structlog.get_logger()
 
-HEARTBEAT_STALE_S = 30.0   # a channel loop silent this long is wedged: the systemd watchdog goes unfed
+HEARTBEAT_STALE_S = 60.0   # a channel loop silent this long is wedged (its longest step: a twin timeout plus a
+                           # session rebuild): the systemd watchdog goes unfed, systemd restarts the agent
 
 
 class Control(Protocol):
@@ -55,6 +56,10 @@ class ControlChannel(ABC):
     async def publish_reported(self, patch: dict[str, Any]) -> None:
         """Send a reported patch (acks, state); raise on failure (the reporter retries later)."""
 
+    def connected(self) -> bool:
+        """Whether publishing can work now (the reporter waits otherwise)."""
+        return True
+
     def state(self) -> dict[str, Any]:
         return {}
 
@@ -67,7 +72,8 @@ class ControlPlane:
         self.agent = agent
         self.desired = desired
         self.channel = channel
-        self.reporter = Reporter(agent.status, channel.publish_reported, interval_s=reported_interval_s)
+        self.reporter = Reporter(agent.status, channel.publish_reported, interval_s=reported_interval_s,
+                                 ready=channel.connected)
         self.methods_answered = 0
         self.errors = 0
         self.last_error: str | None = None

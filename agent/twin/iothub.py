@@ -24,6 +24,7 @@ from agent.uplink.iothub import IoTHubSink
 log = structlog.get_logger()
 
 QUEUE_MAX = 64
+REBUILD_AFTER = 2   # unanswered twin fetches on a "connected" session before it is rebuilt
 
 
 class IoTHubChannel(ControlChannel):
@@ -38,6 +39,9 @@ class IoTHubChannel(ControlChannel):
         self.twin_fetches = 0
         self.fetch_failures = 0
         self.last_fetch_error: str | None = None
+        self.rebuilds = 0
+        self.timeouts = 0
+        self._rebuild_due = False
         self._installed_on: Any = None
         self._fetch_due = True
         self._next_fetch = 0.0
@@ -72,6 +76,8 @@ class IoTHubChannel(ControlChannel):
         self.loop = asyncio.get_running_loop()
         while not stop.is_set():
             plane.beat()
+            if self._rebuild_due:
+                await self._rebuild()
             client = self.sink.client
             if client is not None and self.sink.connected:
                 if self._installed_on is not client:
@@ -94,7 +100,7 @@ class IoTHubChannel(ControlChannel):
     async def _reconcile(self, plane: ControlPlane) -> None:
         """After a (re)connect: fetch the whole twin and apply its desired section, property by property."""
         try:
-            twin = await asyncio.wait_for(self.sink.client.get_twin(), self.timeout_s)
+            twin = await self._call(self.sink.client.get_twin())
         except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds; all mean "try again later"
             self.fetch_failures += 1
             self.last_fetch_error = type(exc).__name__
@@ -119,16 +125,41 @@ class IoTHubChannel(ControlChannel):
     async def _method(self, plane: ControlPlane, request: Any) -> None:
         status, payload = plane.method(request.name, request.payload)
         try:
-            await asyncio.wait_for(self.sink.client.send_method_response(
-                MethodResponse.create_from_method_request(request, status, payload)), self.timeout_s)
+            await self._call(self.sink.client.send_method_response(
+                MethodResponse.create_from_method_request(request, status, payload)))
         except Exception as exc:  # noqa: BLE001 - the caller times out; nothing else to do
             log.warning("method_response_failed", method=guard.short(request.name), error=str(exc) or type(exc).__name__)
 
     async def publish_reported(self, patch: dict[str, Any]) -> None:
         if not self.sink.connected:
             raise ConnectionError("iothub not connected")
-        await asyncio.wait_for(self.sink.client.patch_twin_reported_properties(patch), self.timeout_s)
+        await self._call(self.sink.client.patch_twin_reported_properties(patch))
+
+    async def _call(self, coro: Any) -> Any:
+        """An SDK call with the twin timeout. Unanswered calls in a row on a session the client calls
+        connected mean a dead session (subscriptions lost, a broker gone mid-publish): it is rebuilt."""
+        try:
+            result = await asyncio.wait_for(coro, self.timeout_s)
+        except TimeoutError:
+            self.timeouts += 1
+            if self.timeouts >= REBUILD_AFTER and self.sink.connected:
+                self._rebuild_due = True
+            raise
+        self.timeouts = 0
+        return result
+
+    async def _rebuild(self) -> None:
+        self._rebuild_due, self.timeouts = False, 0
+        self.rebuilds += 1
+        try:
+            await self.sink.rebuild("control requests unanswered on a connected session")
+        except Exception as exc:  # noqa: BLE001 - the forwarder's sends connect again too
+            log.warning("iothub_rebuild_failed", error=str(exc) or type(exc).__name__)
+
+    def connected(self) -> bool:
+        return self.sink.connected
 
     def state(self) -> dict[str, Any]:
         return {"link": "connected" if self.sink.connected else "disconnected", "twin_fetches": self.twin_fetches,
-                "twin_fetch_error": self.last_fetch_error, "dropped_messages": self.dropped}
+                "twin_fetch_error": self.last_fetch_error, "session_rebuilds": self.rebuilds,
+                "dropped_messages": self.dropped}

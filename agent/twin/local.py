@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ REPORTED = "reported.json"
 SOCKET = "agent.sock"
 POLL_S = 0.5
 SOCKET_PATH_MAX = 107  # sun_path
+REQUEST_MAX = guard.MAX_METHOD_BYTES + 512  # a request line: the method's name and its payload
 
 
 def control_dir(state_dir: Path) -> Path:
@@ -46,6 +48,18 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file; a FIFO or device is refused without blocking on it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"not a regular file: {path.name}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
 
 
 def write_desired(state_dir: Path, doc: dict[str, Any]) -> None:
@@ -121,10 +135,9 @@ class LocalChannel(ControlChannel):
             return
         self._seen = sig
         try:
-            with path.open("rb") as f:
-                data = f.read(guard.MAX_DESIRED_BYTES + 1)  # never more than the limit, whatever the file is
+            data = read_regular(path, guard.MAX_DESIRED_BYTES + 1)  # never more than the limit
         except OSError as exc:
-            log.warning("desired_file_unreadable", file=str(path), error=exc.strerror)
+            log.warning("desired_file_unreadable", file=str(path), error=exc.strerror or str(exc))
             return
         self.desired_reads += 1
         acks = plane.desired_document(data, full=True, at_connect=first)
@@ -152,8 +165,11 @@ class LocalChannel(ControlChannel):
 
         async def serve_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                line = await asyncio.wait_for(reader.readline(), 10)
-                status, answer = self._call(plane, line)
+                try:
+                    line = await asyncio.wait_for(reader.readline(), 10)
+                    status, answer = self._call(plane, line)
+                except ValueError:  # the line is longer than the stream's limit
+                    status, answer = 400, {"error": f"request refused: more than {REQUEST_MAX} bytes"}
                 writer.write(json.dumps({"status": status, "payload": answer}, default=str).encode() + b"\n")
                 await asyncio.wait_for(writer.drain(), 10)
             except (OSError, TimeoutError, ValueError) as exc:
@@ -162,7 +178,7 @@ class LocalChannel(ControlChannel):
                 writer.close()
 
         try:
-            server = await asyncio.start_unix_server(serve_client, path=str(path), limit=guard.MAX_METHOD_BYTES + 1024)
+            server = await asyncio.start_unix_server(serve_client, path=str(path), limit=REQUEST_MAX)
         except OSError as exc:
             self.socket_error = exc.strerror or type(exc).__name__
             log.warning("control_socket_unavailable", path=str(path), error=self.socket_error)
@@ -173,7 +189,7 @@ class LocalChannel(ControlChannel):
     @staticmethod
     def _call(plane: ControlPlane, line: bytes) -> tuple[int, Any]:
         try:
-            request = guard.parse(line, guard.Limits(guard.MAX_METHOD_BYTES + 512))
+            request = guard.parse(line, guard.Limits(REQUEST_MAX))
         except guard.Rejected as exc:
             return 400, {"error": f"request refused: {exc}"}
         if not isinstance(request, dict) or not isinstance(request.get("method"), str):

@@ -117,6 +117,9 @@ class MqttChannel(ControlChannel):
         data = json.dumps(self.reported, default=str, separators=(",", ":")).encode()
         await self.sink.publish(self.topics.reported, data, retain=True)
 
+    def connected(self) -> bool:
+        return self.sink.connected
+
     def state(self) -> dict[str, Any]:
         return {"link": "connected" if self.sink.connected else "disconnected", "dropped_messages": self.dropped,
                 "queued": self.queue.qsize()}

@@ -68,9 +68,10 @@ class Reporter:
     """Publishes the reported doc's changed sections, at most once per `interval_s`."""
 
     def __init__(self, status: Callable[[], dict[str, Any]], publish: Callable[[dict[str, Any]], Awaitable[None]],
-                 *, interval_s: float = 30.0) -> None:
+                 *, interval_s: float = 30.0, ready: Callable[[], bool] = lambda: True) -> None:
         self.status = status
         self.publish = publish
+        self.ready = ready  # False while the channel has no link: nothing is tried (a reconnect resets)
         self.interval_s = interval_s
         self.last: dict[str, Any] = {}
         self.last_publish = 0.0
@@ -90,6 +91,8 @@ class Reporter:
         """Publish the coalesced changes if the interval allows; True if something was sent."""
         if self.published and time.monotonic() - self.last_publish < self.interval_s:
             return False  # also after a reconnect: a flapping link must not flood the hub
+        if not self.ready():
+            return False
         patch = self.changes()
         if not patch:
             return False

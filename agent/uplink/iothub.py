@@ -137,6 +137,8 @@ class IoTHubSink(Sink):
         self.last_error: str | None = None
         self.last_connect: float | None = None
         self._on_connect: Callable[[], None] | None = None
+        self._stale = False
+        self.rebuilds = 0
         self._lock = asyncio.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -174,6 +176,21 @@ class IoTHubSink(Sink):
             except Exception as exc:  # noqa: BLE001 - a listener's bug must not stop telemetry
                 log.exception("iothub_listener_failed", error=repr(exc))
 
+    async def rebuild(self, reason: str) -> None:
+        """A session that looks connected but answers nothing (subscriptions lost, a half-open link): drop
+        the client and connect a new one (the control channel then subscribes and fetches the twin again)."""
+        async with self._lock:
+            old, self.client = self.client, None
+            self.link_state, self._stale = "disconnected", False
+            self.rebuilds += 1
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.shutdown(), 10)
+            except Exception as exc:  # noqa: BLE001 - the old client is abandoned either way
+                log.warning("iothub_shutdown_failed", error=str(exc) or type(exc).__name__)
+        log.warning("iothub_session_rebuilt", reason=reason, rebuilds=self.rebuilds)
+        await self.open()
+
     async def _ensure_connected(self) -> None:
         async with self._lock:
             if self.client.connected and self.link_state == "connected":
@@ -206,6 +223,8 @@ class IoTHubSink(Sink):
     async def send(self, batch: Batch) -> None:
         if self.client is None:
             await self.open()
+        elif self._stale:
+            await self.rebuild("a send timed out on a connected session")
         elif not self.client.connected or self.link_state != "connected":
             await self._ensure_connected()
         msg = message_for(batch)
@@ -220,6 +239,9 @@ class IoTHubSink(Sink):
             raise SinkError("iothub rejected the credentials", retry_after=self.cfg.credential_retry_s) from None
         except (TimeoutError, sdk_errors.ClientError, OSError) as exc:
             self._failed("failing", exc)
+            # No acknowledgement on a link the client still calls connected: a dead session (a broker that
+            # vanished mid-publish can leave the SDK there). The next send rebuilds it.
+            self._stale = isinstance(exc, TimeoutError) and self.connected
             raise SinkError(f"iothub send of batch {batch.id} failed: {self.last_error}") from None
 
     async def close(self) -> None:
@@ -234,4 +256,5 @@ class IoTHubSink(Sink):
         connected = self.connected
         link = "connected" if connected else ("disconnected" if self.link_state == "connected" else self.link_state)
         return {"identity": self.cfg.identity, "link": link, "connected": connected,
-                "connects": self.connects, "last_connect": self.last_connect, "link_error": self.last_error}
+                "connects": self.connects, "last_connect": self.last_connect, "link_error": self.last_error,
+                "session_rebuilds": self.rebuilds}
