@@ -486,6 +486,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------- debug
+def cmd_debug_codegen(args: argparse.Namespace) -> int:
+    """Print the Python the collector generates for a message under the config's collection policy."""
+    from agent.app import build_pipeline
+    from agent.batcher import Batcher
+    from agent.codec import codec_for
+
+    cfg, _ = _load_config_or_exit(args.config)
+    configure_logging("error")
+    try:
+        batcher = Batcher(cfg.batching, codec_for(cfg.encoding.format), vehicle=cfg.vehicle_id, on_batch=lambda _b: None)
+        pipeline = build_pipeline(cfg, batcher, {})
+    except DatabaseError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    found = [(name, source) for bus, collector in pipeline.collectors.items() if args.bus in (None, bus)
+             for name, source in collector.generated(args.message)]
+    if not found:
+        sys.stderr.write(f"error: no bus of {args.config or 'the config'} wants a signal of message {args.message!r}\n")
+        return EXIT_USAGE
+    _out("\n".join(f"# {name}\n{source}" for name, source in found))
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vehicle-agent", description=__doc__.splitlines()[0])
@@ -550,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--config", help="config file (to find the state directory)")
     ca.add_argument("--state-dir", help="state directory (instead of --config)")
     ca.set_defaults(func=cmd_call)
+
+    dbg = sub.add_parser("debug", help="look inside the agent").add_subparsers(dest="what", required=True)
+    cg = dbg.add_parser("codegen", help="print the Python generated for a message's frames (decode, filters, appends)")
+    cg.add_argument("--config", help="config file (default config/agent.yaml)")
+    cg.add_argument("--message", required=True, help="message name, as in the database")
+    cg.add_argument("--bus", help="only this bus")
+    cg.set_defaults(func=cmd_debug_codegen)
     return p
 
 

@@ -50,8 +50,9 @@ def test_generated_sampler_decides_exactly_like_the_filters() -> None:
     """The collector's generated per-message code keeps the same samples as each filter's `offer`."""
     import random
 
-    from agent.collect.codegen import Slot, compile_sampler
+    from agent.collect.codegen import Slot
     from agent.collect.policy import KeepAll, MinInterval, OnChange, Period
+    from agent.compiler import compile_sampler
 
     def filters() -> list:
         return [OnChange(0), OnChange(0.5), MinInterval(0.05), KeepAll(), Period(0.1), OnChange(0)]
@@ -64,7 +65,7 @@ def test_generated_sampler_decides_exactly_like_the_filters() -> None:
         slot.ts, slot.vs = columns.setdefault(slot.key, ([], []))
         return slot.ts
 
-    sample = compile_sampler(generated, bind, None)
+    sample = compile_sampler(generated, bind, None, "test")
     reference = filters()
     expected: dict = {}
     t = 1000.0

@@ -22,16 +22,9 @@ from cantools.database.errors import DecodeError
 
 from agent.batcher import Batcher
 from agent.codec import Scaling
-from agent.collect.codegen import (
-    HeldFrames,
-    Sampler,
-    Slot,
-    Step,
-    compile_sampler,
-    compile_step,
-    held_frames,
-)
+from agent.collect.codegen import HeldFrames, Slot, held_frames
 from agent.collect.policy import OnChange, make_filter, policy_resolver
+from agent.compiler import Sampler, Step, compile_sampler, compile_step, source_of
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
 from agent.decode.fast import FastDecoder, one_to_one, scaling_of
@@ -143,7 +136,9 @@ class Collector:
         pages = {key: [slots[s.name] for s in page.signals] for key, page in fast.pages.items()} if fast else {}
         change_only = fast is not None and all(type(e.filt) is OnChange for e in slots.values())
         plain = fast is not None and fast.mux is None and None in fast.pages  # gets a generated step
-        samplers = {} if plain else {key: compile_sampler(page, self._bind, label) for key, page in pages.items()}
+        name = f"{self.bus}:{dec.name}"
+        samplers = {} if plain else {key: compile_sampler(page, self._bind, label, f"{name} page {key}")
+                                     for key, page in pages.items()}
         plan = _Plan(dec, slots, fast, samplers, change_only, fast.mask if fast else 0, dec.length, self._labels)
         step: Step = partial(self._step, fid, plan)
         for slot in slots.values():
@@ -157,11 +152,32 @@ class Collector:
                 slot.raw = (label is None and not sig.is_float and slot.filt.emits_offered and scaling is not None
                             and self._names[dec.name] == 1 and scaling.get(slot.key[1:]) == scaling_of(sig))
                 slot.compare_raw = slot.raw and one_to_one(sig)
-            plan.held = held_frames(pages[None], signals, dec.length)
+            plan.held = held_frames(pages[None], signals, dec.length, name)
             plan.exact = step = compile_step(pages[None], fast.pages[None], dec.length,
-                                             plan.mask if change_only else None, self._bind, label, step, plan.held)
+                                             plan.mask if change_only else None, self._bind, label, step, plan.held,
+                                             name)
         self.plans[fid], self.steps[fid] = plan, step
         return step
+
+    def generated(self, message: str) -> list[tuple[str, str]]:
+        """(name, source) of each function generated for a message's frames (`vehicle-agent debug
+        codegen`); empty if no signal of it is wanted, a note if cantools decodes it."""
+        out = []
+        for fid, (dec, _slots) in self._wanted.items():
+            if dec.name != message:
+                continue
+            plan = self.plans.get(fid)
+            if plan is None:
+                self._build(fid)
+                plan = self.plans[fid]
+            if plan.fast is None:
+                out.append((f"{self.bus}:{message}", "# decoded with cantools (nested multiplexing, or a layout "
+                                                     "cantools cannot unpack): nothing generated\n"))
+                continue
+            functions = [plan.exact, plan.fast.mux_value, *(page.values for page in plan.fast.pages.values()),
+                         *(frames.values for frames in plan.held), *plan.samplers.values()]
+            out += [(fn.__code__.co_filename, source_of(fn)) for fn in functions if fn is not None]
+        return out
 
     @property
     def wanted_ids(self) -> set[int]:

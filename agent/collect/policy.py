@@ -9,13 +9,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable
+from typing import ClassVar
 
 from agent.config import CollectionConfig, SignalPolicy
 
 Value = float | int
 Emit = tuple[float, Value] | None
-# Builds the lines that keep a sample: (time expression, value expression) -> source lines.
-Keep = Callable[[str, str], list[str]]
 
 
 def resolve_policy(cfg: CollectionConfig, message: str, signal: str) -> SignalPolicy:
@@ -43,11 +42,14 @@ def policy_resolver(cfg: CollectionConfig) -> Callable[[str, str], SignalPolicy]
 class Filter:
     """Decides, per offered value, whether (and which) sample to emit. `flush` returns a held sample.
 
-    `inline` gives the same decision as source lines for the collector's generated per-message
-    code (no call per signal on the hot path); `offer` is the reference, and tests compare both.
+    `rule` names the decision as data; agent/compiler.py writes it out as source lines for the
+    collector's generated per-message code (no call per signal on the hot path), from the rule and
+    the filter's attributes (`deadband`, `interval`, `period`). `offer` is the reference, and tests
+    compare both; a filter whose rule the compiler does not know is called through `offer`.
     """
 
     __slots__ = ()
+    rule: ClassVar[str] = "offer"
     emits_offered = False  # True: a kept sample is always the value just offered, at its time
 
     def offer(self, t: float, v: Value) -> Emit:
@@ -56,27 +58,11 @@ class Filter:
     def flush(self) -> Emit:
         return None
 
-    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
-        """Lines deciding on value `v` at time `t`, with this filter bound to the name `f`.
-
-        `raw`, when given, names the raw integer behind `v`, which the collector checked is one to
-        one with it (`agent.decode.fast.one_to_one`): a filter that only compares values may
-        compare raws instead and spare the scaling. Such a filter then holds raws, so the collector
-        uses one way (`inline` with raw, or `offer`) per filter object, never both.
-        """
-        return [f"_e = {f}.offer(t, {v})", "if _e is not None:", *_indent(keep("_e[0]", "_e[1]"))]
-
-
-def _indent(lines: list[str]) -> list[str]:
-    return ["    " + line for line in lines]
-
 
 class KeepAll(Filter):
     __slots__ = ()
+    rule = "all"
     emits_offered = True
-
-    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
-        return keep("t", v)
 
 
 class OnChange(Filter):
@@ -87,6 +73,7 @@ class OnChange(Filter):
     """
 
     __slots__ = ("deadband", "last")
+    rule = "on_change"
     emits_offered = True
 
     def __init__(self, deadband: float) -> None:
@@ -102,19 +89,12 @@ class OnChange(Filter):
         self.last = v
         return (t, v)
 
-    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
-        if raw is not None and not self.deadband:  # integers: no NaN, and equal raws are equal values
-            return [f"if {raw} != {f}.last:", f"    {f}.last = {raw}", *_indent(keep("t", v))]
-        changed = f"{v} != _l and ({v} == {v} or _l == _l)"  # not equal, and not both NaN (None: the first)
-        if self.deadband:
-            changed = f"_l is None or ({changed} and not abs({v} - _l) <= {f}.deadband)"
-        return [f"_l = {f}.last", f"if {changed}:", f"    {f}.last = {v}", *_indent(keep("t", v))]
-
 
 class MinInterval(Filter):
     """Keeps at most one value per interval (the first one of it)."""
 
     __slots__ = ("interval", "next_t")
+    rule = "min_interval"
     emits_offered = True
 
     def __init__(self, interval_s: float) -> None:
@@ -127,14 +107,12 @@ class MinInterval(Filter):
         self.next_t = t + self.interval
         return (t, v)
 
-    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
-        return [f"if t >= {f}.next_t:", f"    {f}.next_t = t + {f}.interval", *_indent(keep("t", v))]
-
 
 class Period(Filter):
     """Downsampling: the latest value of each period, emitted when the next period starts."""
 
     __slots__ = ("period", "end", "held")
+    rule = "period"
 
     def __init__(self, period_s: float) -> None:
         self.period = period_s
@@ -148,11 +126,6 @@ class Period(Filter):
             self.end = (t // self.period + 1) * self.period
         self.held = (t, v)
         return out
-
-    def inline(self, f: str, v: str, keep: Keep, raw: str | None = None) -> list[str]:
-        return [f"if t >= {f}.end:", f"    _h = {f}.held", f"    {f}.end = (t // {f}.period + 1) * {f}.period",
-                f"    {f}.held = (t, {v})", "    if _h is not None:", *_indent(_indent(keep("_h[0]", "_h[1]"))),
-                "else:", f"    {f}.held = (t, {v})"]
 
     def flush(self) -> Emit:
         held, self.held = self.held, None

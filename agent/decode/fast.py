@@ -3,8 +3,8 @@
 cantools' `Message.decode` costs about 2 µs a frame, mostly in Python wrappers and one conversion
 call per signal (shared/reference/perf-building-blocks.md). Here each message (or multiplexer
 page) gets, at config time, bitstruct formats *without names* for just the signals the collection
-policy wants, and a generated function that scales the raw tuple with the DBC's factor and offset
-as literals. The values are exactly cantools' (`raw * scale + offset`, or the raw value where the
+policy wants (laid out here as `Unpacker`s), and a generated function (agent/compiler.py) that
+scales the raw tuple with the DBC's factor and offset as literals. The values are exactly cantools' (`raw * scale + offset`, or the raw value where the
 conversion is the identity): tests/test_fast_decode.py compares them over random frames.
 Anything this does not cover (nested multiplexing) returns None and the caller uses cantools.
 
@@ -23,6 +23,9 @@ import bitstruct.c
 from cantools.database.can.message import Message
 from cantools.database.can.signal import Signal
 from cantools.database.utils import sawtooth_to_network_bitnum, start_bit
+
+from agent import compiler
+from agent.compiler import Unpacker, ValuesCode
 
 Unpack = Callable[[bytes], tuple]
 
@@ -121,17 +124,6 @@ def signal_mask(signals: Sequence[Signal], nbytes: int) -> int:
     return mask
 
 
-@dataclass(frozen=True, slots=True)
-class ValuesCode:
-    """Source that computes a page's scaled values from `data`: statements, then one expression per
-    signal. The collector builds its per-message code on it; `compile_values` wraps it in a function."""
-
-    env: dict[str, object]
-    lines: list[str]
-    values: list[str]
-    raws: list[str]      # the raw integer (or float) behind each value, before scaling
-
-
 _STRUCT_CODES = {("u", 8): "B", ("u", 16): "H", ("u", 32): "I", ("u", 64): "Q", ("s", 8): "b", ("s", 16): "h",
                  ("s", 32): "i", ("s", 64): "q", ("f", 32): "f", ("f", 64): "d"}
 
@@ -162,52 +154,33 @@ def _byte_aligned(signals: Sequence[Signal], nbytes: int, order: str) -> tuple[s
     return fmt + "x" * (nbytes - at), [s for _, _, s in fields]
 
 
+def unpackers(signals: Sequence[Signal], nbytes: int) -> list[Unpacker]:
+    """The formats reading `signals` from a payload of `nbytes`: `struct` where every field of a group
+    is whole bytes, else bitstruct (little-endian ones on the reversed payload), one per group of
+    non-overlapping fields of each byte order."""
+    index = {id(s): i for i, s in enumerate(signals)}
+    big, little = _layouts(signals, nbytes)
+    out = []
+    for order, code, groups in (("big", ">", big), ("little", "<", little)):
+        for fmt, sigs in groups:
+            aligned = _byte_aligned(sigs, nbytes, code)
+            if aligned is not None:
+                unpack, sigs, forward = struct.Struct(aligned[0]).unpack, aligned[1], True
+                what = f"struct {aligned[0]!r}"
+            else:
+                unpack, forward, what = bitstruct.c.compile(fmt).unpack, False, f"bitstruct {fmt!r}"
+            out.append(Unpacker(order, unpack, forward, tuple(index[id(s)] for s in sigs), what))
+    return out
+
+
 def values_code(signals: Sequence[Signal], nbytes: int) -> ValuesCode:
     """The statements and value expressions decoding `signals` from a payload of `nbytes` named `data`."""
-    big, little = _layouts(signals, nbytes)
-    env: dict[str, object] = {}
-    lines = []
-    where: dict[int, str] = {}
-    for n, (fmt, sigs) in enumerate(big):  # names of the first group as they always were: b, _big
-        name = f"b{n or ''}"
-        aligned = _byte_aligned(sigs, nbytes, ">")
-        if aligned is not None:
-            env[f"_big{n or ''}"], sigs = struct.Struct(aligned[0]).unpack, aligned[1]
-        else:
-            env[f"_big{n or ''}"] = bitstruct.c.compile(fmt).unpack
-        lines.append(f"{name} = _big{n or ''}(data)")
-        where |= {id(s): f"{name}[{i}]" for i, s in enumerate(sigs)}
-    for n, (fmt, sigs) in enumerate(little):
-        name = f"l{n or ''}"
-        aligned = _byte_aligned(sigs, nbytes, "<")
-        if aligned is not None:
-            env[f"_little{n or ''}"], sigs = struct.Struct(aligned[0]).unpack, aligned[1]
-            lines.append(f"{name} = _little{n or ''}(data)")
-        else:
-            env[f"_little{n or ''}"] = bitstruct.c.compile(fmt).unpack
-            lines.append(f"{name} = _little{n or ''}(data[::-1])")
-        where |= {id(s): f"{name}[{i}]" for i, s in enumerate(sigs)}
-    values, raws = [], []
-    for s in signals:
-        raw = where[id(s)]
-        scale, offset = scaling_of(s)
-        raws.append(raw)
-        values.append(raw if scale == 1 and offset == 0 else f"{raw} * {_literal(scale)} + {_literal(offset)}")
-    return ValuesCode(env, lines, values, raws)
+    return compiler.values_code(unpackers(signals, nbytes), [scaling_of(s) for s in signals])
 
 
-def _literal(number: float) -> str:
-    """Python source for a DBC factor or offset; `repr` of inf and nan is no Python literal."""
-    return repr(number) if math.isfinite(number) else f"float('{number!r}')"
-
-
-def compile_values(code: ValuesCode) -> Callable[[bytes], tuple]:
-    """A function payload -> tuple of the scaled values `code` computes, in its order."""
-    env = dict(code.env)
-    lines = ["def decode(data):", *("    " + line for line in code.lines),
-             f"    return ({', '.join(code.values)}{',' if len(code.values) == 1 else ''})"]
-    exec("\n".join(lines), env)  # noqa: S102 - code built from numbers in the database, no user strings
-    return env["decode"]  # type: ignore[return-value]
+def compile_values(signals: Sequence[Signal], nbytes: int, name: str) -> Callable[[bytes], tuple]:
+    """A function payload -> tuple of the scaled values of `signals`."""
+    return compiler.compile_values(values_code(signals, nbytes), name)
 
 
 @dataclass(slots=True)
@@ -217,11 +190,20 @@ class Page:
     signals: tuple[Signal, ...]
     values: Callable[[bytes], tuple]
     code: ValuesCode
+    length: int
+
+    @property
+    def scaling(self) -> list[tuple[float, float]]:
+        return [scaling_of(s) for s in self.signals]
+
+    def subset(self, signals: Sequence[Signal]) -> ValuesCode:
+        """The code decoding only some of the page's signals (the step of a partly held message)."""
+        return values_code(signals, self.length)
 
 
-def _page(signals: tuple[Signal, ...], nbytes: int) -> Page:
+def _page(signals: tuple[Signal, ...], nbytes: int, name: str) -> Page:
     code = values_code(signals, nbytes)
-    return Page(signals, compile_values(code), code)
+    return Page(signals, compiler.compile_values(code, name), code, nbytes)
 
 
 def _decodable(node: dict, length: int) -> bool:
@@ -260,11 +242,11 @@ class FastDecoder:
         self.all_pages: set[int] = set()
         self.broken_pages: set[int] = set()
         if self.mux is None:
-            self.pages: dict[int | None, Page] = {None: _page(plain, self.length)} if plain else {}
-            self._mux_value: Callable[[bytes], tuple] | None = None
+            self.pages: dict[int | None, Page] = {None: _page(plain, self.length, message.name)} if plain else {}
+            self.mux_value: Callable[[bytes], tuple] | None = None
             masked = list(plain)
         else:
-            self._mux_value = compile_values(values_code([self.mux], self.length))
+            self.mux_value = compile_values([self.mux], self.length, f"{message.name} multiplexer")
             if self.mux.name in wanted_set:  # cantools reports the multiplexer as a signal of every page
                 plain = (self.mux, *plain)
             nodes = muxes[self.mux.name]
@@ -275,7 +257,7 @@ class FastDecoder:
             for key in sorted(self.all_pages - self.broken_pages):
                 sigs = plain + tuple(s for s in nodes[key]["signals"] if s.name in wanted_set)
                 if sigs:
-                    self.pages[key] = _page(sigs, self.length)
+                    self.pages[key] = _page(sigs, self.length, f"{message.name} page {key}")
                     masked += [s for s in sigs if s not in masked]
         self.mask = 0  # signal by signal: signals of different pages may share bits
         for s in masked:
@@ -288,10 +270,10 @@ class FastDecoder:
         """
         if len(data) != self.length:
             data = bytes(data[:self.length])
-        if self._mux_value is None:
+        if self.mux_value is None:
             page = self.pages.get(None)
             return (None, page.values(data)) if page is not None else None
-        key = self._mux_value(data)[0]
+        key = self.mux_value(data)[0]
         if type(key) is not int:  # a scaled multiplexer: cantools takes int() of its value
             try:
                 key = int(key)
