@@ -358,12 +358,12 @@ def build_config(data: Mapping[str, Any], *, base_dir: str | Path = ".", source:
 
 # ------------------------------------------------------------------ what the cloud may write
 # Identity, state paths, the sink and its credentials stay local. Of a bus the cloud may not set what
-# reads local files (a replay log, python-can options that open paths); those stay as the local file
-# has them for a bus of the same name.
+# reads local files (a replay log, python-can options that open paths) nor turn a bus into the
+# simulator; those stay as the local file has them for a bus of the same name.
 CLOUD_WRITABLE = ("buses", "collection", "batching", "encoding", "log_level", "store")
 CLOUD_STORE_KEYS = ("max_bytes", "max_batches", "ttl_s")
-CLOUD_BUS_KEYS = ("name", "interface", "channel", "bitrate", "data_bitrate", "fd", "databases", "simulate")
-LOCAL_BUS_KEYS = ("replay", "replay_rate", "options")
+LOCAL_BUS_KEYS = ("replay", "replay_rate", "options", "simulate")
+CLOUD_BUS_KEYS = tuple(k for k in BusConfig.model_fields if k not in LOCAL_BUS_KEYS)
 CLOUD_INTERFACES = ("auto", "socketcan", "virtual")  # besides the local file's interface of that bus
 DATABASE_SUFFIXES = (".dbc", ".kcd", ".arxml", ".sym", ".xml")
 MAX_DATABASE_BYTES = 64 * 1024 * 1024
@@ -404,7 +404,7 @@ def cloud_bus_errors(index: int, bus: Any, local: Mapping[str, Any] | None, fold
     where = f"buses[{index}]"
     if not isinstance(bus, Mapping):
         return [f"{where}: expected an object"]
-    errors = [f"{where}.{k}: not writable from the cloud (reads local files)" for k in bus if k in LOCAL_BUS_KEYS]
+    errors = [f"{where}.{k}: not writable from the cloud (local only)" for k in bus if k in LOCAL_BUS_KEYS]
     errors += [f"{where}.{k}: unknown key" for k in bus if k not in CLOUD_BUS_KEYS and k not in LOCAL_BUS_KEYS]
     interface = bus.get("interface", "auto")
     if interface not in CLOUD_INTERFACES and interface != (local or {}).get("interface"):

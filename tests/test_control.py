@@ -272,12 +272,14 @@ def test_databases_are_confined_and_acks_never_quote_a_file(tmp_path: Path) -> N
         assert SECRET not in ad and "garbage" not in ad and "nonsense" not in ad
     for bus, why in (({"replay": "/etc/shadow"}, "buses[0].replay: not writable"),
                      ({"options": {"config_file": "/etc/x"}}, "buses[0].options: not writable"),
-                     ({"interface": "serial", "channel": "/dev/ttyS0"}, "buses[0].channel: an interface name")):
+                     ({"interface": "serial", "channel": "/dev/ttyS0"}, "buses[0].channel: an interface name"),
+                     ({"simulate": True}, "buses[0].simulate: not writable from the cloud (local only)")):
         acks = agent.control.desired_document({"$version": VERSIONS.next(), "buses": [
             {"name": "pt", "databases": ["edge.dbc"], **bus}]}, full=False)
         assert acks["buses"]["ac"] == 400 and why in acks["buses"]["ad"], acks
     ok = agent.control.desired_document({"$version": VERSIONS.next(), "buses": [
-        {"name": "pt", "interface": "virtual", "channel": "ctl-x", "databases": ["edge.dbc"]}]}, full=False)
+        {"name": "pt", "interface": "virtual", "channel": "ctl-x", "databases": ["edge.dbc"], "strict": False}]},
+        full=False)
     assert ok["buses"]["ac"] == 200 and agent.cfg.buses[0].databases == [str((dbs / "edge.dbc").resolve())]
     agent.store.close()
 
@@ -351,3 +353,14 @@ def test_reported_store_evictions_and_the_throttle_after_a_reconnect(tmp_path: P
     assert len(sent) == 1
     evictions = sent[0]["store"]["evictions"]
     assert evictions["low"] == {"batches": 2, "samples": 11 + 12} and evictions["high"]["batches"] == 0
+
+
+def test_thousands_of_junk_keys_make_a_reportable_ack(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path)
+    doc = {"$version": 3, "log_level": "debug", **{f"junk{i}": i for i in range(2000)}, "bad.name": 1}
+    acks = agent.control.desired_document(doc, full=False)
+    assert acks["log_level"]["ac"] == 200 and agent.cfg.log_level == "debug"
+    assert len(acks) == 1 + 16 and len(orjson.dumps(acks)) < 8192
+    assert agent.desired.document["ad"] == ("received; 2001 of 2002 properties refused (1 with names that cannot "
+                                            "be reported) (1984 more unknown properties not acked one by one)")
+    agent.store.close()

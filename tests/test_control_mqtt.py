@@ -124,8 +124,13 @@ def test_a_retained_poison_survives_restarts_without_wedging(tmp_path: Path, bro
 async def test_a_lower_version_is_stale_live_and_wins_at_connect(tmp_path: Path, broker: MqttBroker, cloud: Cloud,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VEHICLE_AGENT_MQTT_PASSWORD", PASSWORD)
+    cloud.publish("methods/flush/request", {"id": "left-retained"}, retain=True)
     async with running_agent(tmp_path, broker, cloud, "ctl-mqtt-versions") as agent:
         await until(lambda: agent.sink.state()["connected"], what="connected")
+        cloud.publish("methods/get_status/request", {"id": "live"})
+        await until(lambda: cloud.on("methods/get_status/response"), what="a live request answered")
+        assert cloud.on("methods/flush/response") == [], "a retained request is not run at connect"
+        cloud.publish("methods/flush/request", b"", retain=True)
         cloud.publish("twin/desired", {"$version": 50, "log_level": "debug"}, retain=True)
         await until(lambda: acked(cloud, "log_level", 50), what="version 50 applied")
         cloud.publish("twin/desired", {"$version": 3, "log_level": "warning"}, retain=True)

@@ -45,6 +45,7 @@ DESIRED_FILE = "desired.json"
 WRITABLE = CLOUD_WRITABLE
 ECHO_MAX_BYTES = 4096   # an ack echoes the value up to this size (the reported section has 32 KB in all)
 _DELETE = object()
+MAX_UNKNOWN_ACKS = 16   # properties that are not writable acked by name; beyond, counted in the document's ack
 PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")  # what may be acked under its own name
 
 
@@ -322,10 +323,12 @@ class DesiredState:
                     self._save()
                 except OSError as exc:
                     log.warning("desired_state_not_saved", file=str(self.path), error=str(exc))
-        unnamed = 0
+        unnamed = unknown = 0
         for key, value in body.items():
             if not PROPERTY_NAME.match(key):
                 unnamed += 1  # a reported property cannot carry this name (the hub would refuse the whole patch)
+            elif key not in WRITABLE and (unknown := unknown + 1) > MAX_UNKNOWN_ACKS:
+                pass  # counted below: thousands of junk keys must not make an ack patch the hub refuses
             elif key in errors:
                 acks[key] = ack(None if key in refused else _echo(value), 400, version, errors[key])
             else:
@@ -339,6 +342,8 @@ class DesiredState:
         summary = "applied" if not errors else f"received; {len(errors)} of {len(body)} properties refused"
         if unnamed:
             summary += f" ({unnamed} with names that cannot be reported)"
+        if unknown > MAX_UNKNOWN_ACKS:
+            summary += f" ({unknown - MAX_UNKNOWN_ACKS} more unknown properties not acked one by one)"
         self._document(200, version, summary)
         return acks
 

@@ -85,6 +85,10 @@ class MqttChannel(ControlChannel):
             except SinkError as exc:  # kept in the document: it goes out whole on the next connect
                 log.warning("desired_ack_failed", error=str(exc))
         elif (name := self.topics.method_name(topic)) is not None:
+            if retained:  # a request someone left retained would run again at every connect
+                log.warning("method_request_retained_ignored", method=guard.short(name),
+                            action="clear the retained message; requests are published without retain")
+                return
             await self._method(plane, name, payload)
 
     async def _method(self, plane: ControlPlane, name: str, payload: bytes) -> None:
