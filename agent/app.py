@@ -1,4 +1,4 @@
-"""The supervisor: builds the pipeline from a config, runs it, swaps configs, shuts down cleanly.
+"""The agent: builds the pipeline from a config (agent.pipeline), runs it, swaps configs, shuts down cleanly.
 
     sources ─► collector (decode + policy) ─► batcher (encode) ─► store ─► forwarder ─► sink
 
@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import socket
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
-from cantools.database import Database
 
 from agent import __version__, logs
-from agent.batcher import Batcher
 from agent.can.rawcan import RawCanSource
 from agent.can.source import (
     BusSource,
@@ -35,15 +30,13 @@ from agent.can.source import (
     bus_kwargs,
     choose_source,
 )
-from agent.codec import codec_for
-from agent.collect.collector import BusCounters, Collector
 from agent.config import AgentConfig, BusConfig
-from agent.decode import FrameDecoder, load_databases
 from agent.health import RateMeter, losses, write_status
 from agent.liveness import beat
 from agent.logs import set_level
-from agent.model import Batch
-from agent.store import Store, StoreFullError
+from agent.pipeline import build, load_bus_databases
+from agent.store import Store
+from agent.store.spill import SpillingStore
 from agent.summary import SummaryLog
 from agent.supervisor import Supervisor
 from agent.systemd import Notifier
@@ -73,45 +66,6 @@ def forwarder_stall_s(cfg: AgentConfig) -> float:
     return 2 * longest
 
 
-@dataclass(slots=True)
-class Pipeline:
-    """What one config builds: a collector per bus, and the scaling table the encoder needs."""
-
-    config: AgentConfig
-    collectors: dict[str, Collector]
-    scaling: dict[tuple[str, str], tuple[float, float]]
-
-
-def load_bus_databases(cfg: AgentConfig, bus: BusConfig) -> Database:
-    return load_databases([cfg.resolve(p) for p in bus.databases], strict=bus.strict)
-
-
-def preload(cfg: AgentConfig) -> None:
-    """Parse every bus's databases (load_databases keeps them), then take everything alive out of
-    the cyclic GC's way (`gc.freeze`): a full collection would otherwise walk every object of a
-    large database (~0.1 s for 1,500 messages) again and again while frames wait. Once, at start."""
-    for bus in cfg.buses:
-        load_bus_databases(cfg, bus)
-    gc.collect()
-    gc.freeze()
-
-
-def build_pipeline(cfg: AgentConfig, batcher: Batcher, counters: dict[str, BusCounters]) -> Pipeline:
-    """Decoders and collectors for every bus; raises DatabaseError before anything is swapped."""
-    decoders = {bus.name: FrameDecoder(load_bus_databases(cfg, bus)) for bus in cfg.buses}
-    scaling: dict[tuple[str, str], tuple[float, float]] = {}
-    ambiguous: set[tuple[str, str]] = set()  # the same message and signal scaled differently on two buses
-    for decoder in decoders.values():
-        for dec in decoder.messages:
-            for sig, sc in dec.scaling.items():
-                if scaling.setdefault((dec.name, sig), sc) != sc:
-                    ambiguous.add((dec.name, sig))
-    exact = {key: sc for key, sc in scaling.items() if key not in ambiguous}
-    collectors = {name: Collector(name, decoder, cfg.collection, batcher, counters.setdefault(name, BusCounters()),
-                                  exact) for name, decoder in decoders.items()}
-    return Pipeline(cfg, collectors, exact)
-
-
 async def _ended(tasks: list[asyncio.Task]) -> None:
     """Wait for tasks told to stop; cancel those that do not end in time (a wedged sink call)."""
     if not tasks:
@@ -138,7 +92,6 @@ class Agent:
         self.stop = asyncio.Event()
         self.supervisor = Supervisor(self.stop)
         self.notifier = Notifier()
-        self.counters: dict[str, BusCounters] = {}
         self.store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
                            max_batches=cfg.store.max_batches, synchronous=cfg.store.synchronous,
                            ttl_s=cfg.store.ttl_s, quarantine_max_bytes=cfg.store.quarantine_max_bytes)
@@ -146,19 +99,12 @@ class Agent:
         self.control = make_plane(self, self.desired, cfg, self.sink)  # remote control: agent/twin/
         self.forwarder = Forwarder(self.store, self.sink, retry_initial_s=cfg.sink.retry_initial_s,
                                    retry_max_s=cfg.sink.retry_max_s)
-        self.batcher = Batcher(cfg.batching, codec_for(cfg.encoding.format,
-                                                       timestamp_resolution=cfg.encoding.timestamp_resolution,
-                                                       level=cfg.encoding.compression_level),
-                               vehicle=cfg.vehicle_id, on_batch=self._store_batch, on_refused=self._count_refused)
-        self.pipeline = build_pipeline(cfg, self.batcher, self.counters)
-        self.batcher.scaling = dict(self.pipeline.scaling)
+        # The store as the batcher sees it: commits, or a bounded memory spill while the disk fails.
+        self.durable = SpillingStore(self.store, max_bytes=cfg.store.spill_max_bytes, on_stored=self.forwarder.notify)
+        self.pipeline = build(cfg, on_batch=self.durable.put)
+        self.batcher, self.counters = self.pipeline.batcher, self.pipeline.counters
         self.sources: dict[str, FrameSource] = {}
         self._bus_tasks: dict[str, tuple[asyncio.Event, list[asyncio.Task]]] = {}
-        self.spill: deque[Batch] = deque()
-        self.spill_bytes = 0
-        self.spill_dropped = 0
-        self.spill_dropped_batches = 0
-        self.store_error: str | None = self.store.open_error
         self.progress = progress
         self.config_version = 0
         self.summary = SummaryLog(cfg.summary_interval_s)
@@ -167,72 +113,6 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._running = False
         self._watchdog_withheld: dict[str, float] = {}
-
-    def _count_refused(self, bus: str, samples: int) -> None:
-        """Samples the encoder could not carry exactly: counted on their bus (`refused_values`)."""
-        self.counters.setdefault(bus, BusCounters()).refused_values += samples
-
-    # ---------------------------------------------------------------- store path
-    def _store_batch(self, batch: Batch) -> None:
-        """The batcher's output: commit to the store, or keep it in a bounded memory spill."""
-        if self.spill:
-            self._retry_spill()
-        if self.spill:
-            self._to_spill(batch)
-            return
-        try:
-            self._put(batch)
-        except (sqlite3.Error, OSError) as exc:
-            self._store_failed(exc)
-            self._to_spill(batch)
-            return
-        if self.store_error:
-            log.info("store_recovered", path=str(self.store.path))
-        self.store_error = None
-
-    def _put(self, batch: Batch) -> None:
-        """Commit one batch; log what it evicted. A batch larger than the whole store is dropped, loudly."""
-        try:
-            evicted = self.store.put(batch)
-        except StoreFullError as exc:  # counted by the store (too_large_*)
-            log.error("store_batch_too_large", batch_id=batch.id, bytes=batch.size, error=str(exc),
-                      fix="raise store.max_bytes above batching.max_bytes")
-            return
-        for ev in evicted:
-            log.warning("store_evicted", batch_id=ev.id, priority=ev.priority.name, samples=ev.samples, bytes=ev.bytes,
-                        reason="store full (store.max_bytes / store.max_batches)")
-        self.forwarder.notify()
-
-    def _store_failed(self, exc: Exception) -> None:
-        if self.store_error != str(exc):
-            log.error("store_write_failed", path=str(self.store.path), error=str(exc),
-                      action="keeping batches in memory until the store is writable")
-        self.store_error = str(exc)
-
-    def _to_spill(self, batch: Batch) -> None:
-        self.spill.append(batch)
-        self.spill_bytes += batch.size
-        while self.spill_bytes > self.cfg.store.spill_max_bytes and len(self.spill) > 1:
-            old = self.spill.popleft()
-            self.spill_bytes -= old.size
-            self.spill_dropped += old.sample_count
-            self.spill_dropped_batches += 1
-            log.error("spill_dropped", batch_id=old.id, samples=old.sample_count, bytes=old.size,
-                      lost_samples_total=self.spill_dropped, reason="memory spill full (store.spill_max_bytes)")
-
-    def _retry_spill(self) -> None:
-        while self.spill:
-            batch = self.spill[0]
-            try:
-                self._put(batch)
-            except (sqlite3.Error, OSError) as exc:
-                self._store_failed(exc)
-                return
-            self.spill.popleft()
-            self.spill_bytes -= batch.size
-        if self.store_error:
-            log.info("store_recovered", path=str(self.store.path))
-        self.store_error = None
 
     # ---------------------------------------------------------------- sources
     def _make_source(self, bus: BusConfig) -> tuple[FrameSource, bool]:
@@ -312,17 +192,13 @@ class Agent:
         Collectors are rebuilt (cheap, ~ms); sources restart only for buses whose bus settings changed,
         so an unchanged bus loses no frames: they wait in its receive queue while the swap runs.
         """
-        pipeline = build_pipeline(new, self.batcher, self.counters)
-        codec = codec_for(new.encoding.format, timestamp_resolution=new.encoding.timestamp_resolution,
-                          level=new.encoding.compression_level)
-        for collector in self.pipeline.collectors.values():
-            collector.flush()
-        self.batcher.reconfigure(new.batching, codec, new.vehicle_id, pipeline.scaling)
+        self.pipeline.reconfigure(new)
+        self.durable.max_bytes = new.store.spill_max_bytes
         self.store.max_bytes, self.store.max_batches = new.store.max_bytes, new.store.max_batches
         self.store.ttl_s = dict(new.store.ttl_s)
         self.store.quarantine_max_bytes = new.store.quarantine_max_bytes
         old_buses = {b.name: b for b in self.cfg.buses}
-        self.pipeline, self.cfg = pipeline, new
+        self.cfg = new
         set_level(new.log_level)
         self.summary.interval_s = new.summary_interval_s
         if self._running:
@@ -335,15 +211,13 @@ class Agent:
                 self._stop_bus(name)
                 self.counters.pop(name, None)
             for name, source in self.sources.items():
-                source.set_wanted_ids(pipeline.collectors[name].wanted_ids)
+                source.set_wanted_ids(self.pipeline.collectors[name].wanted_ids)
         self.config_version += 1
         log.info("config_applied", version=self.config_version, buses=[b.name for b in new.buses])
 
     # ---------------------------------------------------------------- what the control plane may ask
     def flush_now(self) -> None:
-        for collector in self.pipeline.collectors.values():
-            collector.flush()
-        self.batcher.flush()
+        self.pipeline.flush()
         self.forwarder.notify()
 
     def set_log_level(self, level: str, duration_s: float | None = None) -> None:
@@ -367,11 +241,8 @@ class Agent:
                       for name, c in self.counters.items()},
             "pending_samples": self.batcher.pending_samples,
             "batches_closed": self.batcher.batches_closed,
-            "store": {**self._store_stats(), "path": str(self.store.path), "error": self.store_error,
-                      "spill": {"batches": len(self.spill), "bytes": self.spill_bytes,
-                                "max_bytes": self.cfg.store.spill_max_bytes,
-                                "dropped_batches": self.spill_dropped_batches,
-                                "dropped_samples": self.spill_dropped},
+            "store": {**self._store_stats(), "path": str(self.store.path), "error": self.durable.error,
+                      "spill": self.durable.status(),
                       "corrupt_moved_aside": [str(p) for p in self.store.quarantined]},
             "sink": {"type": self.sink.name, **self.forwarder.status.as_dict(), **self.sink.state()},
             "control": self.control.state(),
@@ -385,7 +256,7 @@ class Agent:
         try:
             return self.store.stats().as_dict()
         except sqlite3.Error as exc:
-            self._store_failed(exc)
+            self.durable.failed(exc)
             return {"batches": None, "samples": None, "bytes": None, "by_priority": {},
                     "oldest_pending_age_s": None, "counters": {}}
 
@@ -406,8 +277,8 @@ class Agent:
             self.batcher.tick()
             if not self.stop.is_set():  # stopping: tasks end on purpose, and STOPPING=1 was sent
                 self._feed_watchdog()
-            if self.spill:
-                self._retry_spill()
+            if self.durable:
+                self.durable.retry()
 
     def _feed_watchdog(self) -> None:
         """Ping systemd's watchdog only while no task is wedged (the control plane watches its channel
@@ -473,19 +344,14 @@ class Agent:
             stop, tasks = self._bus_tasks[name]
             stop.set()
             await _ended(tasks)  # the source stays listed: the final status keeps its state and counters
-        for collector in self.pipeline.collectors.values():
-            collector.flush()
-        self.batcher.flush()
-        if self.spill:
-            self._retry_spill()
+        self.pipeline.flush()
+        if self.durable:
+            self.durable.retry()
         await _ended(self._tasks)
         sent = await self.forwarder.drain(FINAL_DRAIN_S)
         await self.forwarder.close()
-        for batch in self.spill:  # the store never became writable: what memory holds is lost now, counted
-            self.spill_dropped_batches += 1
-            self.spill_dropped += batch.sample_count
-            log.error("spill_dropped", batch_id=batch.id, samples=batch.sample_count, bytes=batch.size,
-                      lost_samples_total=self.spill_dropped, reason="stopped while the store was not writable")
+        spilled_lost = len(self.durable.spill)
+        self.durable.drop_all()  # the store never became writable: what memory holds is lost now, counted
         doc = self.status()
         with contextlib.suppress(OSError):
             write_status(self.state_dir, doc)
@@ -495,4 +361,4 @@ class Agent:
         self.store.close()
         self.notifier.close()
         log.info("agent_stopped", final_sends=sent, store_depth=doc["store"]["batches"],
-                 spilled_lost=len(self.spill))
+                 spilled_lost=spilled_lost)

@@ -74,7 +74,8 @@ def _load_config_or_exit(path: str | None) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg, data = _load_config_or_exit(args.config)
     configure_logging(cfg.log_level)
-    from agent.app import Agent, preload
+    from agent.app import Agent
+    from agent.pipeline import preload
     from agent.startup import StartupError, agent_writes, prepare_state_dir
 
     try:

@@ -96,12 +96,10 @@ def test_a_swap_reuses_parsed_databases_and_compiles_ids_as_they_appear(tmp_path
     """A config swap usually keeps its databases: they are not parsed again unless their bytes
     changed, and a collector compiles an id's decoding at its first frame, so a swap with a large
     database costs the policy lookup only."""
-    from agent.app import build_pipeline
-    from agent.batcher import Batcher
-    from agent.codec import codec_for
     from agent.config import build_config
     from agent.decode.database import load_databases
     from agent.model import Priority
+    from agent.pipeline import build
 
     head = 'VERSION ""\nNS_ :\nBS_:\nBU_: ECU\n'
     dbc = tmp_path / "big.dbc"
@@ -116,8 +114,8 @@ def test_a_swap_reuses_parsed_databases_and_compiles_ids_as_they_appear(tmp_path
 
     cfg = build_config({"buses": [{"name": "pt", "databases": [str(dbc)]}],
                         "collection": {"default": {"policy": "all"}}}, base_dir=tmp_path)
-    batcher = Batcher(cfg.batching, codec_for("columnar"), vehicle="v", on_batch=lambda b: None)
-    collector = build_pipeline(cfg, batcher, {}).collectors["pt"]
+    pipeline = build(cfg, on_batch=lambda b: None)
+    batcher, collector = pipeline.batcher, pipeline.collectors["pt"]
     assert len(collector.wanted_ids) == 300 and not collector.plans, "nothing compiled before frames arrive"
     collector.process([(1_700_000_000.0, 256 + 7, bytes([4, 0, 0, 0, 0, 0, 0, 0]), False, False)])
     assert set(collector.plans) == {256 + 7}

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.app import load_bus_databases, preload
 from agent.bench import live, stages
 from agent.bench.store import bench_store
 from agent.bench.trace import build_trace
 from agent.bench.wire import wire
 from agent.can.simulator import frames_per_second
 from agent.config import AgentConfig
+from agent.pipeline import load_bus_databases, preload
 
 Progress = Callable[[str], None]
 

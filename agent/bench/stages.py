@@ -16,17 +16,16 @@ from pathlib import Path
 
 import can
 
-from agent.app import build_pipeline
-from agent.batcher import Batcher
 from agent.bench.trace import Trace, cpu_best
 from agent.can.frame_format import pack_frame
 from agent.can.rawcan import RCVBUF_BYTES, RawCanSource, enable_timestamps
 from agent.can.source import BusSource
-from agent.codec import Codec, Columns, Scaling, codec_for
-from agent.collect.collector import BusCounters, Collector
+from agent.codec import Codec, Columns, Scaling
+from agent.collect.collector import Collector
 from agent.config import AgentConfig
 from agent.decode.fast import FastDecoder
 from agent.model import Batch
+from agent.pipeline import build, codec_of
 from agent.store import Store
 
 
@@ -93,17 +92,13 @@ class TimedPipeline:
     """The agent's pipeline after the bus read: collectors -> batcher (encode+compress) -> SQLite store."""
 
     def __init__(self, cfg: AgentConfig, directory: Path) -> None:
-        enc = cfg.encoding
-        self.codec = _TimedCodec(codec_for(enc.format, timestamp_resolution=enc.timestamp_resolution,
-                                           level=enc.compression_level))
+        self.codec = _TimedCodec(codec_of(cfg))
         self.store = Store(directory / "bench-store.db", max_bytes=1 << 34, synchronous=cfg.store.synchronous)
         self.store_cpu_s = 0.0
         self.batches: list[Batch] = []
-        self.batcher = Batcher(cfg.batching, self.codec, vehicle=cfg.vehicle_id, on_batch=self._put)
-        self.counters: dict[str, BusCounters] = {}
-        pipeline = build_pipeline(cfg, self.batcher, self.counters)
-        self.batcher.scaling = dict(pipeline.scaling)
-        self.collectors: dict[str, Collector] = pipeline.collectors
+        self.pipeline = build(cfg, on_batch=self._put, codec=self.codec)  # as the agent builds it
+        self.batcher = self.pipeline.batcher
+        self.collectors: dict[str, Collector] = self.pipeline.collectors
         for collector in self.collectors.values():
             collector.build_all()  # compiled per config, not per frame: outside the timed runs
 
@@ -115,7 +110,7 @@ class TimedPipeline:
 
     @property
     def samples(self) -> int:
-        return sum(c.samples for c in self.counters.values())
+        return self.pipeline.samples
 
     def close(self) -> None:
         self.store.close()
@@ -228,7 +223,7 @@ def with_python_can_read(trace: Trace, directory: Path) -> dict[str, float]:
                     tx.send(can.Message(timestamp=f.t, arbitration_id=f.id, data=f.data, is_fd=f.is_fd,
                                         is_extended_id=f.id > 0x7FF, check=False))
                 start = time.process_time()
-                while batch := source._drain(rx):  # noqa: SLF001 - the source's own drain, without its tick
+                while batch := source.drain(rx):  # the source's own drain, without its tick
                     process(batch)
                 cpu += time.process_time() - start
         start = time.process_time()

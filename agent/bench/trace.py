@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from cantools.database import Database
 
-from agent.app import load_bus_databases
 from agent.can.simulator import VehicleSimulator
 from agent.config import AgentConfig
 from agent.model import Frame
+from agent.pipeline import load_bus_databases
 
 START_T = 1_700_000_000.0
 CHUNK = 400  # frames per collector call: a 50 ms drain of a saturated 1 Mbit/s bus (the raw source drains 100 ms)

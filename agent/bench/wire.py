@@ -10,12 +10,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-from agent.batcher import Batcher
 from agent.bench.trace import Trace
 from agent.codec import Codec, Columns, JsonCodec, Scaling, physical
 from agent.codec.columnar import ColumnarCodec
-from agent.collect.collector import BusCounters
 from agent.config import AgentConfig, CollectionConfig
+from agent.pipeline import build
 
 Encode = Callable[[Columns], bytes]
 
@@ -64,15 +63,11 @@ def wire(trace: Trace) -> dict[str, dict[str, float]]:
     cfg: AgentConfig = trace.config.model_copy(update={"collection": CollectionConfig.model_validate(
         {"default": {"policy": "all"}})})
     columns_per_batch: list[dict] = []
-    batcher = Batcher(cfg.batching, _Capture(columns_per_batch), vehicle="bench", on_batch=lambda b: None)
-    from agent.app import build_pipeline  # late: agent.app imports the whole agent
-
-    counters: dict[str, BusCounters] = {}
-    pipeline = build_pipeline(cfg, batcher, counters)
+    pipeline = build(cfg, on_batch=lambda b: None, codec=_Capture(columns_per_batch))
     for bus, frames in trace.chunks():
         pipeline.collectors[bus].process(frames)
-    batcher.flush()
-    samples = sum(c.samples for c in counters.values())
+    pipeline.batcher.flush()
+    samples = pipeline.samples
     json = JsonCodec()
     encoders: dict[str, Encode] = {
         "columnar": lambda c: ColumnarCodec("ms").encode(c, vehicle="bench", scaling=pipeline.scaling),

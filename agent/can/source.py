@@ -143,7 +143,8 @@ class BusSource(FrameSource):
             kwargs.setdefault("receive_own_messages", False)
         return can.Bus(interface=self.interface, channel=self.channel, **kwargs)
 
-    def _drain(self, bus: can.BusABC) -> list[Frame]:
+    def drain(self, bus: can.BusABC) -> list[Frame]:
+        """Everything the bus has received (up to MAX_DRAIN frames), without waiting."""
         out: list[Frame] = []
         recv = bus.recv
         while len(out) < MAX_DRAIN:
@@ -176,7 +177,7 @@ class BusSource(FrameSource):
             await asyncio.sleep(self.tick_s)  # cheaper than a wait on `stop` every tick; checked above
             beat()
             try:
-                batch = self._drain(self.can_bus)
+                batch = self.drain(self.can_bus)
             except (can.CanError, OSError) as exc:
                 self.state, self.last_error = "down", str(exc)
                 log.warning("bus_read_failed", bus=self.bus, channel=self.channel, error=str(exc))
