@@ -439,6 +439,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                      + (f", last error: {sk['last_error']}" if sk.get("last_error") else "")
                      + (f"; outbox {sk['outbox_bytes']} of {sk['max_bytes']} bytes, oldest {sk['removed_batches']} "
                         "batches removed (sink.max_bytes)" if sk.get("max_bytes") else ""))
+    if doc.get("control"):
+        lines.append(_control_line(doc["control"]))
     if "losses" in doc:
         lost = {k: v for k, v in doc["losses"].items() if v}
         lines.append("lost (docs/durability.md): " + (", ".join(f"{k} {v}" for k, v in lost.items()) if lost else "nothing"))
@@ -449,6 +451,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             for name, t in doc["tasks"].items()))
     _out("\n".join(lines))
     return EXIT_OK
+
+
+def _control_line(c: dict[str, Any]) -> str:
+    """The remote control: channel and link, the applied desired version, how the last document was taken."""
+    last = c.get("last_document") or {}
+    reset = c.get("version_reset")
+    return (f"control {c.get('channel')}: {c.get('link', '?')}, desired version {c.get('desired_version')}"
+            + (f", last document {last.get('ac')} {last.get('ad')}" if last else "")
+            + (f", refused {c.get('rejected_documents', 0)} documents / {c.get('rejected_properties', 0)} properties"
+               if c.get("rejected_documents") or c.get("rejected_properties") else "")
+            + (f", version sequence restarted {reset['from']} -> {reset['to']}" if reset else "")
+            + ("" if c.get("healthy", True) else ", WEDGED (watchdog not fed)"))
 
 
 def _bus_health_text(bus: dict[str, Any]) -> str:

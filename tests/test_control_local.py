@@ -52,6 +52,12 @@ def test_local_desired_file_reported_file_and_methods(tmp_path: Path) -> None:
         assert reported["sink"]["ac"] == 400 and "not writable" in reported["sink"]["ad"]
         status, doc = call_method(state, "get_status")
         assert doc["control"]["desired_version"] == 3
+        wait_for(lambda: "desired version 3" in run_cli("status", "--state-dir", str(state)).stdout, 30,
+                 what="status shows the control plane")
+        line = next(x for x in run_cli("status", "--state-dir", str(state)).stdout.splitlines()
+                    if x.startswith("control"))
+        assert line == ("control local: local, desired version 3, last document 200 received; 1 of 2 properties "
+                        "refused, refused 1 documents / 1 properties")
 
         before = outbox_files(state)
         status, doc = call_method(state, "flush")
