@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.health import LOSSES
+from agent.can.rawcan import RawCanSource
+from agent.health import BUS_LOSSES, LOSSES
 from agent.twin.reporter import reported_doc
 from tests.conftest import CONFIG_DIR, ROOT, run_cli
 
@@ -46,6 +47,35 @@ def test_every_loss_counter_is_in_status_reported_properties_and_docs(tmp_path: 
     assert set(LOSSES) <= documented, f"undocumented: {set(LOSSES) - documented}"
     assert all(v == 0 for v in doc["losses"].values()), doc["losses"]
     assert doc["store"]["counters"]["sent_samples"] == kept_samples(doc) > 0
+
+
+def test_bad_input_is_counted_in_the_losses_of_status_and_reported_properties(tmp_path: Path) -> None:
+    """A replayed log with a line that is no frame, a frame of a known id that is too short and a frame
+    dated 10^20 s: each lands in its loss counter, summed from the bus counters that name it."""
+    good = (CONFIG_DIR / "sample-drive.log").read_text().splitlines()[:200]
+    short_id = good[0].split()[2].split("#")[0]
+    log = tmp_path / "bad.log"
+    log.write_text("\n".join([*good[:100], "this is not a frame", f"(1700000000.5) vcan0 {short_id}#01",
+                               f"(100000000000000000000.0) vcan0 {good[1].split()[2]}", *good[100:]]) + "\n")
+    cfg = {"vehicle_id": "car-l", "state_dir": str(tmp_path / "state"),
+           "buses": [{"name": "powertrain", "databases": [DBC], "replay": str(log)}],
+           "collection": {"default": {"policy": "all"}}, "sink": {"type": "file"}}
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = run_cli("run", "--config", str(path), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(run_cli("status", "--config", str(path), "--json").stdout)
+    bus = doc["buses"]["powertrain"]
+    for counter in BUS_LOSSES.values():  # the bus counters the losses sum exist under these names
+        assert counter in bus or counter == "kernel_drops", counter
+    losses = doc["losses"]
+    assert (losses["replay_bad_lines"], losses["decode_error_frames"], losses["refused_timestamp_frames"]) == (1, 1, 1)
+    assert reported_doc(doc)["losses"] == losses
+    assert "replay_bad_lines 1" in run_cli("status", "--config", str(path)).stdout
+
+
+def test_the_raw_socketcan_source_reports_the_kernel_drops_the_losses_sum() -> None:
+    assert "kernel_drops" in RawCanSource("b", "vcan-none").status()
 
 
 def test_store_smaller_than_a_batch_is_refused_before_anything_is_lost(tmp_path: Path) -> None:
