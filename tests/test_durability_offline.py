@@ -21,6 +21,7 @@ from agent.config import BatchingConfig
 from agent.model import Batch, Priority
 from agent.store import Store
 from agent.uplink.base import SinkError
+from agent.uplink.fault import FaultySink
 from agent.uplink.file import FileSink
 from agent.uplink.forwarder import Forwarder
 
@@ -76,7 +77,7 @@ async def test_hours_offline_bounded_exact_evictions_high_first(tmp_path: Path) 
     clock = Clock(1_750_000_000.0)
     store = Store(tmp_path / "store.db", max_bytes=MAX_BYTES, ttl_s=TTL)
     model = Model()
-    sink = FileSink(tmp_path / "outbox", delivery_log=tmp_path / "deliveries.jsonl", fail_rate=1.0, seed=1)
+    sink = FaultySink(FileSink(tmp_path / "outbox"), delivery_log=tmp_path / "deliveries.jsonl", fail_rate=1.0, seed=1)
     forwarder = Forwarder(store, sink, clock=clock)
     evictions: list[str] = []
     refused = 0

@@ -319,12 +319,6 @@ class Store:
         self._count_now(corrupt_files_moved=1)
         return True
 
-    def reopen(self) -> None:
-        """A new connection to the same file (after the file system came back writable)."""
-        with contextlib.suppress(Exception):
-            self.db.close()
-        self._open()
-
     def _count_now(self, **deltas: int) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         self._count(**deltas)

@@ -13,9 +13,7 @@ and the quick start alone writes ~13 MB a minute. Past the bound the oldest batc
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import random
 import re
 from pathlib import Path
 from typing import Any
@@ -52,9 +50,7 @@ def _sync_dir(path: Path) -> None:
 class FileSink(Sink):
     name = "file"
 
-    def __init__(self, outbox: str | Path, *, decoded: bool = True, fail_rate: float = 0.0,
-                 ack_delay_ms: int = 0, seed: int | None = None, delivery_log: str | Path | None = None,
-                 max_bytes: int | None = None, crash_first: int = 0) -> None:
+    def __init__(self, outbox: str | Path, *, decoded: bool = True, max_bytes: int | None = None) -> None:
         self.outbox = Path(outbox)
         self.decoded = decoded
         self.files_written = 0
@@ -62,13 +58,6 @@ class FileSink(Sink):
         self.batch_bytes: dict[str, int] = {}  # batch id -> bytes of its files in the outbox
         self.outbox_bytes = 0
         self.removed_batches = self.removed_bytes = 0
-        # Fault injection (sink.fault, testing/diagnostics): a slow or unreliable uplink, on demand.
-        self.fail_rate = fail_rate
-        self.ack_delay_s = ack_delay_ms / 1000
-        self.rng = random.Random(seed)
-        self.delivery_log = Path(delivery_log) if delivery_log else None
-        self.injected_failures = 0
-        self.crashes_left = crash_first
 
     async def open(self) -> None:
         try:
@@ -108,30 +97,11 @@ class FileSink(Sink):
                      removed_total=self.removed_batches, reason="sink.max_bytes")
 
     async def send(self, batch: Batch) -> None:
-        if self.ack_delay_s:
-            await asyncio.sleep(self.ack_delay_s)
-        if self.crashes_left:
-            self.crashes_left -= 1
-            raise RuntimeError("injected crash (sink.fault.crash_first)")
-        if self.fail_rate and self.rng.random() < self.fail_rate:
-            self.injected_failures += 1
-            raise SinkError("injected failure (sink.fault.fail_rate)")
         try:
             await asyncio.to_thread(self._write, batch)
         except OSError as exc:
             raise SinkError(f"cannot write to outbox {self.outbox}: {exc.strerror}") from None
         self.files_written += 1
-
-    def _log_delivery(self, batch: Batch) -> None:
-        """Append-only record of every acknowledged send, written (and synced) before the ack returns."""
-        line = orjson.dumps({"id": batch.id, "priority": batch.priority.name, "samples": batch.sample_count,
-                             "sha256": hashlib.sha256(batch.payload).hexdigest()}) + b"\n"
-        fd = os.open(self.delivery_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _write(self, batch: Batch) -> None:
         if self.decoded:
@@ -158,14 +128,9 @@ class FileSink(Sink):
         _sync_dir(self.outbox)
         self.outbox_bytes += size - self.batch_bytes.get(batch.id, 0)  # a resend replaces its files
         self.batch_bytes[batch.id] = size
-        if self.delivery_log is not None:
-            self._log_delivery(batch)
         self._keep_within_bound(batch.id)
 
     def state(self) -> dict[str, Any]:
-        st: dict[str, Any] = {"outbox": str(self.outbox), "files_written": self.files_written,
-                              "outbox_bytes": self.outbox_bytes, "max_bytes": self.max_bytes,
-                              "removed_batches": self.removed_batches, "removed_bytes": self.removed_bytes}
-        if self.fail_rate or self.ack_delay_s:
-            st["injected_failures"] = self.injected_failures
-        return st
+        return {"outbox": str(self.outbox), "files_written": self.files_written,
+                "outbox_bytes": self.outbox_bytes, "max_bytes": self.max_bytes,
+                "removed_batches": self.removed_batches, "removed_bytes": self.removed_bytes}
