@@ -504,15 +504,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- debug
 def cmd_debug_codegen(args: argparse.Namespace) -> int:
     """Print the Python the collector generates for a message under the config's collection policy."""
-    from agent.app import build_pipeline
-    from agent.batcher import Batcher
-    from agent.codec import codec_for
+    from agent.pipeline import build
 
     cfg, _ = _load_config_or_exit(args.config)
     configure_logging("error")
     try:
-        batcher = Batcher(cfg.batching, codec_for(cfg.encoding.format), vehicle=cfg.vehicle_id, on_batch=lambda _b: None)
-        pipeline = build_pipeline(cfg, batcher, {})
+        pipeline = build(cfg, on_batch=lambda _b: None)
     except DatabaseError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_USAGE

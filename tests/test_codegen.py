@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.app import build_pipeline
-from agent.batcher import Batcher
-from agent.codec import codec_for
 from agent.collect.codegen import Slot
 from agent.collect.policy import Filter
 from agent.compiler import compile_sampler
 from agent.config import build_config
+from agent.pipeline import build
 from tests.conftest import DATA, run_cli
 
 GOLDEN = DATA / "golden"
@@ -38,8 +36,7 @@ CONFIG = {
 
 def _generated(message: str) -> str:
     cfg = build_config(CONFIG, base_dir=Path.cwd())
-    batcher = Batcher(cfg.batching, codec_for("columnar"), vehicle="golden", on_batch=lambda _b: None)
-    collector = build_pipeline(cfg, batcher, {}).collectors["pt"]
+    collector = build(cfg, on_batch=lambda _b: None).collectors["pt"]
     return "\n".join(f"# {name}\n{source}" for name, source in collector.generated(message)) + "\n"
 
 
