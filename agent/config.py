@@ -88,8 +88,17 @@ class BusConfig(_Model):
 PolicyKind = Literal["all", "on_change", "min_interval", "period", "exclude"]
 
 
+def _policy_needs(policy: str, parameter: str) -> dict[str, Any]:
+    """JSON Schema: this policy requires a positive parameter (what `_needs_its_parameter` checks)."""
+    return {"if": {"properties": {"policy": {"const": policy}}, "required": ["policy"]},
+            "then": {"required": [parameter], "properties": {parameter: {"exclusiveMinimum": 0}}}}
+
+
 class SignalPolicy(_Model):
     """How samples of the matched signals are kept."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [_policy_needs("min_interval", "min_interval_ms"),
+                                                           _policy_needs("period", "period_ms")]})
 
     match: str = Field("*", min_length=1, max_length=256, description="Signal name or glob (`Wheel*`); also matches 'Message.Signal'.")
     policy: PolicyKind = Field("all", description="all | on_change | min_interval | period | exclude.")

@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import paho.mqtt.client as mqtt
+
+from tests.conftest import wait_for
 
 TLS_PORT = 8883
 HUB = "myhub.azure-devices.net"
@@ -47,17 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll until predicate() is truthy (generous timeouts: the machine is shared)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -100,6 +90,9 @@ def make_device_cert(folder: Path, ca: dict[str, Path], device: str, pass_phrase
     return {"cert": folder / "device.pem", "key": folder / "device.key"}
 
 
+HUB_MAX_PACKET = 256 * 1024
+
+
 class Broker:
     """mosquitto on 127.0.0.1: TLS 8883 for the SDK, a plain port for the responder; persistent sessions."""
 
@@ -123,6 +116,8 @@ class Broker:
             "per_listener_settings false", "persistence true", f"persistence_location {data}/",
             "autosave_interval 1", "user root", "log_dest file " + str(self.folder / "mosquitto.log"),
             "log_type all",
+            # IoT Hub's limit: a device-to-cloud message over 256 KB is refused and the client disconnected
+            f"max_packet_size {HUB_MAX_PACKET}",
             auth,
             f"listener {TLS_PORT} 127.0.0.1",
             f"cafile {self.certs['ca']}", f"certfile {self.certs['cert']}", f"keyfile {self.certs['key']}",

@@ -15,7 +15,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from tests.iothub_standin import free_port, make_certs, port_free, wait_for
+from tests.conftest import wait_for
+from tests.iothub_standin import free_port, make_certs, port_free
 
 
 class MqttBroker:

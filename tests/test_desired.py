@@ -11,7 +11,7 @@ import yaml
 
 from agent.app import Agent
 from agent.config import build_config
-from tests.conftest import DATA
+from tests.conftest import DATA, until
 
 
 def _agent(tmp_path: Path, channel: str) -> tuple[Agent, dict]:
@@ -68,17 +68,14 @@ async def test_live_swap_changes_what_is_collected_without_losing_frames(tmp_pat
                 await asyncio.sleep(0.01)
 
     try:
-        await asyncio.sleep(0.3)
+        await until(lambda: agent.status()["buses"].get("pt", {}).get("state") == "up", what="the bus open")
         await send(range(0, 100))
-        for _ in range(200):  # until the source has drained those frames
-            if agent.counters["pt"].frames >= 100:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: agent.counters["pt"].frames >= 100, what="the first 100 frames read")
         ack = agent.desired.handle({"$version": 2, "collection": {"signals": [
             {"match": "EngineSpeed", "policy": "exclude"}]}}, full=False)
         assert ack["collection"]["ac"] == 200
         await send(range(100, 200))
-        await asyncio.sleep(0.4)
+        await until(lambda: agent.counters["pt"].frames >= 200, what="every frame read")
     finally:
         sender.shutdown()
         agent.stop.set()

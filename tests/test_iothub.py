@@ -12,7 +12,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,16 @@ from typing import Any
 import can
 import cantools
 import pytest
+import structlog
 
 from agent.app import Agent
 from agent.codec import codec_by_content
 from agent.config import build_config
-from tests.conftest import DATA
+from tests.conftest import DATA, until
 from tests.iothub_standin import (
     DEVICE_KEY,
     HUB,
+    HUB_MAX_PACKET,
     TLS_PORT,
     Broker,
     Responder,
@@ -86,17 +88,6 @@ def standin(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> Hub:
     return hub
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 40, what: str = "condition") -> Any:
-    """Poll without blocking the agent's loop (it runs in this same loop)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def _config(tmp_path: Path, hub: Hub, channel: str, **iothub: Any) -> dict[str, Any]:
     return {"vehicle_id": "car-1", "state_dir": str(tmp_path / "state"),
             "buses": [{"name": "pt", "interface": "virtual", "channel": channel,
@@ -108,8 +99,9 @@ def _config(tmp_path: Path, hub: Hub, channel: str, **iothub: Any) -> dict[str, 
 
 
 @asynccontextmanager
-async def running_agent(tmp_path: Path, hub: Hub, channel: str, **iothub: Any) -> AsyncIterator[Agent]:
-    base = _config(tmp_path, hub, channel, **iothub)
+async def running_agent(tmp_path: Path, hub: Hub, channel: str, settings: dict[str, Any] | None = None,
+                        **iothub: Any) -> AsyncIterator[Agent]:
+    base = {**_config(tmp_path, hub, channel, **iothub), **(settings or {})}
     agent = Agent(build_config(base, base_dir=tmp_path), base=base)
     task = asyncio.create_task(agent.run())
     try:
@@ -117,6 +109,11 @@ async def running_agent(tmp_path: Path, hub: Hub, channel: str, **iothub: Any) -
     finally:
         agent.stop.set()
         await asyncio.wait_for(task, 60)
+
+
+def agent_log_level() -> int:
+    """The level the in-process agent's structlog loggers filter at now."""
+    return structlog.get_logger().bind().get_effective_level()
 
 
 def ms_floor(t: float) -> float:
@@ -180,12 +177,30 @@ async def test_telemetry_content_properties_and_reported_state(standin: Hub, tmp
     assert p["simulated"] == "false"  # a route can keep simulated data out of the fleet's storage
     assert int(p["samples"]) == len(received_samples(standin)[p["$.mid"]])
     assert float(p["first_t"]) <= float(p["last_t"])
-    assert len(msg.body) <= 256 * 1024
     reported = next(p for p in standin.responder.reported_patches if "agent" in p)
     assert reported["agent"]["vehicle_id"] == "car-1" and reported["agent"]["version"]
     assert "pt" in reported["buses"] and "batches" in reported["store"]
     everything = json.dumps(standin.responder.reported_patches)
     assert DEVICE_KEY not in everything and "SharedAccessKey" not in everything
+
+
+async def test_a_batch_over_the_hubs_256_kb_limit_is_split_and_arrives_whole(standin: Hub, tmp_path: Path) -> None:
+    """3,200 samples in one json batch (~290 KB) against a broker that refuses packets over 256 KB, as IoT Hub does."""
+    sender = can.Bus(interface="virtual", channel="iothub-big")
+    settings = {"batching": {"max_age_s": 5}, "encoding": {"format": "json"}}
+    async with running_agent(tmp_path, standin, "iothub-big", settings) as agent:
+        await until(lambda: agent.sink.state()["link"] == "connected", what="connected")
+        for i in range(800):
+            send_engine(sender, i)
+        await until(lambda: len(engine_speeds(standin)) >= 800, what="every EngineSpeed sample at the hub")
+        await until(lambda: sum(len(s) for s in received_samples(standin).values()) >= 3200, what="every sample")
+    sender.shutdown()
+    assert engine_speeds(standin) == [1000 + i * 0.25 for i in range(800)]
+    with standin.responder.lock:
+        sizes = sorted(len(m.body) for m in standin.responder.telemetry)
+    assert len(sizes) >= 2 and sum(sizes) > HUB_MAX_PACKET, f"the batch was over the limit and split: {sizes}"
+    assert sizes[-1] <= 256 * 1024 - 4096, "each part within batching.max_bytes"
+    assert sum(len(s) for s in received_samples(standin).values()) == 3200
 
 
 async def test_desired_patch_live_and_invalid_patch_rejected(standin: Hub, tmp_path: Path) -> None:
@@ -235,7 +250,10 @@ async def test_direct_methods(standin: Hub, tmp_path: Path) -> None:
         assert status == 200 and doc["flushed"] is True
         status, doc = await asyncio.to_thread(r.invoke, "set_log_level", {"level": "debug", "duration_s": 30})
         assert status == 200 and doc == {"level": "debug", "duration_s": 30}
-        assert logging.getLevelName(logging.DEBUG) == "DEBUG"
+        assert agent_log_level() == logging.DEBUG
+        status, doc = await asyncio.to_thread(r.invoke, "set_log_level", {"level": "warning", "duration_s": 0.5})
+        assert status == 200 and agent_log_level() == logging.WARNING
+        await until(lambda: agent_log_level() == logging.INFO, timeout=10, what="the config's level restored")
         status, doc = await asyncio.to_thread(r.invoke, "set_log_level", {"level": "loud"})
         assert status == 400 and "level must be one of" in doc["error"]
         status, doc = await asyncio.to_thread(r.invoke, "reboot_now", {})

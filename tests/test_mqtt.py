@@ -7,7 +7,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from agent.app import Agent
 from agent.codec import codec_by_content
 from agent.config import build_config
 from agent.uplink.mqtt import decode_message
-from tests.conftest import CONFIG_DIR, DATA, run_cli
+from tests.conftest import CONFIG_DIR, DATA, run_cli, until
 from tests.mqtt_broker import Cloud, MqttBroker
 
 pytestmark = pytest.mark.mqtt
@@ -63,15 +63,6 @@ def samples_of(cloud: Cloud) -> dict[str, tuple[dict, list]]:
 def mqtt_cfg(broker: MqttBroker, cloud: Cloud, **extra: Any) -> dict[str, Any]:
     return {"host": "127.0.0.1", "port": broker.tls_port, "ca_file": str(broker.certs["ca"]), "username": USER,
             "topic_prefix": cloud.root.split("/")[0], "reported_interval_s": 0.5, "connect_timeout_s": 5, **extra}
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 40, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if value := predicate():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @asynccontextmanager

@@ -8,13 +8,17 @@ Dockerfile runs as a non-root user with state on a volume and a health check.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -202,3 +206,27 @@ def test_lock_file_pins_every_dependency_of_pyproject_with_hashes() -> None:
         assert hashes and all(len(h) == 64 for h in hashes), f"{name} has no sha256 hash"
     docker = (ROOT / "Dockerfile").read_text()
     assert "--require-hashes" in docker and "-r requirements.lock" in docker and "--no-index" in docker
+
+
+def _requirement_name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_every_module_the_tests_import_is_declared() -> None:
+    """A fresh `pip install -e '.[test]'` runs the suite: nothing it imports is there by chance."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    imported: dict[str, str] = {}
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                imported.setdefault(name.split(".")[0], path.name)
+    third_party = {m: f for m, f in imported.items()
+                   if m not in sys.stdlib_module_names and m not in ("agent", "tests", "__future__")}
+    assert {"pytest", "jsonschema", "yaml", "can"} <= set(third_party), "the scan sees the tests' imports"
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = {m: (f, distributions.get(m)) for m, f in third_party.items()
+                  if not {d.lower().replace("_", "-") for d in distributions.get(m, [])} & declared}
+    assert not undeclared, f"imported by tests but not declared in pyproject.toml (module: (file, distribution)): {undeclared}"

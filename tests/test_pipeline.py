@@ -14,7 +14,7 @@ import yaml
 from agent.app import Agent
 from agent.can.logs import format_candump
 from agent.config import load_config
-from tests.conftest import DATA, run_cli
+from tests.conftest import DATA, run_cli, until
 
 
 def _outbox_samples(outbox: Path) -> list[dict]:
@@ -44,14 +44,14 @@ async def test_virtual_bus_end_to_end(tmp_path: Path) -> None:
     task = asyncio.create_task(agent.run())
     sender = can.Bus(interface="virtual", channel="e2e-virtual")
     try:
-        await asyncio.sleep(0.3)  # the source opens its bus
+        await until(lambda: agent.status()["buses"].get("pt", {}).get("state") == "up", what="the bus open")
         for i in range(120):
             sender.send(can.Message(arbitration_id=eng.frame_id, is_extended_id=False, data=eng.encode(
                 {"EngineSpeed": 1000 + i * 2.25, "CoolantTemp": 80 + i // 40, "Torque": -10.5, "Gear": 3})))
             if i % 20 == 0:
                 await asyncio.sleep(0.03)
         sender.send(can.Message(arbitration_id=0x7EE, is_extended_id=False, data=b"\x01"))
-        await asyncio.sleep(0.5)
+        await until(lambda: agent.status()["buses"]["pt"]["frames"] >= 121, what="every frame read")
     finally:
         sender.shutdown()
         agent.stop.set()
@@ -115,12 +115,17 @@ def test_json_encoding_and_raw_outbox(tmp_path: Path) -> None:
     outbox = tmp_path / "state" / "outbox"
     metas = [json.loads(p.read_text()) for p in outbox.glob("*.meta.json")]
     assert metas and all(m["content_type"] == "application/json" for m in metas)
-    total = 0
+    rows = []
     for m in metas:
         res = run_cli("decode-batch", str(outbox / f"{m['id']}.json"))
-        assert res.returncode == 0
-        total += len(res.stdout.splitlines())
-    assert total == sum(m["sample_count"] for m in metas) > 0
+        assert res.returncode == 0, res.stderr
+        rows += [json.loads(x) for x in res.stdout.splitlines()]
+    assert len(rows) == sum(m["sample_count"] for m in metas)
+    speeds = sorted((r["t"], r["value"]) for r in rows if r["signal"] == "EngineSpeed")
+    assert [v for _, v in speeds] == [800 + i for i in range(100)]
+    assert speeds[0][0] == pytest.approx(1700000000.0, abs=0.001)
+    assert sorted(r["value"] for r in rows if r["signal"] == "Torque") == sorted(i % 7 - 3 for i in range(100))
+    assert [r["value"] for r in rows if r["signal"] == "TirePressureFR"] == [31.0] * 50
 
 
 def test_invalid_config_exit_code(tmp_path: Path) -> None:

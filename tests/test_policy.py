@@ -151,3 +151,9 @@ def test_one_message_name_at_two_ids_keeps_one_kind_of_column(tmp_path) -> None:
         batcher.flush()
         temps = [s.value for s in codec.decode(out[0].payload)[1] if s.signal == "Temp"]
         assert temps == [10.0, 10.0], order
+
+
+def test_a_change_of_exactly_the_deadband_is_not_kept() -> None:
+    """Kept: changes larger than the deadband (the values are exact in binary: no rounding decides)."""
+    pts = [(0, 10.0), (1, 10.5), (2, 9.5), (3, 10.75), (4, 10.25), (5, 11.5)]
+    assert _run(SignalPolicy(policy="on_change", deadband=0.5), pts) == [(0, 10.0), (3, 10.75), (5, 11.5)]

@@ -7,24 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from agent.health import STATUS_FILE
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _wait(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _status(state: Path) -> dict:
@@ -34,48 +26,69 @@ def _status(state: Path) -> dict:
         return {}
 
 
+def _outbox_rows(outbox: Path) -> list[dict]:
+    rows = []
+    for f in outbox.glob("*.jsonl"):
+        try:
+            rows += [json.loads(line) for line in f.read_text().splitlines()]
+        except (OSError, ValueError):
+            continue  # being written
+    return rows
+
+
 def test_sighup_reloads_the_file_and_rejects_a_broken_one(tmp_path: Path) -> None:
     state = tmp_path / "state"
     cfg = {"vehicle_id": "reload", "state_dir": str(state),
            "buses": [{"name": "pt", "interface": "virtual", "channel": "reload-test", "simulate": True,
                       "databases": [str(ROOT / "config" / "dbc" / "powertrain.dbc")]}],
+           "batching": {"max_age_s": 0.5},
            "sink": {"type": "file", "path": "outbox"}}
+    only_speed = {"default": {"policy": "exclude"}, "signals": [{"match": "EngineSpeed", "policy": "all"}]}
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path), "--no-progress"], cwd=ROOT,
                             env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+
+    def logged(event: str) -> list[dict]:
+        return [e for e in (json.loads(x) for x in list(lines) if x.startswith("{")) if e.get("event") == event]
+
+    outbox = state / "outbox"
     try:
-        _wait(lambda: _status(state).get("buses", {}).get("pt", {}).get("frames", 0) > 0, "frames")
+        wait_for(lambda: _status(state).get("buses", {}).get("pt", {}).get("frames", 0) > 0, timeout=60, what="frames")
         assert _status(state)["agent"]["config_version"] == 0
+        wait_for(lambda: len({r["signal"] for r in _outbox_rows(outbox)}) > 1, timeout=60, what="every signal collected")
 
-        path.write_text(yaml.safe_dump({**cfg, "collection": {"default": {"policy": "exclude"},
-                                                              "signals": [{"match": "EngineSpeed", "policy": "all"}]}}))
+        path.write_text(yaml.safe_dump({**cfg, "collection": only_speed}))
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: _status(state).get("agent", {}).get("config_version") == 1, "the reloaded config")
+        wait_for(lambda: _status(state).get("agent", {}).get("config_version") == 1, timeout=60, what="the reloaded config")
         filtered = _status(state)["buses"]["pt"]["filtered"]
-        _wait(lambda: _status(state)["buses"]["pt"]["filtered"] > filtered, "frames of unwanted messages filtered")
+        wait_for(lambda: _status(state)["buses"]["pt"]["filtered"] > filtered, timeout=60, what="frames of unwanted messages filtered")
 
-        path.write_text(yaml.safe_dump({**cfg, "collection": {"default": {"policy": "exclude"},
-                                                              "signals": [{"match": "EngineSpeed", "policy": "all"}]},
-                                        "sink": {"type": "file", "path": "elsewhere"}}))
+        path.write_text(yaml.safe_dump({**cfg, "collection": only_speed, "sink": {"type": "file", "path": "elsewhere"}}))
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: _status(state).get("agent", {}).get("config_version") == 2, "the second reload")
+        wait_for(lambda: _status(state).get("agent", {}).get("config_version") == 2, timeout=60, what="the second reload")
 
-        path.write_text(yaml.safe_dump({**cfg, "batching": {"max_age_s": -5}}))
+        path.write_text(yaml.safe_dump({**cfg, "batching": {"max_age_s": -5}}))  # and every signal wanted again
         proc.send_signal(signal.SIGHUP)
-        time.sleep(2)
-        frames = _status(state)["buses"]["pt"]["frames"]
-        _wait(lambda: _status(state)["buses"]["pt"]["frames"] > frames, "frames still collected")
+        wait_for(lambda: logged("config_reload_rejected"), timeout=60, what="the broken file rejected")
+        rejected_at = time.time()
+        wait_for(lambda: [r for r in _outbox_rows(outbox) if r["t"] > rejected_at + 1], timeout=60, what="samples after the rejection")
+        after = {r["signal"] for r in _outbox_rows(outbox) if r["t"] > rejected_at}
+        assert after == {"EngineSpeed"}, "the rules before the broken file still apply"
         assert _status(state)["agent"]["config_version"] == 2, "a broken file changes nothing"
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=60)
+        proc.wait(60)
+        reader.join(10)
+    err = "".join(lines)
     assert proc.returncode == 0, err[-2000:]
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    rejected = [e for e in events if e.get("event") == "config_reload_rejected"]
+    rejected = logged("config_reload_rejected")
     assert len(rejected) == 1 and rejected[0]["file"] == str(path)
     assert any("batching.max_age_s" in e for e in rejected[0]["errors"]), rejected[0]
-    assert any(e.get("event") == "config_file_reloaded" for e in events)
-    restart = [e for e in events if e.get("event") == "config_reload_needs_restart"]
+    assert logged("config_file_reloaded")
+    restart = logged("config_reload_needs_restart")
     assert len(restart) == 1 and restart[0]["settings"] == ["sink"], "a sink change waits for a restart, and says so"

@@ -157,3 +157,38 @@ def test_batches_of_an_unset_clock_from_an_earlier_run_age_from_now(tmp_path: Pa
         assert s.expire() == 0
         assert clock() - 60 < s.next_batches(1)[0].created <= clock()
         assert s.stats().counters["batches_dated_after_clock_set"] == 1
+
+
+def test_a_batch_exactly_its_ttl_old_is_kept(tmp_path: Path) -> None:
+    """Expired means older than the TTL: at exactly the TTL a batch is still sent."""
+    with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={"normal": 100}) as s:
+        t = 1_750_000_000.0
+        s.put(make_batch(1, created=t))
+        s.put(make_batch(2, created=t + 0.5))
+        assert s.expire(now=t + 100) == 0
+        assert s.expire(now=t + 100.25) == 1
+        assert [b.id for b in s.next_batches(10)] == ["b0002"]
+        assert s.stats().counters["expired_normal_samples"] == 11
+
+
+def test_a_batch_that_exactly_fits_evicts_nothing(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db", max_bytes=3000) as s:
+        assert s.put(make_batch(1)) == [] and s.put(make_batch(2)) == []
+        assert s.put(make_batch(3)) == [], "3 x 1000 B is exactly the limit"
+        assert [e.id for e in s.put(make_batch(4))] == ["b0001"], "one byte over: the oldest goes, only it"
+        assert s.stats().bytes == 3000 and s.stats().counters["evicted_normal_batches"] == 1
+
+
+def test_room_made_by_exactly_the_evictable_batches(tmp_path: Path) -> None:
+    """Evicting every lower-or-equal batch makes exactly enough room: the incoming batch is stored."""
+    with Store(tmp_path / "s.db", max_bytes=3000) as s:
+        s.put(make_batch(1, Priority.high))
+        s.put(make_batch(2, Priority.high))
+        s.put(make_batch(3, Priority.low))
+        assert [e.id for e in s.put(make_batch(4, Priority.low))] == ["b0003"]
+        assert {b.id for b in s.next_batches(10)} == {"b0001", "b0002", "b0004"}
+    with Store(tmp_path / "n.db", max_bytes=10**6, max_batches=2) as s:
+        s.put(make_batch(1, Priority.high))
+        s.put(make_batch(2, Priority.low))
+        assert [e.id for e in s.put(make_batch(3, Priority.low))] == ["b0002"]
+        assert {b.id for b in s.next_batches(10)} == {"b0001", "b0003"}

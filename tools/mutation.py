@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Mutation testing of the core modules with mutmut: does a one-token bug make a fast test fail?
+
+    python3 tools/mutation.py                     # every core module
+    python3 tools/mutation.py store codec         # some of them
+    python3 tools/mutation.py --changed main      # the core modules whose files differ from `main`
+    python3 tools/mutation.py codec --survivors   # and print each surviving mutant's diff
+
+Each module is mutated in a scratch copy of the tree (.mutation/<module>/, git-ignored), against
+only its fast tests (no broker, no subprocess agent): a mutant only a slow integration test catches
+counts as surviving. The score is killed / (all mutants - accepted equivalents); mutants no test
+reaches count against it. Exit 1 when a module scores below its floor (FLOORS, raised as tests
+improve, never lowered) or mutmut fails. docs/testing.md has the scores and the equivalent mutants;
+tools/mutation-equivalent.txt lists the accepted ones by name with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / ".mutation"
+EQUIVALENT = ROOT / "tools" / "mutation-equivalent.txt"
+
+# module -> (files to mutate, the fast tests that should catch their mutants)
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "store": (["agent/store/*"], ["tests/test_store.py", "tests/test_store_faults.py"]),
+    "codec": (["agent/codec/*"], ["tests/test_codec_batcher.py"]),
+    "batcher": (["agent/batcher.py"], ["tests/test_codec_batcher.py", "tests/test_window.py"]),
+    "collect": (["agent/collect/*"], ["tests/test_policy.py", "tests/test_collect_exact.py", "tests/test_window.py"]),
+    "decode": (["agent/decode/*"], ["tests/test_fast_decode.py", "tests/test_collect_exact.py"]),
+    "desired": (["agent/twin/desired.py"], ["tests/test_desired.py"]),
+}
+# The least score (percent) each module must keep; measured scores are in docs/testing.md.
+FLOORS = {"store": 0, "codec": 0, "batcher": 0, "collect": 0, "decode": 0, "desired": 0}
+KILLED = {"killed", "timeout", "segfault", "suspicious"}  # the tests noticed
+
+
+def changed_modules(base: str) -> list[str]:
+    """Core modules with a file that differs between `base` and the working tree."""
+    out = subprocess.run(["git", "diff", "--name-only", base], cwd=ROOT, capture_output=True, text=True, check=True)
+    files = out.stdout.split()
+    return [m for m, (globs, _) in MODULES.items() if any(fnmatch.fnmatch(f, g) for f in files for g in globs)]
+
+
+def scratch_copy(module: str) -> Path:
+    """A fresh copy of what the tests need, with a [tool.mutmut] section for this module."""
+    globs, tests = MODULES[module]
+    work = SCRATCH / module
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in ("agent", "tests", "config"):
+        shutil.copytree(ROOT / name, work / name, ignore=ignore)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    quoted = lambda items: ", ".join(f'"{i}"' for i in items)  # noqa: E731
+    (work / "pyproject.toml").write_text(pyproject + f"""
+[tool.mutmut]
+source_paths = ["agent/"]
+only_mutate = [{quoted(globs)}]
+pytest_add_cli_args_test_selection = [{quoted(tests)}]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-m", "not durability and not iothub and not mqtt and not vcan"]
+also_copy = ["config/"]
+""")
+    return work
+
+
+def equivalents() -> dict[str, str]:
+    """Accepted equivalent mutants: name -> reason."""
+    if not EQUIVALENT.exists():
+        return {}
+    out = {}
+    for line in EQUIVALENT.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, reason = line.partition(" ")
+            out[name] = reason.strip()
+    return out
+
+
+def run_module(module: str, mutmut: list[str], children: int, show: bool) -> tuple[float, str]:
+    work = scratch_copy(module)
+    started = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k != "CI"}  # a test skipped by mutmut's selection is no CI skip
+    run = subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env,
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.stderr.write(run.stdout[-3000:] + run.stderr[-3000:])
+        raise SystemExit(f"mutation {module}: mutmut run failed (rc {run.returncode})")
+    listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True,
+                             check=True, env=env).stdout
+    status = dict(re.findall(r"^\s*(\S+): (.+?)\s*$", listing, re.M))
+    accepted = {n for n in equivalents() if status.get(n) in ("survived", "no tests")}
+    killed = sum(s in KILLED for s in status.values())
+    survivors = sorted(n for n, s in status.items() if s not in KILLED and n not in accepted)
+    counted = len(status) - len(accepted)
+    score = 100.0 * killed / counted if counted else 100.0
+    no_tests = sum(status[n] == "no tests" for n in survivors)
+    line = (f"mutation {module}: {score:.1f}% ({killed} killed of {counted}; {len(survivors) - no_tests} survived, "
+            f"{no_tests} reached by no fast test, {len(accepted)} accepted equivalent) in {time.monotonic() - started:.0f} s")
+    if show:
+        for name in survivors:
+            diff = subprocess.run([*mutmut, "show", name], cwd=work, capture_output=True, text=True, env=env).stdout
+            print(f"--- {name}: {status[name]}\n{diff.strip()}\n")
+    else:
+        for name in survivors:
+            print(f"  {status[name]}: {name}")
+    return score, line
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", choices=[[], *MODULES], metavar="MODULE",
+                        help=f"of {', '.join(MODULES)} (default: all)")
+    parser.add_argument("--changed", metavar="BASE", help="only the core modules changed since this git revision")
+    parser.add_argument("--survivors", action="store_true", help="print each surviving mutant's diff")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    modules = args.modules or list(MODULES)
+    if args.changed:
+        modules = [m for m in modules if m in changed_modules(args.changed)]
+        if not modules:
+            print(f"mutation: no core module changed since {args.changed}")
+            return 0
+    mutmut = [sys.executable, "-m", "mutmut"]
+    if subprocess.run([*mutmut, "--version"], capture_output=True).returncode != 0:
+        raise SystemExit("mutation: mutmut is not installed: pip install -e '.[mutation]'")
+    failed = []
+    lines = []
+    for module in modules:
+        score, line = run_module(module, mutmut, args.max_children, args.survivors)
+        lines.append(line)
+        print(line, flush=True)
+        if score < FLOORS[module]:
+            failed.append(f"{module} {score:.1f}% < floor {FLOORS[module]}%")
+    print("\n".join(["----- mutation scores -----", *lines]))
+    if failed:
+        print("FAILED: mutation score below its floor: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
