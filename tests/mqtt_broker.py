@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class Cloud:
         self.broker = broker
         self.root = root
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.arrived: list[tuple[float, str]] = []  # (time.monotonic() at arrival, topic)
         self.lock = threading.Lock()
         self.connected = threading.Event()
         # A persistent session (QoS 1, fixed id): the broker queues what arrives while the cloud client
@@ -90,6 +92,7 @@ class Cloud:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.arrived.append((time.monotonic(), msg.topic))
 
     def on(self, suffix: str) -> list[bytes]:
         with self.lock:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import signal
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,7 +43,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttBroker]:
 
 @pytest.fixture
 def cloud(broker: MqttBroker, request: pytest.FixtureRequest) -> Iterator[Cloud]:
-    root = f"fleet/{request.node.name[:40]}"
+    name = request.node.name  # a retained status of another test (or parameter) must not be seen here
+    root = f"fleet/{re.sub(r'[^A-Za-z0-9_-]', '-', name[:30])}-{zlib.crc32(name.encode()):08x}"
     c = Cloud(broker, root, username="cloud", password="cloud-pass")
     yield c
     c.stop()
@@ -103,16 +106,24 @@ def ms_floor(t: float) -> float:
     return math.floor(t * 1000) / 1000
 
 
-def test_replayed_drive_arrives_intact_and_decodable(tmp_path: Path, broker: MqttBroker, cloud: Cloud) -> None:
-    """The real agent process, TLS + password from the environment, a whole log replayed: every sample arrives."""
-    cfg = {"vehicle_id": cloud.root.split("/")[1], "state_dir": str(tmp_path / "state"),
+@pytest.mark.parametrize("secret_from", ["env", "file"])
+def test_replayed_drive_arrives_intact_and_decodable(tmp_path: Path, broker: MqttBroker, cloud: Cloud,
+                                                     secret_from: str) -> None:
+    """The real agent process, TLS + password from the environment or from the file a *_FILE variable
+    names (as container secrets are mounted), a whole log replayed at debug level: every sample
+    arrives, and the password appears in no log line and no reported property."""
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(PASSWORD + "\n")
+    env = ({"VEHICLE_AGENT_MQTT_PASSWORD": PASSWORD} if secret_from == "env" else
+           {"VEHICLE_AGENT_MQTT_PASSWORD_FILE": str(secret), "VEHICLE_AGENT_MQTT_PASSWORD": ""})
+    cfg = {"vehicle_id": cloud.root.split("/")[1], "state_dir": str(tmp_path / "state"), "log_level": "debug",
            "buses": [{"name": "powertrain", "databases": [str(CONFIG_DIR / "dbc" / "powertrain.dbc")],
                       "replay": str(CONFIG_DIR / "sample-drive.log")}],
            "collection": {"default": {"policy": "all"}}, "batching": {"max_samples": 5000},
            "sink": {"type": "mqtt", "mqtt": mqtt_cfg(broker, cloud)}}
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = run_cli("run", "--config", str(path), env={"VEHICLE_AGENT_MQTT_PASSWORD": PASSWORD}, timeout=120)
+    res = run_cli("run", "--config", str(path), env=env, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert PASSWORD not in res.stdout + res.stderr, "the password is never logged"
 
@@ -208,6 +219,31 @@ async def test_broker_killed_mid_stream_loses_nothing(tmp_path: Path, broker: Mq
         assert agent.sink.state()["connects"] >= 2, "reconnected (and resubscribed)"
     sender.shutdown()
     assert speeds(cloud) == [1000 + i * 0.25 for i in range(n)]
+
+
+async def test_reported_state_is_throttled_to_one_update_per_interval(tmp_path: Path, broker: MqttBroker,
+                                                                       cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames arrive all the time (the status changes every second), yet the cloud gets at most one
+    reported-state message per reported_interval_s, and a reconnect does not bypass it."""
+    monkeypatch.setenv("VEHICLE_AGENT_MQTT_PASSWORD", PASSWORD)
+    sender = can.Bus(interface="virtual", channel="mqtt-throttle")
+    topic = f"{cloud.root}/twin/reported"
+
+    def reported_at() -> list[float]:
+        with cloud.lock:
+            return [t for t, tp in cloud.arrived if tp == topic]
+
+    async with running_agent(tmp_path, broker, cloud, "mqtt-throttle", reported_interval_s=1.5) as agent:
+        for i in range(60):
+            send_engine(sender, i)
+            await asyncio.sleep(0.1)
+            if i >= 20:
+                agent.control.reporter.reset()  # what a (flapping) reconnect does: resend all, not early
+        await until(lambda: len(reported_at()) >= 4, what="several reported-state updates")
+    sender.shutdown()
+    times = reported_at()
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) > 1.5 - 0.3, f"at most one update per 1.5 s (delivery jitter aside): {gaps}"
 
 
 async def test_bad_credentials_are_a_clear_error_state(tmp_path: Path, broker: MqttBroker, cloud: Cloud,

@@ -1,0 +1,112 @@
+"""While the uplink cannot deliver, the running agent keeps, expires and retries as promised.
+
+The real agent process on a simulated bus, its file sink failing every send (sink.fault): stored
+batches older than the default TTLs (low 1 day, normal 7 days, high 30 days) are expired, a
+`store.ttl_s` changed by SIGHUP applies without a restart, retries back off exponentially with
+jitter up to the cap, and `vehicle-agent status --check` answers as a health check would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from agent.health import read_status
+from agent.model import Priority
+from agent.store import Store
+from agent.uplink.forwarder import backoff_delay
+from tests.conftest import ROOT, run_cli, wait_for
+from tests.test_store import make_batch
+
+DAY = 86400.0
+INITIAL, CAP = 0.05, 0.4
+
+
+def _counters(state: Path) -> dict:
+    try:
+        return read_status(state)["store"]["counters"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _stored(state: Path, ids: set[str]) -> set[str]:
+    with Store(state / "store.db", max_bytes=10**9) as s:
+        return {b.id for b in s.next_batches(10_000)} & ids
+
+
+def test_expiry_with_default_ttls_a_live_ttl_change_and_backoff(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    now = time.time()
+    aged = {"b0000": (Priority.low, 1.1 * DAY), "b0001": (Priority.low, 0.5 * DAY),
+            "b0002": (Priority.normal, 7.1 * DAY), "b0003": (Priority.normal, 2 * DAY),
+            "b0004": (Priority.high, 31 * DAY), "b0005": (Priority.high, 29 * DAY)}
+    with Store(state / "store.db", max_bytes=10**8) as s:
+        for i, (prio, age) in enumerate(aged.values()):
+            s.put(make_batch(i, prio, created=now - age))
+    cfg = {"vehicle_id": "ttl", "state_dir": str(state),
+           "buses": [{"name": "pt", "interface": "virtual", "channel": "retention-test", "simulate": True,
+                      "databases": [str(ROOT / "config" / "dbc" / "powertrain.dbc")]}],
+           "sink": {"type": "file", "path": "outbox", "retry_initial_s": INITIAL, "retry_max_s": CAP,
+                    "fault": {"fail_rate": 1.0}}}
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert run_cli("status", "--state-dir", str(state), "--check").returncode == 1, "never ran here: unhealthy"
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path), "--no-progress"], cwd=ROOT,
+                            env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+
+    def failures() -> list[dict]:
+        return [e for e in (json.loads(x) for x in list(lines) if x.startswith("{")) if e.get("event") == "sink_failed"]
+
+    try:
+        wait_for(lambda: sum(_counters(state).get(f"expired_{p}_batches", 0) for p in ("low", "normal", "high")) >= 3,
+                 timeout=60, what="the batches past the default TTLs expired")
+        counters = _counters(state)
+        assert [counters.get(f"expired_{p}_batches") for p in ("low", "normal", "high")] == [1, 1, 1]
+        assert _stored(state, set(aged)) == {"b0001", "b0003", "b0005"}, "younger than their TTL: kept"
+        assert run_cli("status", "--state-dir", str(state), "--check").returncode == 0, "running: healthy"
+        assert run_cli("status", "--state-dir", str(state), "--check", "--max-age", "0").returncode == 1
+
+        path.write_text(yaml.safe_dump({**cfg, "store": {"ttl_s": {"normal": DAY}}}))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _counters(state).get("expired_normal_batches") == 2, timeout=60,
+                 what="the 2-day normal batch expired under the new 1-day TTL")
+        assert _stored(state, set(aged)) == {"b0001", "b0005"}
+        wait_for(lambda: len(failures()) >= 10, timeout=60, what="ten failed sends")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        reader.join(10)
+    assert proc.returncode == 0, "".join(lines)[-2000:]
+    assert run_cli("status", "--state-dir", str(state), "--check").returncode == 1, "stopped: unhealthy"
+    assert run_cli("status", "--config", str(tmp_path / "missing.yaml"), "--check").returncode == 2
+
+    # Backoff: between half and all of min(cap, initial * 2^(n-1)) after the n-th consecutive failure.
+    events = failures()
+    for e in events:
+        ceiling = min(CAP, INITIAL * 2 ** (e["failures"] - 1))
+        assert ceiling / 2 - 0.006 <= e["retry_in_s"] <= ceiling + 0.006, e
+    at_cap = [e["retry_in_s"] for e in events if e["failures"] >= 5]
+    assert at_cap and max(at_cap) <= CAP and len(set(at_cap)) > 1, f"capped and jittered: {at_cap}"
+
+
+def test_backoff_is_exponential_jittered_and_capped() -> None:
+    rng = random.Random(7)
+    for n in range(1, 12):
+        draws = [backoff_delay(n, 0.5, 20.0, rng) for _ in range(400)]
+        ceiling = min(20.0, 0.5 * 2 ** (n - 1))
+        assert all(ceiling / 2 <= d <= ceiling for d in draws), n
+        assert min(draws) < ceiling * 0.55 and max(draws) > ceiling * 0.95, f"spread over [c/2, c] at {n}"
+    assert backoff_delay(0, 0.5, 20.0, rng) <= 0.5, "no failure yet: at most the initial delay"
