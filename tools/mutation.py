@@ -147,6 +147,8 @@ def main() -> int:
     parser.add_argument("--changed", metavar="BASE", help="only the core modules changed since this git revision")
     parser.add_argument("--survivors", action="store_true", help="print each surviving mutant's diff")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no further module once this many seconds have passed (said loudly)")
     args = parser.parse_args()
     modules = args.modules or list(MODULES)
     if args.changed:
@@ -159,7 +161,13 @@ def main() -> int:
         raise SystemExit("mutation: mutmut is not installed: pip install -e '.[mutation]'")
     failed = []
     lines = []
+    started = time.monotonic()
     for module in modules:
+        if args.budget_s is not None and time.monotonic() - started > args.budget_s:
+            lines.append(f"mutation {module}: NOT RUN (--budget-s {args.budget_s:.0f} spent); "
+                         f"run: python3 tools/mutation.py {module}")
+            print(lines[-1], flush=True)
+            continue
         score, line = run_module(module, mutmut, args.max_children, args.survivors)
         lines.append(line)
         print(line, flush=True)
