@@ -80,16 +80,16 @@ def _wire(payload: bytes) -> dict:
 def test_columnar_wire_layout_is_the_documented_one() -> None:
     """docs/wire-format.md: t0 the earliest tick (rounded), shared timestamp columns, raw integer deltas
     where a scaling reproduces the values exactly, floats and labels as they are with scale 1, offset 0."""
-    t = [1000.0004, 1000.0104, 1000.0204]
+    t = [1000.0006, 1000.0106, 1000.0206]  # 0.6 ms: rounds up, truncation would not
     columns = {("pt", "Eng", "Oil"): (t, [-40.0, -39.5, 87.5]),        # 0.5 * raw - 40: raws 0, 1, 255
                ("pt", "Eng", "Rpm"): (list(t), [800.0, 800.25, 799.75]),  # the same instants: one times column
-               ("pt", "Eng", "Lambda"): ([1000.0006, 1000.0206], [0.97, 1.01]),  # no scaling reproduces these
-               ("pt", "Eng", "Mode"): ([1000.0006, 1000.0206], ["eco", "sport"]),
+               ("pt", "Eng", "Lambda"): ([1000.0008, 1000.0208], [0.97, 1.01]),  # no scaling reproduces these
+               ("pt", "Eng", "Mode"): ([1000.0008, 1000.0208], ["eco", "sport"]),
                ("pt", "Eng", "Count"): ([1000.0206], [7])}               # no scaling given: scale 1, offset 0
     scaling = {("Eng", "Oil"): (0.5, -40.0), ("Eng", "Rpm"): (0.25, 0.0), ("Eng", "Lambda"): (0.5, 0.0)}
     doc = _wire(ColumnarCodec().encode(columns, vehicle="car", scaling=scaling))
-    assert (doc["v"], doc["vehicle"], doc["res"], doc["t0"]) == (1, "car", 1000, 1000000)
-    assert doc["times"] == [[0, 10, 10], [1, 20], [21]], "rounded to the nearest ms; equal columns shared"
+    assert (doc["v"], doc["vehicle"], doc["res"], doc["t0"]) == (2, "car", 1000, 1000001)
+    assert doc["times"] == [[0, 10, 10], [0, 20], [20]], "rounded to the nearest ms; equal columns shared"
     assert doc["series"] == [
         ["pt", "Eng", "Oil", 0, 0, 0.5, -40.0, [0, 1, 254]],
         ["pt", "Eng", "Rpm", 0, 0, 0.25, 0.0, [3200, 1, -2]],
@@ -136,8 +136,8 @@ def test_a_columnar_batch_that_is_not_one_is_refused() -> None:
     def pack(doc: object) -> bytes:
         return zstandard.ZstdCompressor().compress(msgpack.packb(doc))
 
-    with pytest.raises(ValueError, match="unsupported columnar batch version 2"):
-        ColumnarCodec().decode(pack({"v": 2}))
+    with pytest.raises(ValueError, match="unsupported columnar batch version 3"):
+        ColumnarCodec().decode(pack({"v": 3}))
     with pytest.raises(ValueError, match=r"unsupported columnar batch version \?"):
         ColumnarCodec().decode(pack([1]))
     short = {"v": 1, "vehicle": "v", "res": 1000, "t0": 0, "times": [[0, 1]], "series": [["b", "m", "s", 0, 1, 1, 0, [1.5]]]}
