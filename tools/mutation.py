@@ -42,7 +42,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "batcher": (["agent/batcher.py"], ["tests/test_codec_batcher.py", "tests/test_window.py"]),
     "collect": (["agent/collect/*"], ["tests/test_policy.py", *EXACT]),
     "decode": (["agent/decode/*"], ["tests/test_fast_decode.py", *EXACT]),
-    "desired": (["agent/twin/desired.py"], ["tests/test_desired.py", "tests/test_control.py"]),
+    # the property-based hostile-document tests run hundreds of examples a mutant: the listed cases stand in
+    "desired": (["agent/twin/desired.py"], ["tests/test_desired.py", "tests/test_control.py", "-k", "not hostile"]),
 }
 # The least score (percent) each module must keep; measured scores are in docs/testing.md.
 FLOORS = {"store": 0, "codec": 0, "batcher": 0, "collect": 0, "decode": 0, "desired": 0}
