@@ -126,3 +126,21 @@ async def test_module_identity_sends_to_its_output(standin: Hub, tmp_path: Path,
         sender.shutdown()
     assert msg[0].topic.startswith("devices/car-1/modules/vehicle-agent/messages/events/")
     assert msg[0].properties["$.on"] == "fleet-out"
+
+
+async def test_a_session_that_answers_nothing_is_rebuilt(standin: Hub, tmp_path: Path) -> None:
+    """The hub's side goes silent while the link stays up (the SDK still says connected): reported
+    patches time out, the session is rebuilt (new client, subscribe, full twin), and once the hub
+    answers again a change made meanwhile is applied."""
+    r = standin.responder
+    async with running_agent(tmp_path, standin, "ctl-iothub-dead", twin_timeout_s=3) as agent:
+        await until(lambda: agent.sink.state()["link"] == "connected" and r.twin_gets, what="connected")
+        fetches = agent.control.state()["twin_fetches"]
+        await asyncio.to_thread(r.stop)
+        with r.lock:
+            r.desired = {"$version": r.desired["$version"] + 5, "log_level": "debug"}
+        await until(lambda: agent.control.state()["session_rebuilds"] >= 1, timeout=60, what="the session rebuilt")
+        assert agent.sink.state()["session_rebuilds"] >= 1
+        await asyncio.to_thread(r.start)
+        await until(lambda: agent.cfg.log_level == "debug", timeout=90, what="the twin fetched after the rebuild")
+        assert agent.control.state()["twin_fetches"] > fetches and agent.sink.state()["link"] == "connected"

@@ -24,7 +24,7 @@ from agent.uplink.iothub import IoTHubSink
 log = structlog.get_logger()
 
 QUEUE_MAX = 64
-REBUILD_AFTER = 2   # unanswered twin fetches on a "connected" session before it is rebuilt
+REBUILD_AFTER = 2   # control calls in a row unanswered on a "connected" session before it is rebuilt
 
 
 class IoTHubChannel(ControlChannel):
