@@ -11,6 +11,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+# The times a frame may have: 1980-01-01 and 2200-01-01 UTC. The collector refuses (and counts) the
+# frames of other times, and a replay does not pace by them: no clock gives them, a damaged log does.
+TIME_MIN, TIME_MAX = 315532800.0, 7258118400.0
+
 
 class Frame(NamedTuple):
     """One CAN frame as it leaves a source: receive time (s since epoch), arbitration id, payload."""

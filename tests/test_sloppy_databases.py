@@ -162,3 +162,25 @@ def test_run_with_a_sloppy_database_huge_timestamps_and_64_bit_signals(tmp_path:
     assert bus["samples"] == sum(len(p) for p in want.values()) == status["store"]["counters"]["sent_samples"]
     text = run_cli("status", "--config", str(cfg)).stdout
     assert f"refused: {huge} timestamps, 0 values" in text
+
+
+def test_a_real_time_replay_is_not_stalled_by_a_huge_timestamp(tmp_path: Path) -> None:
+    """Paced at real time, the replay does not wait for 1e20 s: the damaged line's frame is refused and
+    counted, the frames around it arrive, and the run ends with its log."""
+    dbc = tmp_path / "diag.dbc"
+    dbc.write_text('VERSION ""\nNS_ :\nBS_:\nBU_: ECU\nBO_ 260 Diag: 8 ECU\n SG_ X : 7|64@0+ (1,0) [0|0] "" ECU\n')
+    log = tmp_path / "drive.log"
+    log.write_text("(1700000000.000000) can0 104#FFFFFFFFFFFFFFFF\n(100000000000000000000.0) can0 104#0000000000000001\n"
+                   "(1700000000.200000) can0 104#0000000000000000\n")
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "vehicle_id": "oem", "state_dir": str(tmp_path / "state"),
+        "buses": [{"name": "pt", "databases": [str(dbc)], "replay": str(log), "replay_rate": 1.0}],
+        "collection": {"default": {"policy": "all"}}}))
+    res = run_cli("run", "--config", str(cfg), timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line) for f in sorted((tmp_path / "state" / "outbox").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+    assert [(r["t"], r["value"]) for r in rows] == [(1700000000.0, 2**64 - 1), (1700000000.2, 0)]
+    status = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
+    assert status["buses"]["pt"]["refused_timestamps"] == 1

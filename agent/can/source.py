@@ -20,7 +20,7 @@ import structlog
 
 from agent.can.logs import LogFrame, LogProblem, read_log
 from agent.liveness import beat, pause
-from agent.model import Frame
+from agent.model import TIME_MAX, TIME_MIN, Frame
 
 log = structlog.get_logger()
 
@@ -224,7 +224,7 @@ class ReplaySource(FrameSource):
             if item.is_remote:
                 continue
             out.append(Frame(item.t, item.id, item.data, item.is_fd, item.is_error))
-            if self.rate > 0:
+            if self.rate > 0 and TIME_MIN <= item.t <= TIME_MAX:  # a damaged line's time must not stall the replay
                 if start_log is None:
                     start_log = item.t
                 due = (item.t - start_log) / self.rate - (time.monotonic() - start_wall)

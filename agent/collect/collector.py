@@ -28,11 +28,9 @@ from agent.compiler import Sampler, Step, compile_sampler, compile_step, source_
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
 from agent.decode.fast import FastDecoder, one_to_one, scaling_of
-from agent.model import Frame
+from agent.model import TIME_MAX, TIME_MIN, Frame
 
 log = structlog.get_logger()
-
-T_MIN, T_MAX = 315532800.0, 7258118400.0  # 1980-01-01 and 2200-01-01 UTC: the sane range of a frame's time
 
 
 @dataclass(slots=True)
@@ -205,7 +203,7 @@ class Collector:
             self._rebind()
         steps = self.steps
         kept = 0
-        lo, hi = T_MIN, T_MAX
+        lo, hi = TIME_MIN, TIME_MAX
         rest: list[Frame] = frames
         while rest:
             try:
