@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,24 @@ def read_status(state_dir: Path) -> dict[str, Any]:
 
 def status_age(doc: dict[str, Any], now: float | None = None) -> float:
     return (time.time() if now is None else now) - float(doc.get("updated", 0))
+
+
+def not_alive_reason(doc: dict[str, Any], max_age: float = 5.0) -> str | None:
+    """Why the agent of a status document is not running (None: it runs): the status file is stale,
+    or (on this host) its process is gone."""
+    age = status_age(doc)
+    a = doc.get("agent", {})
+    if age >= max_age:
+        return (f"the status is {age:.0f} s old (more than {max_age:.0f} s): pid {a.get('pid')} stopped, "
+                "or its event loop is stuck")
+    if a.get("host") == socket.gethostname() and a.get("pid"):
+        try:
+            os.kill(int(a["pid"]), 0)
+        except ProcessLookupError:
+            return f"pid {a['pid']}, which wrote the status, is not running"
+        except PermissionError:
+            return None
+    return None
 
 
 class RateMeter:

@@ -19,13 +19,21 @@ from agent.bench.store import bench_store
 from agent.bench.trace import build_trace
 from agent.bench.wire import wire
 from agent.can.simulator import frames_per_second
-from agent.config import AgentConfig
+from agent.config import AgentConfig, CollectionConfig, build_config
 from agent.pipeline import load_bus_databases, preload
 
 Progress = Callable[[str], None]
 
 
 MAX_FRAMES = 60_000  # the bundled car's 60 s drive is 44,880 frames
+
+
+def config_for_databases(databases: list[str], collection: CollectionConfig) -> AgentConfig:
+    """`bench --dbc`: one bus decoded with these databases under a config's collection policy;
+    raises ConfigError (source `--dbc`) when a file is missing."""
+    base = {"vehicle_id": "bench", "buses": [{"name": "bus0", "databases": [str(Path(d).resolve()) for d in databases]}],
+            "collection": collection.model_dump(mode="json")}
+    return build_config(base, base_dir=Path.cwd(), source="--dbc")
 
 
 def simulated_seconds(cfg: AgentConfig, seconds: float) -> float:

@@ -78,6 +78,18 @@ def choose_source(interface: str, channel: str, simulate: bool | None, sink_type
     return SourceChoice("socketcan", False, f"interface auto: waiting for {channel}")
 
 
+def simulation_target_problem(interface: str, channel: str) -> str | None:
+    """Why `vehicle-agent simulate` cannot send to this SocketCAN channel (None: it can, or the interface
+    is not SocketCAN). An in-process virtual bus would reach no other process, so it is never a fallback."""
+    if interface not in ("auto", "socketcan") or socketcan_available(channel):
+        return None
+    why = (f"SocketCAN channel {channel} does not exist on this machine" if channel_missing(channel)
+           else f"this kernel has no SocketCAN (or {channel} is not a CAN interface)")
+    return (f"{why}: create it (sudo ip link add dev {channel} type vcan && sudo ip link set up {channel}; "
+            "docs/vcan.md), or pass --interface virtual for python-can's in-process bus (no other process sees "
+            "its frames)")
+
+
 class FrameSource(ABC):
     """Frames of one bus, handed over in lists."""
 

@@ -1,0 +1,153 @@
+"""What `vehicle-agent status` shows: the status document of the state directory, and its text.
+
+The running agent rewrites `status.json` every second; once it stopped, the store file is the
+truth about depth and counters (the last status may be a second stale), read read-only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.health import losses, not_alive_reason, read_status, status_age
+from agent.store import read_stats
+
+
+@dataclass(slots=True)
+class StatusView:
+    doc: dict[str, Any]
+    alive: bool
+    age: float | None  # seconds since the agent wrote the status; None: no status file
+
+
+def gather(state_dir: Path, store_path: Path | None = None) -> StatusView | None:
+    """The status of a state directory; None when no agent ever ran with it (no status, no store)."""
+    try:
+        doc: dict[str, Any] | None = read_status(state_dir)
+    except FileNotFoundError:
+        doc = None
+    alive = doc is not None and not_alive_reason(doc) is None
+    if store_path is None:
+        store_path = Path(doc["store"]["path"]) if doc and doc.get("store", {}).get("path") else state_dir / "store.db"
+    if not alive:
+        if doc is None and not store_path.exists():
+            return None
+        if store_path.exists():
+            try:
+                fresh = read_stats(store_path).as_dict()
+            except sqlite3.Error as exc:
+                fresh = {"error": f"cannot read {store_path}: {exc}"}
+            doc = doc or {"agent": {}, "buses": {}, "sink": {}}
+            doc["store"] = {**doc.get("store", {}), **fresh, "path": str(store_path)}
+            doc["losses"] = losses(doc["store"].get("counters", {}), doc["store"].get("spill", {}), doc["buses"],
+                                   doc.get("sink", {}))
+    assert doc is not None
+    return StatusView(doc, alive, status_age(doc) if "updated" in doc else None)
+
+
+def fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def render(view: StatusView) -> str:
+    """The human text of `vehicle-agent status`."""
+    doc, alive, age = view.doc, view.alive, view.age
+    a, st, sk = doc["agent"], doc["store"], doc["sink"]
+    if alive:
+        lines = [f"vehicle-agent {a['version']} pid {a['pid']} on {a['host']}: running"]
+    else:
+        lines = ["vehicle-agent: not running" + (f" (last status {fmt_age(age)} old, pid {a.get('pid')})"
+                                                 if age is not None else " (no status file)")]
+    if a:
+        lines.append(f"vehicle {a['vehicle_id']}, config version {a['config_version']}, "
+                     f"{doc['frames_per_s'] if alive else 0:.0f} frames/s, "
+                     f"samples in memory (not yet in a batch) {doc.get('pending_samples', 0) if alive else 0}")
+    for name, b in doc["buses"].items():
+        lines.append(f"  bus {name}: {'SIMULATED, ' if b.get('simulated') else ''}{b.get('state', '?')}, "
+                     f"frames {b['frames']}, samples {b['samples']}, unknown ids {b['unknown_ids']}, "
+                     f"decode errors {b['decode_errors']}, error frames {b['error_frames']}"
+                     + (f", refused: {b.get('refused_timestamps', 0)} timestamps, {b.get('refused_values', 0)} values"
+                        if b.get("refused_timestamps") or b.get("refused_values") else "")
+                     + _bus_health_text(b))
+    if "batches" in st and st["batches"] is not None:
+        lines += _store_lines(st)
+    else:
+        lines.append(f"store: ERROR {st.get('error')}")
+    if sk:
+        last = sk.get("last_send")
+        lines.append(f"sink {sk['type']}: {sk['state'] if alive else 'stopped'}, sent {sk.get('sent_batches', 0)} "
+                     f"batches in the last run, last successful send "
+                     + ("never" if last is None else f"{fmt_age(time.time() - last)} ago")
+                     + (f", last error: {sk['last_error']}" if sk.get("last_error") else "")
+                     + (f"; outbox {sk['outbox_bytes']} of {sk['max_bytes']} bytes, oldest {sk['removed_batches']} "
+                        "batches removed (sink.max_bytes)" if sk.get("max_bytes") else ""))
+    if doc.get("control"):
+        lines.append(_control_line(doc["control"]))
+    if "losses" in doc:
+        lost = {k: v for k, v in doc["losses"].items() if v}
+        lines.append("lost (docs/durability.md): " + (", ".join(f"{k} {v}" for k, v in lost.items()) if lost else "nothing"))
+    if alive and doc.get("tasks"):
+        lines.append("tasks: " + ", ".join(
+            f"{name} {t['state']}" + (f" (restarted {t['restarts']}x, last error: {t['last_error']})"
+                                       if t["restarts"] else "")
+            for name, t in doc["tasks"].items()))
+    return "\n".join(lines)
+
+
+def _store_lines(st: dict[str, Any]) -> list[str]:
+    c = st.get("counters", {})
+    lines = [f"store: {st['batches']} batches, {st['samples']} samples, {st['bytes']} bytes, "
+             f"oldest pending {fmt_age(st['oldest_pending_age_s'])}"
+             + (f", ERROR {st['error']}" if st.get("error") else "")]
+    for prio, d in st["by_priority"].items():
+        lines.append(f"  {prio:<6}: {d['batches']} batches, {d['samples']} samples, {d['bytes']} bytes; "
+                     f"evicted {c.get(f'evicted_{prio}_batches', 0)} batches/{c.get(f'evicted_{prio}_samples', 0)} samples, "
+                     f"expired {c.get(f'expired_{prio}_batches', 0)} batches/{c.get(f'expired_{prio}_samples', 0)} samples")
+    lines.append(f"  total: stored {c.get('stored_batches', 0)} batches, sent {c.get('sent_batches', 0)} batches/"
+                 f"{c.get('sent_samples', 0)} samples")
+    if c.get("corrupt_files_moved"):
+        lines.append(f"  corrupt store files moved aside: {c['corrupt_files_moved']}"
+                     + (f" (this run: {', '.join(st['corrupt_moved_aside'])})" if st.get("corrupt_moved_aside") else ""))
+    if c.get("too_large_batches"):
+        lines.append(f"  lost, larger than store.max_bytes: {c['too_large_batches']} batches/"
+                     f"{c.get('too_large_samples', 0)} samples")
+    if c.get("quarantined_batches"):
+        discarded = c.get("quarantine_discarded_batches", 0)
+        lines.append(f"  quarantined, not sent (damaged on disk, or a sink cannot prepare them): "
+                     f"{c['quarantined_batches']} batches/{c.get('quarantined_samples', 0)} samples"
+                     + (f"; {discarded} discarded from the quarantine (store.quarantine_max_bytes)" if discarded else ""))
+        lines += [f"    {q['id']} {q['priority']}, {q['samples']} samples, {q['bytes']} bytes: {q['reason']}"
+                  for q in st.get("quarantine", [])]
+    spill = st.get("spill")
+    if spill and (spill["batches"] or spill["dropped_samples"]):
+        lines.append(f"  memory spill (store not writable): {spill['batches']} batches, {spill['bytes']} bytes "
+                     f"of {spill.get('max_bytes', '?')}; lost {spill.get('dropped_batches', '?')} batches/"
+                     f"{spill['dropped_samples']} samples")
+    return lines
+
+
+def _control_line(c: dict[str, Any]) -> str:
+    """The remote control: channel and link, the applied desired version, how the last document was taken."""
+    last = c.get("last_document") or {}
+    reset = c.get("version_reset")
+    return (f"control {c.get('channel')}: {c.get('link', '?')}, desired version {c.get('desired_version')}"
+            + (f", last document {last.get('ac')} {last.get('ad')}" if last else "")
+            + (f", refused {c.get('rejected_documents', 0)} documents / {c.get('rejected_properties', 0)} properties"
+               if c.get("rejected_documents") or c.get("rejected_properties") else "")
+            + (f", version sequence restarted {reset['from']} -> {reset['to']}" if reset else "")
+            + ("" if c.get("healthy", True) else ", WEDGED (watchdog not fed)"))
+
+
+def _bus_health_text(bus: dict[str, Any]) -> str:
+    """The raw SocketCAN reader's extras: kernel drops, the controller's state, errors by class."""
+    if "controller" not in bus:
+        return ""
+    counters = f" (TX {bus['tx_error_counter']}, RX {bus['rx_error_counter']})" if bus.get("tx_error_counter") is not None else ""
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(bus.get("errors", {}).items()) if v)
+    return (f", kernel drops {bus.get('kernel_drops', 0)}, controller {bus['controller']}{counters}"
+            + (f", errors: {errors}" if errors else ""))
