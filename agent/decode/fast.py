@@ -220,6 +220,16 @@ def _decodable(node: dict, length: int) -> bool:
     return True
 
 
+def _duplicate_names(node: dict, above: tuple[str, ...] = ()) -> bool:
+    """Whether a frame of `node` (with the signals of the nodes `above` it) decodes two signals of one
+    name. cantools (strict=False) keeps one of them by its dict order (byte order, field order, page
+    over plain signals); rather than mirror that, such messages are decoded by cantools itself."""
+    names = (*above, *(s.name for s in node["signals"]))
+    if len(set(names)) < len(names):
+        return True
+    return any(_duplicate_names(page, names) for pages in node["multiplexers"].values() for page in pages.values())
+
+
 class FastDecoder:
     """Decoder of one message, for a chosen set of signal names; `decode(data)` -> (page, values).
 
@@ -235,6 +245,8 @@ class FastDecoder:
         if root is None or not _decodable(root, self.length):
             raise NotImplementedError(f"{message.name}: cantools refuses this layout's frames: decoded with cantools")
         muxes = root["multiplexers"]
+        if _duplicate_names(root):
+            raise NotImplementedError(f"{message.name}: two signals of one name: decoded with cantools")
         if len(muxes) > 1 or any(node["multiplexers"] for nodes in muxes.values() for node in nodes.values()):
             raise NotImplementedError("nested multiplexing: decoded with cantools")
         self.mux = next((s for s in message.signals if s.name in muxes), None)
