@@ -216,7 +216,11 @@ def compile_step(slots: list[Slot], page: Page, length: int, mask: int | None, b
 # ------------------------------------------------------------------------------ compiling
 def define(name: str, function: str, args: str, body: list[str], env: dict[str, object]) -> Callable:
     """Compile `def function(args): body` under the file name `<vehicle-agent NAME>` into `env`."""
-    exec(_compiled(f"<vehicle-agent {name}>", "\n".join([f"def {function}({args}):", *_indent(body)])), env)  # noqa: S102
+    filename, source = f"<vehicle-agent {name}>", "\n".join([f"def {function}({args}):", *_indent(body)])
+    # every time, not only when compiled: another source of the same name (another config's policy
+    # for this message) may have replaced the lines tracebacks and `debug codegen` show since
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(_compiled(filename, source), env)  # noqa: S102
     return env[function]  # type: ignore[return-value]  # names and numbers only; signal names go in as repr()
 
 
@@ -224,8 +228,7 @@ def define(name: str, function: str, args: str, body: list[str], env: dict[str, 
 def _compiled(filename: str, source: str) -> types.CodeType:
     """Compiling is most of what building a message's step costs (~0.6 ms); a config swap that keeps
     a message's policies generates the same source, bound to the new filters only when run. The
-    source stays readable in tracebacks (linecache) for as long as its code is cached."""
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    source's lines are registered by `define` (linecache) for tracebacks."""
     return compile(source, filename, "exec")
 
 

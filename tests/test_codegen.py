@@ -71,3 +71,14 @@ def test_a_traceback_through_generated_code_shows_its_lines() -> None:
     text = "".join(traceback.format_exception(info.value))
     assert 'File "<vehicle-agent sampler b:m page 3>", line 4, in sample' in text
     assert "_e = F0.offer(t, v0)" in text
+
+
+def test_the_source_shown_is_the_one_of_this_config_after_another_config_of_the_same_message() -> None:
+    """A config swap back to earlier policies reuses the compiled code; its lines (tracebacks, `debug
+    codegen`) are this config's, not those the other config registered under the same name."""
+    golden = (GOLDEN / "EngineData.py.txt").read_text()
+    assert _generated("EngineData") == golden
+    other = build_config({**CONFIG, "collection": {"default": {"policy": "all"}}}, base_dir=Path.cwd())
+    collector = build(other, on_batch=lambda _b: None).collectors["pt"]
+    assert "\n".join(source for _name, source in collector.generated("EngineData")) not in golden
+    assert _generated("EngineData") == golden
