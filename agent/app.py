@@ -102,6 +102,7 @@ class Agent:
         # The store as the batcher sees it: commits, or a bounded memory spill while the disk fails.
         self.durable = SpillingStore(self.store, max_bytes=cfg.store.spill_max_bytes, on_stored=self.forwarder.notify)
         self.pipeline = build(cfg, on_batch=self.durable.put)
+        self._campaign_clock: tuple[float, float] = (float("-inf"), 0.0)  # (engine time seen, monotonic then)
         self.batcher, self.counters = self.pipeline.batcher, self.pipeline.counters
         self.sources: dict[str, FrameSource] = {}
         self._bus_tasks: dict[str, tuple[asyncio.Event, list[asyncio.Task]]] = {}
@@ -220,6 +221,34 @@ class Agent:
         self.pipeline.flush()
         self.forwarder.notify()
 
+    def campaigns(self) -> dict[str, Any]:
+        """The campaigns this agent runs, with their state (method `list_campaigns`)."""
+        engine = self.pipeline.campaigns
+        state = engine.status()["campaigns"] if engine is not None else {}
+        return {"campaigns": [{**c.model_dump(mode="json", exclude_none=True), **state.get(c.id, {})}
+                              for c in self.cfg.campaigns]}
+
+    def trigger_campaign(self, campaign_id: str) -> str:
+        """Fire a campaign's trigger by hand (method `trigger_campaign`); returns the event id.
+        KeyError: no such campaign; ValueError: it is waiting or expired."""
+        engine = self.pipeline.campaigns
+        if engine is None:
+            raise KeyError(campaign_id)
+        return engine.trigger(campaign_id)
+
+    def _advance_campaigns(self, now: float) -> None:
+        """Frames stopped (ignition off, a replay's end): engine time moves on with the monotonic
+        clock after a second of silence, so open events close and hold timers fire."""
+        engine = self.pipeline.campaigns
+        if engine is None:
+            return
+        latest = engine.latest()
+        seen, since = self._campaign_clock
+        if latest != seen:
+            self._campaign_clock = (latest, now)
+        elif now - since >= 1.0:
+            engine.advance(latest + (now - since))
+
     def set_log_level(self, level: str, duration_s: float | None = None) -> None:
         log.warning("log_level_set", requested_level=level, duration_s=duration_s)  # `level` is the record's own
         set_level(level)
@@ -247,6 +276,7 @@ class Agent:
             "sink": {"type": self.sink.name, **self.forwarder.status.as_dict(), **self.sink.state()},
             "control": self.control.state(),
             "tasks": self.supervisor.status(),
+            "campaigns": self.pipeline.campaigns.status() if self.pipeline.campaigns is not None else {},
         }
         doc["losses"] = losses(doc["store"]["counters"], doc["store"]["spill"], doc["buses"], doc["sink"])
         return doc
@@ -275,6 +305,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=0.25)
             self.batcher.tick()
+            self._advance_campaigns(time.monotonic())
             if not self.stop.is_set():  # stopping: tasks end on purpose, and STOPPING=1 was sent
                 self._feed_watchdog()
             if self.durable:
@@ -344,6 +375,8 @@ class Agent:
             stop, tasks = self._bus_tasks[name]
             stop.set()
             await _ended(tasks)  # the source stays listed: the final status keeps its state and counters
+        if self.pipeline.campaigns is not None:  # open events go out with what they have (marked incomplete)
+            self.pipeline.campaigns.flush()
         self.pipeline.flush()
         if self.durable:
             self.durable.retry()

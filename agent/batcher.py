@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 
@@ -132,17 +133,20 @@ class Batcher:
                 if part:
                     self._emit(priority, part, payload)
 
-    def _encode(self, columns: dict[ColumnKey, tuple[list[float], list]]) -> tuple[dict, bytes]:
+    def _encode(self, columns: dict[ColumnKey, tuple[list[float], list]],
+                event: Mapping[str, Any] | None = None) -> tuple[dict, bytes]:
         """(the columns encoded, the payload): what the codec cannot carry exactly is left out and
         counted, so one bad value never costs the rest of its batch."""
         simulated = self._simulated(columns)
         try:
-            return columns, self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling, simulated=simulated)
+            return columns, self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling, simulated=simulated,
+                                              event=event)
         except Unencodable as exc:
             columns, refused = self.codec.admit(columns, self.scaling)
             for key, count in refused.items():
                 self._refuse(key, count, str(exc))
-            return columns, self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling, simulated=simulated)
+            return columns, self.codec.encode(columns, vehicle=self.vehicle, scaling=self.scaling, simulated=simulated,
+                                              event=event)
 
     def _refuse(self, key: ColumnKey, count: int, reason: str) -> None:
         log.error("samples_refused", bus=key[0], message=key[1], signal=key[2], samples=count, reason=reason,
@@ -150,27 +154,45 @@ class Batcher:
         if self.on_refused is not None:
             self.on_refused(key[0], count)
 
-    def _fit(self, columns: dict[ColumnKey, tuple[list[float], list]]) -> list[tuple[dict, bytes]]:
+    def emit_event(self, priority: Priority, columns: dict[ColumnKey, tuple[list[float], list]],
+                   event: Mapping[str, Any]) -> int:
+        """A campaign event's samples as batches of their own, now (not mixed with open batches);
+        split like any batch above max_bytes, each part saying `part`/`parts`. Returns the batches."""
+        columns = {key: col for key, col in columns.items() if col[0]}
+        if not columns:
+            return 0
+        parts = [(part, payload) for part, payload in self._fit(columns, event) if part]
+        for n, (part, payload) in enumerate(parts):
+            meta = {**event, "part": n + 1, "parts": len(parts)} if len(parts) > 1 else dict(event)
+            if len(parts) > 1:
+                part, payload = self._encode(part, meta)
+            self._emit(priority, part, payload, meta)
+        return len(parts)
+
+    def _fit(self, columns: dict[ColumnKey, tuple[list[float], list]],
+             event: Mapping[str, Any] | None = None) -> list[tuple[dict, bytes]]:
         """Encode, splitting the columns until each part fits within max_bytes."""
-        columns, payload = self._encode(columns)
+        columns, payload = self._encode(columns, event)
         if len(payload) <= self.cfg.max_bytes or not columns:
             return [(columns, payload)]
         items = list(columns.items())
         if len(items) > 1:
             half = len(items) // 2
-            return self._fit(dict(items[:half])) + self._fit(dict(items[half:]))
+            return self._fit(dict(items[:half]), event) + self._fit(dict(items[half:]), event)
         key, (ts, vs) = items[0]
         if len(ts) <= 1:
             self._refuse(key, len(ts), f"one sample encodes to {len(payload)} bytes, more than batching.max_bytes")
             return []
         half = len(ts) // 2
         kind = type(vs)  # a RawValues column stays one when split
-        return self._fit({key: (ts[:half], kind(vs[:half]))}) + self._fit({key: (ts[half:], kind(vs[half:]))})
+        return (self._fit({key: (ts[:half], kind(vs[:half]))}, event)
+                + self._fit({key: (ts[half:], kind(vs[half:]))}, event))
 
     def _simulated(self, columns: dict[ColumnKey, tuple[list[float], list]]) -> bool:
         return bool(self.simulated_buses) and any(key[0] in self.simulated_buses for key in columns)
 
-    def _emit(self, priority: Priority, columns: dict[ColumnKey, tuple[list[float], list]], payload: bytes) -> None:
+    def _emit(self, priority: Priority, columns: dict[ColumnKey, tuple[list[float], list]], payload: bytes,
+              event: Mapping[str, Any] | None = None) -> None:
         count = sum(len(ts) for ts, _ in columns.values())
         first = min(min(ts) for ts, _ in columns.values() if ts)
         last = max(max(ts) for ts, _ in columns.values() if ts)
@@ -180,6 +202,7 @@ class Batcher:
             content_type=self.codec.content_type, content_encoding=self.codec.content_encoding,
             payload=payload, sample_count=count, first_t=first, last_t=last, created=created,
             vehicle=self.vehicle, buses=tuple(sorted({k[0] for k in columns})), simulated=self._simulated(columns),
+            event=event,
         )
         self.batches_closed += 1
         self.on_batch(batch)

@@ -7,6 +7,7 @@ collection rule that matches no signal is almost always a typo (`Wheel*` for `Wh
 
 from __future__ import annotations
 
+from agent.campaigns.engine import campaign_errors
 from agent.collect.policy import policy_resolver
 from agent.config import AgentConfig, CollectionConfig, ConfigError
 from agent.decode import DatabaseError, database_warnings, load_databases
@@ -14,6 +15,7 @@ from agent.decode import DatabaseError, database_warnings, load_databases
 
 def check_databases(cfg: AgentConfig, source: str = "config") -> list[str]:
     """Load every bus's databases; the first one that fails is a ConfigError naming bus and position.
+    Then the campaigns' signals against them (every problem, naming campaign, field and position).
     Returns what cantools' strict checks say about the files of buses with `strict: false`."""
     lenient = []
     for i, bus in enumerate(cfg.buses):
@@ -25,6 +27,9 @@ def check_databases(cfg: AgentConfig, source: str = "config") -> list[str]:
             if not bus.strict:
                 lenient += [f"buses[{i}].databases[{j}]: {cfg.resolve(db)}: not strict: {complaint}"
                             for complaint in database_warnings(cfg.resolve(db))]
+    errors = campaign_errors(cfg)  # campaigns name signals of these databases
+    if errors:
+        raise ConfigError([f"campaigns: {e}" for e in errors], source)
     return lenient
 
 

@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.campaigns.buffer import DEFAULT_BUDGET_BYTES
+from agent.campaigns.model import Campaign, check_campaigns
 from agent.model import Priority
 
 DEFAULT_CONFIG = Path("config/agent.yaml")
@@ -278,6 +280,12 @@ class AgentConfig(_Model):
     encoding: EncodingConfig = Field(default_factory=EncodingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
+    campaigns: list[Campaign] = Field(default_factory=list, description=(
+        "Condition-triggered (or periodic) captures with pre- and post-trigger windows, sent as event "
+        "batches (docs/campaigns.md). Cloud-writable as a whole list."))
+    campaign_buffer_max_bytes: int = Field(
+        DEFAULT_BUDGET_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024,
+        description="Memory of all campaigns' pre-/post-trigger buffers together. Local only.")
     base_dir: Annotated[str, Field(exclude=True, description="Folder relative paths resolve against.")] = "."
 
     @field_validator("buses")
@@ -288,6 +296,11 @@ class AgentConfig(_Model):
         if dupes:
             raise ValueError(f"bus names must be unique, repeated: {', '.join(dupes)}")
         return buses
+
+    @field_validator("campaigns")
+    @classmethod
+    def _campaign_ids(cls, campaigns: list[Campaign]) -> list[Campaign]:
+        return check_campaigns(campaigns)
 
     @model_validator(mode="after")
     def _store_holds_several_batches(self) -> AgentConfig:
@@ -369,7 +382,7 @@ def build_config(data: Mapping[str, Any], *, base_dir: str | Path = ".", source:
 # Identity, state paths, the sink and its credentials stay local. Of a bus the cloud may not set what
 # reads local files (a replay log, python-can options that open paths) nor turn a bus into the
 # simulator; those stay as the local file has them for a bus of the same name.
-CLOUD_WRITABLE = ("buses", "collection", "batching", "encoding", "log_level", "store")
+CLOUD_WRITABLE = ("buses", "collection", "batching", "encoding", "log_level", "store", "campaigns")
 CLOUD_STORE_KEYS = ("max_bytes", "max_batches", "ttl_s")
 LOCAL_BUS_KEYS = ("replay", "replay_rate", "options", "simulate")
 CLOUD_BUS_KEYS = tuple(k for k in BusConfig.model_fields if k not in LOCAL_BUS_KEYS)

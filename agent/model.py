@@ -8,8 +8,9 @@ the collector, batches from the batcher. Frames are plain tuples inside the hot 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # The times a frame may have: 1980-01-01 and 2200-01-01 UTC. The collector refuses (and counts) the
 # frames of other times, and a replay does not pace by them: no clock gives them, a damaged log does.
@@ -64,6 +65,7 @@ class Batch:
     vehicle: str = ""
     buses: tuple[str, ...] = field(default_factory=tuple)
     simulated: bool = False  # holds samples of the built-in simulator: never mistake it for a vehicle's data
+    event: Mapping[str, Any] | None = None  # a campaign event's batch: campaign, event_id, trigger_t, expr, ...
 
     @property
     def size(self) -> int:

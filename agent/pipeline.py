@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from cantools.database import Database
 
 from agent.batcher import Batcher
+from agent.campaigns.engine import CampaignEngine, Event
 from agent.codec import Codec, codec_for
 from agent.collect.collector import BusCounters, Collector
 from agent.config import AgentConfig, BusConfig
 from agent.decode import FrameDecoder, load_databases
-from agent.model import Batch
+from agent.model import Batch, Priority
 
 Scaling = dict[tuple[str, str], tuple[float, float]]
 
@@ -45,11 +46,16 @@ def codec_of(cfg: AgentConfig) -> Codec:
                      level=cfg.encoding.compression_level)
 
 
-def collectors_for(cfg: AgentConfig, batcher: Batcher,
-                   counters: dict[str, BusCounters]) -> tuple[dict[str, Collector], Scaling]:
-    """Decoders and collectors for every bus, and the scaling table the encoder needs (the same
-    message and signal scaled differently on two buses is left out); raises DatabaseError."""
+def collectors_for(cfg: AgentConfig, batcher: Batcher, counters: dict[str, BusCounters],
+                   previous: CampaignEngine | None = None
+                   ) -> tuple[dict[str, Collector], Scaling, CampaignEngine | None]:
+    """Decoders, the campaign engine and collectors for every bus, and the scaling table the encoder
+    needs (the same message and signal scaled differently on two buses is left out); raises
+    DatabaseError (or CampaignError) before anything is swapped. `previous`: the running engine,
+    whose unchanged campaigns keep their buffers, counters and open events."""
     decoders = {bus.name: FrameDecoder(load_bus_databases(cfg, bus)) for bus in cfg.buses}
+    engine = CampaignEngine(cfg.campaigns, decoders, event_batches(batcher), previous=previous,
+                            budget_bytes=cfg.campaign_buffer_max_bytes) if cfg.campaigns else None
     scaling: Scaling = {}
     ambiguous: set[tuple[str, str]] = set()
     for decoder in decoders.values():
@@ -59,8 +65,16 @@ def collectors_for(cfg: AgentConfig, batcher: Batcher,
                     ambiguous.add((dec.name, sig))
     exact = {key: sc for key, sc in scaling.items() if key not in ambiguous}
     collectors = {name: Collector(name, decoder, cfg.collection, batcher, counters.setdefault(name, BusCounters()),
-                                  exact) for name, decoder in decoders.items()}
-    return collectors, exact
+                                  exact, engine) for name, decoder in decoders.items()}
+    return collectors, exact, engine
+
+
+def event_batches(batcher: Batcher) -> Callable[[Event], None]:
+    """Where finished campaign events go: batches of their own, at the campaign's priority, through
+    the batcher's encoder and on to the store like any other batch."""
+    def emit(event: Event) -> None:
+        batcher.emit_event(Priority[event.priority], event.columns, event.header())
+    return emit
 
 
 @dataclass(slots=True)
@@ -72,15 +86,20 @@ class Pipeline:
     collectors: dict[str, Collector]
     scaling: Scaling
     counters: dict[str, BusCounters] = field(default_factory=dict)
+    campaigns: CampaignEngine | None = None  # None without campaigns: the collectors run as compiled
 
     def reconfigure(self, new: AgentConfig) -> None:
-        """Swap `new` in between frames: open filters and batches of the old config are flushed first."""
-        collectors, scaling = collectors_for(new, self.batcher, self.counters)
+        """Swap `new` in between frames: open filters and batches of the old config are flushed first;
+        campaigns removed or changed send their open events with what they have."""
+        old = self.campaigns
+        collectors, scaling, campaigns = collectors_for(new, self.batcher, self.counters, old)
         codec = codec_of(new)
         for collector in self.collectors.values():
             collector.flush()
         self.batcher.reconfigure(new.batching, codec, new.vehicle_id, scaling)
-        self.config, self.collectors, self.scaling = new, collectors, scaling
+        self.config, self.collectors, self.scaling, self.campaigns = new, collectors, scaling, campaigns
+        if old is not None:
+            old.retire(campaigns)
 
     def flush(self) -> None:
         """Close every filter's held value and every open batch now."""
@@ -103,6 +122,6 @@ def build(cfg: AgentConfig, *, on_batch: Callable[[Batch], None],
             counters.setdefault(bus, BusCounters()).refused_values += samples
     batcher = Batcher(cfg.batching, codec or codec_of(cfg), vehicle=cfg.vehicle_id, on_batch=on_batch,
                       on_refused=on_refused)
-    collectors, scaling = collectors_for(cfg, batcher, counters)
+    collectors, scaling, campaigns = collectors_for(cfg, batcher, counters)
     batcher.scaling = dict(scaling)
-    return Pipeline(cfg, batcher, collectors, scaling, counters)
+    return Pipeline(cfg, batcher, collectors, scaling, counters, campaigns)

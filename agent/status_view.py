@@ -96,7 +96,20 @@ def render(view: StatusView) -> str:
             f"{name} {t['state']}" + (f" (restarted {t['restarts']}x, last error: {t['last_error']})"
                                        if t["restarts"] else "")
             for name, t in doc["tasks"].items()))
+    lines += _campaign_lines(doc.get("campaigns") or {})
     return "\n".join(lines)
+
+
+def _campaign_lines(camp: dict[str, Any]) -> list[str]:
+    """A line per campaign (docs/campaigns.md), and a warning when the buffers are cut by the budget."""
+    lines = [f"  campaign {cid}: {c['state']}, triggers {c['triggers']} (suppressed {c['suppressed']}), "
+             f"events {c['events']}, samples {c['samples']}, buffers {c['buffer_bytes'] // 1024} KiB"
+             + (f", eval errors {c['eval_errors']}" if c.get("eval_errors") else "")
+             for cid, c in camp.get("campaigns", {}).items()]
+    if camp.get("budget_limited"):
+        lines.append(f"campaign buffers LIMITED by campaign_buffer_max_bytes ({camp['budget_bytes']} bytes): "
+                     "events may miss their oldest samples")
+    return lines
 
 
 def _store_lines(st: dict[str, Any]) -> list[str]:

@@ -5,6 +5,8 @@ config swaps."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +15,7 @@ from agent.campaigns.engine import CampaignEngine, CampaignError, Event
 from agent.campaigns.model import Campaign
 from agent.decode import load_databases
 from agent.decode.decoder import FrameDecoder
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, ROOT
 
 pytestmark = pytest.mark.campaigns
 
@@ -289,3 +291,26 @@ def test_random_braking_events_tile_time_exactly(pulses, pre, post, hold) -> Non
         assert got == want.get(key, ([], []))
         seen += got[0]
     assert len(seen) == len(set(seen))
+
+
+def test_the_documented_fleetwise_port_runs_on_the_bundled_car() -> None:
+    """docs/campaigns.md's ported FleetWise campaign: its expression unchanged, its signals resolved."""
+    text = (ROOT / "docs" / "campaigns.md").read_text()
+    doc = json.loads(text.split("The same campaign here")[1].split("```json")[1].split("```")[0])
+    powertrain = load_databases([CONFIG_DIR / "dbc" / "powertrain.dbc"])
+    speed = powertrain.get_message_by_name("VehicleSpeedData")
+    events: list[Event] = []
+    eng = CampaignEngine([Campaign.model_validate(c) for c in doc["campaigns"]],
+                         {**DECODERS, "powertrain": FrameDecoder(powertrain)}, events.append)
+    start = Campaign.model_validate(doc["campaigns"][0]).start_t
+    feeds = eng.feed("powertrain", speed.frame_id), eng.feed("chassis", BRAKE.frame_id), eng.feed("chassis", WHEELS.frame_id)
+    base = {s.name: 0 for s in speed.signals}
+    for k in range(1000):
+        t = start + k * 0.01
+        feeds[0](t, bytes(speed.encode({**base, "VehicleSpeed": 60})))
+        feeds[1](t, brake_frame(90.0 if 500 <= k < 600 else 0.0))
+        feeds[2](t, wheel_frame(k))
+    eng.flush()
+    (e,) = events
+    assert round(e.trigger_t - start, 2) == 5.0 and e.campaign == "BrakingEvent"
+    assert {k[2] for k in e.columns} == {"VehicleSpeed", "WheelSpeedFL"}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.bench import live, stages
+from agent.bench.campaigns import campaigns_stage
 from agent.bench.store import bench_store
 from agent.bench.trace import build_trace
 from agent.bench.wire import wire
@@ -72,6 +73,8 @@ def run_bench(cfg: AgentConfig, *, seconds: float = 20.0, progress: Progress = l
                             "bus_read_socketcan": _difference(socket_read, pipeline),
                             "bus_read_python_can": _difference(python_can, pipeline)}
         result["pipeline"] = pipeline
+        progress("campaigns: ten campaigns against none")
+        result["campaigns"] = campaigns_stage(trace, directory, 0.1 * seconds)
         result["with_bus_read"] = {**socket_read, "via": _socket_kind(),
                                    "python_can_virtual": python_can}
         progress("8,000 frames/s in real time from a sender process")
@@ -122,6 +125,10 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"{'with the bus read':<28}{w['frames_per_s']:>12,}{w['us_per_frame']:>10.3f}  raw SocketCAN drain; {w['via']}")
     pc = w["python_can_virtual"]
     lines.append(f"{'with python-can Bus.recv':<28}{pc['frames_per_s']:>12,}{pc['us_per_frame']:>10.3f}  virtual bus")
+    cs = r["campaigns"]
+    lines.append(f"{'campaigns':<28}{'':>12}{cs['us_per_frame_added']:>10.3f}  added a frame by {cs['campaigns']} "
+                 f"campaigns (target <= 0.25); buffers {cs['buffer_bytes'] / 1024:.0f} KiB; "
+                 f"{cs['triggers']} triggers, {cs['events']} events")
     rt = r["realtime_8000"]
     lines += ["", f"real time at 8,000 frames/s: {rt['cpu_percent']} % of one core "
               f"({rt['frames']} frames in {rt['seconds']} s, {rt['us_per_frame']} us/frame incl. wake-ups)", "",

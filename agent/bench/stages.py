@@ -11,8 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import can
 
@@ -74,10 +75,10 @@ class _TimedCodec(Codec):
         self.name, self.content_type, self.content_encoding = inner.name, inner.content_type, inner.content_encoding
 
     def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None,
-               simulated: bool = False) -> bytes:
+               simulated: bool = False, event: Mapping[str, Any] | None = None) -> bytes:
         start = time.process_time()
         try:
-            return self.inner.encode(columns, vehicle=vehicle, scaling=scaling, simulated=simulated)
+            return self.inner.encode(columns, vehicle=vehicle, scaling=scaling, simulated=simulated, event=event)
         finally:
             self.cpu_s += time.process_time() - start
 
@@ -99,6 +100,7 @@ class TimedPipeline:
         self.pipeline = build(cfg, on_batch=self._put, codec=self.codec)  # as the agent builds it
         self.batcher = self.pipeline.batcher
         self.collectors: dict[str, Collector] = self.pipeline.collectors
+        self.campaigns = self.pipeline.campaigns
         for collector in self.collectors.values():
             collector.build_all()  # compiled per config, not per frame: outside the timed runs
 

@@ -61,7 +61,7 @@ def _named_json_zlib(json: Codec, scaling: Scaling) -> Encode:
 def wire(trace: Trace) -> dict[str, dict[str, float]]:
     """{encoding: {bytes_per_sample, batches}} over the trace, every decoded signal kept (policy `all`)."""
     cfg: AgentConfig = trace.config.model_copy(update={"collection": CollectionConfig.model_validate(
-        {"default": {"policy": "all"}})})
+        {"default": {"policy": "all"}}), "campaigns": []})  # continuous collection only
     columns_per_batch: list[dict] = []
     pipeline = build(cfg, on_batch=lambda b: None, codec=_Capture(columns_per_batch))
     for bus, frames in trace.chunks():
@@ -95,7 +95,7 @@ class _Capture(Codec):
         self.sink = sink
 
     def encode(self, columns: Columns, *, vehicle: str, scaling=None,  # type: ignore[no-untyped-def]
-               simulated: bool = False) -> bytes:
+               simulated: bool = False, event=None) -> bytes:  # type: ignore[no-untyped-def]
         self.sink.append({k: (list(ts), type(vs)(vs)) for k, (ts, vs) in columns.items()})
         return b""
 

@@ -17,6 +17,7 @@ header names it). Frames are decoded only when an event closes.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import re
 import struct
@@ -24,18 +25,23 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from cantools.database.errors import DecodeError
 
 from agent.campaigns.buffer import DEFAULT_BUDGET_BYTES, FrameRing, RingNeed, plan_capacities
 from agent.campaigns.expr import ExpressionError, Parsed, compile_condition, parse
+from agent.campaigns.feedgen import compile_step
 from agent.campaigns.model import Campaign
 from agent.campaigns.trigger import INF, TriggerState
 from agent.collect.policy import MinInterval
+from agent.decode import load_databases
 from agent.decode.decoder import FrameDecoder, MessageDecoder
 from agent.decode.fast import FastDecoder
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 log = structlog.get_logger()
 
@@ -43,6 +49,7 @@ Key = tuple[str, str, str]          # bus, message, signal
 MessageKey = tuple[str, int]        # bus, frame id
 Columns = dict[Key, tuple[list[float], list]]
 Feed = Callable[[float, bytes], None]
+Step = Callable[[float, bytes], int]
 DECODE_ERRORS = (ValueError, KeyError, DecodeError, struct.error)
 
 
@@ -170,13 +177,17 @@ class _Run:
         self.pending: list[_Pending] = []
         self.event_signals: dict[MessageKey, list[str]] = {}  # messages and signals its events carry
         self.decoders: dict[MessageKey, tuple[FastDecoder | None, list[MinInterval | None]]] = {}
+        self.always = trig is not None and trig.mode == "always"  # every evaluation counts, not only changes
         self.inputs: set[int] = set()       # value slots its conditions read
         self.per_sample: set[int] = set()   # ... of which every sample counts (prev, delta, changed)
 
     # ----------------------------------------------------------------- conditions
     def evaluate(self, t: float) -> None:
-        if not self.active:
-            return
+        """Evaluate the condition now (one of its inputs changed) and take the result."""
+        if self.active:
+            self.result(t, self.compute())
+
+    def compute(self) -> bool:
         eng = self.engine
         try:
             if self.reset is None:
@@ -190,7 +201,17 @@ class _Run:
         except (ArithmeticError, ValueError):
             self.counters.eval_errors += 1
             truth = False
+        return truth
+
+    def error(self) -> bool:
+        """An arithmetic error in the condition (the generated step's path): counted, false."""
+        self.counters.eval_errors += 1
+        return False
+
+    def result(self, t: float, truth: bool) -> None:
+        """The condition's value at `t`, through the trigger mode."""
         self.latched = truth
+        eng = self.engine
         assert self.trigger is not None
         for at in self.trigger.update(t, truth):
             self.fire(at)
@@ -331,6 +352,20 @@ def _glob(pattern: str) -> Callable[[str], Any]:
     return match
 
 
+def campaign_errors(cfg: AgentConfig) -> list[str]:
+    """Why the config's campaigns do not fit its buses' databases (unknown or ambiguous signals,
+    labels, globs matching nothing), one line each naming campaign, field and position; [] if they fit."""
+    if not cfg.campaigns:
+        return []
+    decoders = {bus.name: FrameDecoder(load_databases([cfg.resolve(p) for p in bus.databases], strict=bus.strict))
+                for bus in cfg.buses}
+    try:
+        CampaignEngine(cfg.campaigns, decoders, lambda event: None, budget_bytes=cfg.campaign_buffer_max_bytes)
+    except CampaignError as exc:
+        return exc.errors
+    return []
+
+
 class Catalog:
     """Every signal of the buses' databases, for resolving references and globs."""
 
@@ -387,6 +422,7 @@ class CampaignEngine:
         self.rings: dict[MessageKey, FrameRing] = {}
         self.budget_limited = False
         self.decode_errors = 0
+        self.taken_over: set[str] = set()  # campaigns that continue a previous engine's
         errors: list[str] = []
         for campaign in campaigns:
             try:
@@ -396,7 +432,8 @@ class CampaignEngine:
         if errors:
             raise CampaignError(errors)
         self._plan_rings(previous)
-        self._feeds = self._build_feeds()
+        self.last_bits: dict[MessageKey, list[int | None]] = {}  # the generated steps' unchanged-input check
+        self._inputs_of = self._plan_inputs()
         if previous is not None:
             self._take_over(previous)
         self._schedule()
@@ -513,8 +550,8 @@ class CampaignEngine:
             kept = previous.rings[mkey].frames if previous is not None and mkey in previous.rings else None
             self.rings[mkey] = FrameRing(size, needs[mkey].length, kept)  # type: ignore[index]
 
-    def _build_feeds(self) -> dict[MessageKey, Feed]:
-        """The per-frame function of every message a campaign reads."""
+    def _plan_inputs(self) -> dict[MessageKey, list[int]]:
+        """Every message a campaign reads, with the value slots of its condition inputs."""
         deps: dict[int, list[_Run]] = {}
         every: dict[int, list[_Run]] = {}
         for run in self.runs.values():
@@ -531,22 +568,13 @@ class CampaignEngine:
         for i, key in enumerate(self.keys):
             if self.on_change[i]:
                 by_message.setdefault(self.catalog.by_key[key], []).append(i)
-        feeds: dict[MessageKey, Feed] = {}
-        for mkey in set(by_message) | set(self.rings):
-            feeds[mkey] = self._feed(mkey, by_message.get(mkey, []))
-        return feeds
+        return {mkey: by_message.get(mkey, []) for mkey in set(by_message) | set(self.rings)}
 
-    def _feed(self, mkey: MessageKey, inputs: list[int]) -> Feed:
-        ring = self.rings.get(mkey)
+    def generic_feed(self, mkey: MessageKey, inputs: list[int], buffer: bool = True) -> Feed:
+        """The per-frame work for a message the generated steps do not cover (multiplexed, cantools,
+        another length): buffer (unless `buffer` is False), then decode and update the inputs."""
+        ring = self.rings.get(mkey) if buffer else None
         append = ring.append if ring is not None else None
-        if not inputs:
-            assert append is not None
-
-            def buffer_only(t: float, data: bytes) -> None:
-                append((t, data))
-                if t >= self.deadline:
-                    self.due(t)
-            return buffer_only
         dec = self.decoders[mkey]
         names = [self.keys[i][2] for i in inputs]
         try:
@@ -564,8 +592,8 @@ class CampaignEngine:
         def feed(t: float, data: bytes) -> None:
             if append is not None:
                 append((t, data))
-            if t >= self.deadline:
-                self.due(t)
+                if t >= self.deadline:
+                    self.due(t)
             if len(data) != length:
                 if len(data) < length:
                     self.decode_errors += 1
@@ -592,30 +620,39 @@ class CampaignEngine:
         return feed
 
     def _take_over(self, previous: CampaignEngine) -> None:
-        """A config swap: campaigns whose definition did not change keep their state and pending events."""
+        """A config swap: campaigns whose definition did not change keep their state and pending events
+        (copied: the previous engine keeps its own until `retire`, in case the swap fails after this)."""
         for cid, run in self.runs.items():
             old = previous.runs.get(cid)
             if old is None or old.campaign != run.campaign:
                 continue
             run.counters, run.last_fire, run.covered_until = old.counters, old.last_fire, old.covered_until
-            run.last_event, run.pending, run.latched, run.active = old.last_event, old.pending, old.latched, old.active
+            run.last_event, run.pending, run.latched, run.active = old.last_event, list(old.pending), old.latched, old.active
             run.next_period = old.next_period
             if run.trigger is not None and old.trigger is not None:
-                run.trigger = old.trigger
-            old.pending = []
+                run.trigger = copy.copy(old.trigger)
+            self.taken_over.add(cid)
         for i, key in enumerate(self.keys):
             j = previous.index.get(key)
             if j is not None:
                 self.values[i], self.prevs[i] = previous.values[j], previous.prevs[j]
 
     # ----------------------------------------------------------------- running
-    def feed(self, bus: str, frame_id: int) -> Feed | None:
-        """The function to call with each frame of this message, or None if no campaign reads it."""
-        return self._feeds.get((bus, frame_id))
+    def step_for(self, bus: str, frame_id: int, step: Step | None) -> Step | None:
+        """The collector's `step` of this id with the campaigns' work before it (generated once per
+        config and id, `agent.campaigns.feedgen`); None if no campaign reads the id."""
+        inputs = self._inputs_of.get((bus, frame_id))
+        if inputs is None:
+            return None
+        return compile_step(self, (bus, frame_id), inputs, step)
+
+    def feed(self, bus: str, frame_id: int) -> Step | None:
+        """The campaigns' work alone for frames of this id (returns 0), or None if no campaign reads it."""
+        return self.step_for(bus, frame_id, None)
 
     @property
     def message_keys(self) -> set[MessageKey]:
-        return set(self._feeds)
+        return set(self._inputs_of)
 
     def update(self, t: float, slots: Sequence[int], values: Sequence[Any]) -> None:
         """New values of condition inputs (one frame's): evaluate each condition that reads a changed one, once."""
@@ -720,6 +757,11 @@ class CampaignEngine:
         assert event_id is not None
         self._schedule()
         return event_id
+
+    def retire(self, successor: CampaignEngine | None) -> None:
+        """This engine was swapped out: emit the pending events of campaigns the successor did not take over."""
+        taken = successor.taken_over if successor is not None else set()
+        self.flush([cid for cid in self.runs if cid not in taken])
 
     def flush(self, campaigns: Sequence[str] | None = None) -> None:
         """Emit pending events now with what they have (shutdown; campaigns removed by a config swap)."""

@@ -392,4 +392,6 @@ def compile_condition(parsed: Parsed, index: Callable[[str], int], label: Callab
         ast.arguments(posonlyargs=[], args=[ast.arg("_v"), ast.arg("_p"), ast.arg("_w")], kwonlyargs=[],
                       kw_defaults=[], defaults=[]), body.body))
     code = compile(ast.fix_missing_locations(lam), "<campaign>", "eval")
-    return eval(code, {"__builtins__": {}, **MATH})  # noqa: S307 - a tree built from whitelisted nodes only
+    fn = eval(code, {"__builtins__": {}, **MATH})  # noqa: S307 - a tree built from whitelisted nodes only
+    fn.source = ast.unparse(body.body)  # the same expression, for generated code to inline (names _v, _p, _w, MATH)
+    return fn

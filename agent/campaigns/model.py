@@ -11,9 +11,9 @@ databases when the engine is built.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
 
 from agent.campaigns.expr import ExpressionError, parse
 from agent.model import Priority
@@ -76,8 +76,12 @@ class Trigger(_Model):
 class Campaign(_Model):
     """One condition-triggered (or periodic) capture with pre- and post-trigger windows."""
 
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
-                    description="Campaign id: letters, digits, `_ . : -`.")
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"oneOf": [  # as _check says
+        {"required": ["trigger"], "not": {"required": ["period_ms"]}},
+        {"required": ["period_ms"], "not": {"required": ["trigger"]}}]})
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+                    description="Campaign id: letters, digits, `_`, `-` (it is a key of the reported properties).")
     start: datetime | None = Field(None, description="Active from (ISO 8601 or epoch seconds; UTC if no zone).")
     expiry: datetime | None = Field(None, description="Expired from (ISO 8601 or epoch seconds).")
     priority: Literal["low", "normal", "high"] = Field("high", description="Upload priority of its event batches.")
@@ -92,6 +96,25 @@ class Campaign(_Model):
                                     description="At most this many samples of one signal in one event (the newest).")
     condition_only: list[str] = Field(default_factory=list, max_length=256, description=(
         "Signals (names or globs) read by the condition but not sent in events (FleetWise conditionOnly)."))
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _named(cls, data: Any, handler: ModelWrapValidatorHandler[Campaign]) -> Campaign:
+        """Every error of a campaign names it: `campaign 'hard-brake': pre_s: ...`."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            cid = data.get("id") if isinstance(data, dict) else None
+            if not isinstance(cid, str) or not cid:
+                raise
+            lines = []
+            for err in exc.errors():
+                msg = err["msg"].removeprefix("Value error, ")
+                where = ".".join(str(p) for p in err["loc"])
+                lines.append(msg if msg.startswith("campaign ") or not where else f"{where}: {msg}")
+            prefix = f"campaign {cid[:64]!r}: "
+            raise ValueError("; ".join(line if line.startswith("campaign ") else prefix + line
+                                       for line in lines)) from None
 
     @model_validator(mode="after")
     def _check(self) -> Campaign:

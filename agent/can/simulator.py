@@ -77,6 +77,9 @@ class DriveModel:
         self._phase = "stand"
         self._phase_end = rng.uniform(2.0, 6.0)
         self._target_kmh = 0.0
+        self.hard = False          # this stop is an emergency stop (-8.5 m/s^2, ABS)
+        self.abs_active = False
+        self._drives = 0           # the first drive is short and ends hard: the quick start shows an event
 
     @property
     def gear(self) -> int:
@@ -102,9 +105,10 @@ class DriveModel:
         self.t += dt
         if self.t >= self._phase_end:
             self._next_phase()
-        want = {"stand": 0.0, "accel": 2.2, "cruise": 0.0, "brake": -3.0}[self._phase]
+        want = {"stand": 0.0, "accel": 2.2, "cruise": 0.0, "brake": -8.5 if self.hard else -3.0}[self._phase]
         if self._phase == "accel" and self.speed_kmh >= self._target_kmh:
-            self._phase, self._phase_end = "cruise", self.t + self.rng.uniform(8.0, 40.0)
+            cruise_s = self.rng.uniform(3.0, 6.0) if self._drives == 0 else self.rng.uniform(8.0, 40.0)
+            self._phase, self._phase_end = "cruise", self.t + cruise_s
         if self._phase == "brake" and self.speed_kmh <= self._target_kmh + 0.5:
             self._phase = "stand" if self._target_kmh == 0 else "cruise"
             self._phase_end = self.t + self.rng.uniform(3.0, 12.0 if self._target_kmh == 0 else 25.0)
@@ -116,6 +120,7 @@ class DriveModel:
             self.accel = 0.0
         self.throttle = min(1.0, max(0.0, self.accel / 3.0 + (0.12 + self.speed_kmh / 600 if self.speed_kmh > 0 else 0)))
         self.brake = min(1.0, max(0.0, -self.accel / 4.0)) if self.accel < -0.3 else 0.0
+        self.abs_active = self.hard and self._phase == "brake" and self.accel < -6.0 and self.speed_kmh > 5.0
         steering = 25.0 * math.sin(self.t / 7.0) * math.exp(-self.speed_kmh / 60.0) + self.rng.gauss(0, 0.4)
         self.steering_rate = (steering - self.steering_deg) / dt
         self.steering_deg = steering
@@ -133,6 +138,8 @@ class DriveModel:
         elif self._phase == "cruise":
             self._phase, self._target_kmh = "brake", rng.choice((0.0, 0.0, 30.0))
             self._phase_end = self.t + 60.0
+            self.hard = self._drives == 0 or rng.random() < 0.25  # about one stop in four is an emergency stop
+            self._drives += 1
         else:
             self._phase_end = self.t + 5.0
 
@@ -254,6 +261,8 @@ def _model_fn(name: str, lower: str) -> ValueFn | None:  # noqa: C901 - a lookup
         return lambda c, dt: 15.0 + 80.0 * c.throttle
     if name.startswith("EngineTorque"):
         return lambda c, dt: c.torque_nm if name != "EngineTorqueLimit" else 400.0
+    if name == "AbsActive":
+        return lambda c, dt: 1.0 if c.abs_active else 0.0
     if name == "BrakePressure":
         return lambda c, dt: 120.0 * c.brake
     if name in ("BrakePedalPressed", "BrakeLightOn", "BrakeSwitch"):

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, data = config_or_exit(args.config)
     configure_logging(cfg.log_level)
     from agent.app import Agent
+    from agent.campaigns.engine import CampaignError
     from agent.pipeline import preload
     from agent.reload import reload_from_file
     from agent.startup import StartupError, agent_writes, prepare_state_dir
@@ -44,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
             agent = Agent(cfg, base=data, progress=sys.stderr.isatty() and not args.no_progress)
         except DatabaseError as exc:
             log.error("database_invalid", file=str(exc.path), line=exc.line, reason=exc.reason)
+            raise SystemExit(EXIT_USAGE) from None
+        except CampaignError as exc:  # signals the databases do not have (`check-config` lists them too)
+            log.error("campaigns_invalid", errors=exc.errors)
             raise SystemExit(EXIT_USAGE) from None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import Any
 
 from agent.model import Sample
 
@@ -67,9 +68,10 @@ class Codec(ABC):
 
     @abstractmethod
     def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None,
-               simulated: bool = False) -> bytes:
-        """The payload; `simulated` puts `"sim": true` in its header (docs/wire-format.md). Raises
-        Unencodable if a value or timestamp cannot be carried exactly."""
+               simulated: bool = False, event: Mapping[str, Any] | None = None) -> bytes:
+        """The payload; `simulated` puts `"sim": true` in its header, `event` a campaign event's
+        description as `"event"` (docs/wire-format.md). Raises Unencodable if a value or timestamp
+        cannot be carried exactly."""
 
     def carries_column(self, key: tuple[str, str, str], values: list, scaling: Scaling | None) -> bool:
         """Whether the column's values are carried whatever each one is (e.g. as raw integers)."""

@@ -8,9 +8,11 @@ is its reference decoder.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import accumulate, chain
 from math import floor
 from operator import sub
+from typing import Any
 
 import msgpack
 import zstandard
@@ -107,13 +109,14 @@ class ColumnarCodec(Codec):
         self._compressor = zstandard.ZstdCompressor(level=level)
 
     def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None,
-               simulated: bool = False) -> bytes:
+               simulated: bool = False, event: Mapping[str, Any] | None = None) -> bytes:
         try:
-            return self._encode(columns, vehicle, scaling or {}, simulated, careful=False)
+            return self._encode(columns, vehicle, scaling or {}, simulated, event, careful=False)
         except (OverflowError, ValueError, TypeError):  # msgpack's range, NaN or inf times: choose with care
-            return self._encode(columns, vehicle, scaling or {}, simulated, careful=True)
+            return self._encode(columns, vehicle, scaling or {}, simulated, event, careful=True)
 
-    def _encode(self, columns: Columns, vehicle: str, scaling: Scaling, simulated: bool, careful: bool) -> bytes:
+    def _encode(self, columns: Columns, vehicle: str, scaling: Scaling, simulated: bool,
+                event: Mapping[str, Any] | None, careful: bool) -> bytes:
         ticks = self.ticks
         if careful and not all(len(ts) == len(vs) and all(time_ok(t) for t in ts) for ts, vs in columns.values()):
             raise Unencodable("a timestamp that is not finite or beyond 64-bit ticks, or a column missing values")
@@ -149,6 +152,8 @@ class ColumnarCodec(Codec):
         doc = {"v": FORMAT_VERSION, "vehicle": vehicle, "res": ticks, "t0": t0, "times": times, "series": series}
         if simulated:
             doc["sim"] = True
+        if event:
+            doc["event"] = dict(event)
         return self._compressor.compress(msgpack.packb(doc, use_bin_type=True))
 
     def carries_column(self, key: tuple[str, str, str], values: list, scaling: Scaling | None) -> bool:
@@ -174,5 +179,5 @@ class ColumnarCodec(Codec):
                 scale, offset = _number(scale), _number(offset)
                 values = [r * scale + offset for r in (accumulate(values) if kind == RAW_DELTA else values)]
             samples.extend(Sample(t, bus, message, signal, v) for t, v in zip(times[idx], values, strict=True))
-        header = {k: doc[k] for k in ("v", "vehicle", "res", "t0", "sim") if k in doc}
+        header = {k: doc[k] for k in ("v", "vehicle", "res", "t0", "sim", "event") if k in doc}
         return header, samples

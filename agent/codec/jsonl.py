@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -19,7 +21,7 @@ class JsonCodec(Codec):
     content_encoding = "utf-8"
 
     def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None,
-               simulated: bool = False) -> bytes:
+               simulated: bool = False, event: Mapping[str, Any] | None = None) -> bytes:
         try:
             samples = [
                 {"t": t, "bus": key[0], "message": key[1], "signal": key[2], "value": v}
@@ -32,7 +34,8 @@ class JsonCodec(Codec):
         if not all(time_ok(s["t"]) and self.carries(s["value"]) for s in samples):
             raise Unencodable("a value JSON cannot carry exactly (NaN, infinity, an integer beyond 64 bits)")
         samples.sort(key=lambda s: s["t"])
-        head = {"v": FORMAT_VERSION, "vehicle": vehicle, **({"sim": True} if simulated else {})}
+        head = {"v": FORMAT_VERSION, "vehicle": vehicle, **({"sim": True} if simulated else {}),
+                **({"event": dict(event)} if event else {})}
         return orjson.dumps({**head, "samples": samples})
 
     def carries(self, value: object) -> bool:

@@ -16,6 +16,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 from cantools.database.errors import DecodeError
@@ -29,6 +30,9 @@ from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
 from agent.decode.fast import FastDecoder, one_to_one, scaling_of
 from agent.model import TIME_MAX, TIME_MIN, Frame
+
+if TYPE_CHECKING:
+    from agent.campaigns.engine import CampaignEngine
 
 log = structlog.get_logger()
 
@@ -78,9 +82,12 @@ class Collector:
     """
 
     def __init__(self, bus: str, decoder: FrameDecoder, cfg: CollectionConfig, batcher: Batcher,
-                 counters: BusCounters | None = None, scaling: Scaling | None = None) -> None:
+                 counters: BusCounters | None = None, scaling: Scaling | None = None,
+                 campaigns: CampaignEngine | None = None) -> None:
         """`scaling`: the table the batcher's codec will get; signals whose scaling it holds exactly
-        go to the batch as raw integers (RawValues), the rest as physical values."""
+        go to the batch as raw integers (RawValues), the rest as physical values. `campaigns`: the
+        ids a campaign reads get their frames handed to it too (`_with_campaign`); without
+        campaigns every step is exactly what the policy compiled."""
         self.bus = bus
         self.batcher = batcher
         self.counters = counters or BusCounters()
@@ -103,6 +110,11 @@ class Collector:
             if slots:
                 self._wanted[fid] = (dec, slots)
                 self.steps[fid] = partial(self._first_step, fid)
+        self._campaigns = campaigns
+        self._campaign_ids = {fid for fid in decoder.by_id
+                              if campaigns is not None and (bus, fid) in campaigns.message_keys}
+        for fid in self._campaign_ids:
+            self.steps[fid] = self._with_campaign(fid, self.steps.get(fid))
 
     def build_all(self) -> None:
         """Compile every wanted id's plan now (the benchmark times frames, not compiling)."""
@@ -119,7 +131,7 @@ class Collector:
             log.error("compile_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid][0].name,
                       error=repr(exc), action="decoding this message with cantools")
             step = self._build(fid, compiled=False)
-        return step(t, data)
+        return step(t, data)  # (its campaign feed, if any, had this frame already)
 
     def _build(self, fid: int, compiled: bool = True) -> Step:
         """Resolve what to do with frames of `fid` (`compiled`: the fast path, else cantools); installs
@@ -154,7 +166,7 @@ class Collector:
             plan.exact = step = compile_step(pages[None], fast.pages[None], dec.length,
                                              plan.mask if change_only else None, self._bind, label, step, plan.held,
                                              name)
-        self.plans[fid], self.steps[fid] = plan, step
+        self.plans[fid], self.steps[fid] = plan, self._with_campaign(fid, step)
         return step
 
     def generated(self, message: str) -> list[tuple[str, str]]:
@@ -177,10 +189,21 @@ class Collector:
             out += [(fn.__code__.co_filename, source_of(fn)) for fn in functions if fn is not None]
         return out
 
+    def _with_campaign(self, fid: int, step: Step | None) -> Step:
+        """The step of an id, with the campaign engine's work for the frame first if a campaign reads
+        it (its ring, its condition inputs; agent.campaigns.feedgen); an id only campaigns want keeps
+        no samples here."""
+        if fid not in self._campaign_ids or self._campaigns is None:
+            assert step is not None
+            return step
+        wrapped = self._campaigns.step_for(self.bus, fid, step)
+        assert wrapped is not None
+        return wrapped
+
     @property
     def wanted_ids(self) -> set[int]:
-        """Frame ids with at least one wanted signal (the basis of kernel receive filters)."""
-        return set(self._wanted)
+        """Frame ids with at least one wanted signal or campaign (the basis of kernel receive filters)."""
+        return set(self._wanted) | self._campaign_ids
 
     def _rebind(self) -> None:
         """The batcher closed a batch: column lists handed out before belong to it now."""

@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import orjson
 import structlog
 
 from agent.model import Batch, Priority
@@ -35,11 +36,12 @@ log = structlog.get_logger()
 CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 SQLITE_READONLY = 8
 EXPECTED_COLUMNS = ("seq", "id", "priority", "created", "encoding", "content_type", "content_encoding",
-                    "sample_count", "first_t", "last_t", "vehicle", "buses", "size", "payload", "simulated", "sha256")
+                    "sample_count", "first_t", "last_t", "vehicle", "buses", "size", "payload", "simulated", "sha256",
+                    "event")
 # Columns added since the first store layout, in the order they came: an older file is upgraded in place,
 # not moved aside (its batches predate the simulated marker and read as 0; their checksums are added by
-# _checksum_legacy_rows).
-ADDED_COLUMNS = {"simulated": "INTEGER NOT NULL DEFAULT 0", "sha256": "TEXT"}
+# _checksum_legacy_rows; they are no campaign events).
+ADDED_COLUMNS = {"simulated": "INTEGER NOT NULL DEFAULT 0", "sha256": "TEXT", "event": "TEXT NOT NULL DEFAULT ''"}
 QUARANTINE_MAX_BYTES = 8 * 1024 * 1024
 QUARANTINE_LISTED = 20  # newest quarantined batches in status (the counters count them all)
 
@@ -63,7 +65,8 @@ _BATCH_FIELDS = """
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,{_BATCH_FIELDS}
+    id TEXT NOT NULL UNIQUE,{_BATCH_FIELDS},
+    event TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS batches_drain ON batches (priority DESC, seq);
 CREATE INDEX IF NOT EXISTS batches_evict ON batches (priority, seq);
@@ -169,11 +172,25 @@ class StoreStats:
                                 "quarantined": q.quarantined, "reason": q.reason} for q in self.quarantine]}
 
 
+def _event(text: str) -> dict[str, Any] | None:
+    """A stored campaign event description (JSON); a row of an earlier layout has none."""
+    if not text:
+        return None
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        log.warning("store_event_unreadable", text=text[:80])
+        return None
+    return event if isinstance(event, dict) else None
+
+
 def _row_to_batch(row: tuple) -> Batch:
     (bid, prio, created, enc, ctype, cenc, count, first, last, vehicle, buses, _size, payload, simulated) = row[:14]
+    event = row[15] if len(row) > 15 else ""
     return Batch(id=bid, priority=Priority(prio), encoding=enc, content_type=ctype, content_encoding=cenc,
                  payload=bytes(payload), sample_count=count, first_t=first, last_t=last, created=created,
-                 vehicle=vehicle, buses=tuple(b for b in buses.split(",") if b), simulated=bool(simulated))
+                 vehicle=vehicle, buses=tuple(b for b in buses.split(",") if b), simulated=bool(simulated),
+                 event=_event(event))
 
 
 def _guarded(method):
@@ -420,10 +437,11 @@ class Store:
                 self.total_batches -= 1
                 evicted.append(Evicted(vid, Priority(prio), count, size))
             self.db.execute(
-                f"INSERT OR IGNORE INTO batches ({_COPY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR IGNORE INTO batches ({_COPY_COLUMNS}, event) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (batch.id, int(batch.priority), created, batch.encoding, batch.content_type,
                  batch.content_encoding, batch.sample_count, batch.first_t, batch.last_t, batch.vehicle,
-                 ",".join(batch.buses), batch.size, batch.payload, int(batch.simulated), checksum(batch.payload)))
+                 ",".join(batch.buses), batch.size, batch.payload, int(batch.simulated), checksum(batch.payload),
+                 orjson.dumps(batch.event).decode() if batch.event else ""))
             self._count(stored_batches=1, stored_samples=batch.sample_count, stored_bytes=batch.size)
             self.db.execute("COMMIT")
         except BaseException:
@@ -450,7 +468,7 @@ class Store:
         matches its checksum (one that does not is quarantined here, and the next one taken instead)."""
         while True:
             rows = self.db.execute(
-                f"SELECT {_COLUMNS}, sha256 FROM batches ORDER BY priority DESC, seq LIMIT ?", (limit + len(exclude),)
+                f"SELECT {_COLUMNS}, sha256, event FROM batches ORDER BY priority DESC, seq LIMIT ?", (limit + len(exclude),)
             ).fetchall()
             damaged = [r[0] for r in rows if r[0] not in exclude and checksum(r[12]) != r[14]]
             if not damaged:

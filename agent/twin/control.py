@@ -41,6 +41,12 @@ class Control(Protocol):
     def set_log_level(self, level: str, duration_s: float | None = None) -> None:
         """Change the log level, optionally reverting after duration_s."""
 
+    def campaigns(self) -> dict[str, Any]:
+        """The campaigns with their state."""
+
+    def trigger_campaign(self, campaign_id: str) -> str:
+        """Fire a campaign by hand; the event id (KeyError: unknown, ValueError: not active)."""
+
 
 class ControlChannel(ABC):
     """One transport of the control plane. `serve` runs until stop; it must not raise for a bad

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import structlog
 
+from agent.campaigns.engine import campaign_errors
 from agent.config import (
     CLOUD_STORE_KEYS,
     CLOUD_WRITABLE,
@@ -201,6 +202,10 @@ class DesiredState:
             if key == "buses":
                 for bus in cfg.buses:
                     load_databases([cfg.resolve(p) for p in bus.databases])
+            if key in ("buses", "campaigns"):  # campaigns name signals of the buses' databases
+                errors = campaign_errors(cfg)
+                if errors:
+                    return "; ".join(f"campaigns: {e}" for e in errors)
         except ConfigError as exc:
             return "; ".join(exc.errors)
         except DatabaseError as exc:  # (a ValueError too: first)

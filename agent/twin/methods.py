@@ -14,7 +14,7 @@ from agent.twin.guard import short
 if TYPE_CHECKING:
     from agent.twin.control import Control
 
-METHODS = ("flush", "get_status", "set_log_level")
+METHODS = ("flush", "get_status", "set_log_level", "list_campaigns", "trigger_campaign")
 MAX_LOG_LEVEL_S = 86400  # a raised log level reverts within a day at the latest
 
 
@@ -36,4 +36,16 @@ def dispatch_method(control: Control, name: str, payload: Any) -> tuple[int, Any
             return 400, {"error": f"duration_s must be a number of seconds in (0, {MAX_LOG_LEVEL_S}]"}
         control.set_log_level(level, duration)
         return 200, {"level": level, "duration_s": duration}
+    if name == "list_campaigns":
+        return 200, control.campaigns()
+    if name == "trigger_campaign":  # a field test of a campaign: an event now, as if its condition fired
+        cid = args.get("id")
+        if not isinstance(cid, str):
+            return 400, {"error": 'give the campaign as {"id": "<campaign id>"}'}
+        try:
+            return 200, {"id": cid, "event_id": control.trigger_campaign(cid)}
+        except KeyError:
+            return 404, {"error": f"no campaign {short(cid)}"}
+        except ValueError as exc:
+            return 409, {"error": str(exc)}
     return 404, {"error": f"unknown method {short(name)}; available: {', '.join(METHODS)}"}

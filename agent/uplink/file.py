@@ -110,6 +110,8 @@ class FileSink(Sink):
             except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, these bytes cannot be written
                 raise UnsendableBatch(f"cannot decode batch {batch.id} for the outbox: {exc}") from None
             marker = {"simulated": True} if batch.simulated else {}
+            if batch.event:  # each line says which campaign event it belongs to
+                marker = {**marker, "campaign": batch.event.get("campaign"), "event": batch.event.get("event_id")}
             lines = b"".join(
                 exact_json({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value,
                             "batch": batch.id, **marker}) + b"\n"
@@ -120,7 +122,8 @@ class FileSink(Sink):
             meta = {"id": batch.id, "priority": batch.priority.name, "encoding": batch.encoding,
                     "content_type": batch.content_type, "content_encoding": batch.content_encoding,
                     "sample_count": batch.sample_count, "first_t": batch.first_t, "last_t": batch.last_t,
-                    "vehicle": batch.vehicle, "buses": list(batch.buses), "simulated": batch.simulated}
+                    "vehicle": batch.vehicle, "buses": list(batch.buses), "simulated": batch.simulated,
+                    **({"event": dict(batch.event)} if batch.event else {})}
             meta_bytes = orjson.dumps(meta)
             _write_atomic(self.outbox / f"{batch.id}.{batch.encoding}", batch.payload)
             _write_atomic(self.outbox / f"{batch.id}.meta.json", meta_bytes)

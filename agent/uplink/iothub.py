@@ -17,7 +17,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ def message_for(batch: Batch) -> Message:
         "first_t": f"{batch.first_t:.3f}", "last_t": f"{batch.last_t:.3f}", "encoding": batch.encoding,
         "simulated": "true" if batch.simulated else "false",  # always set: a route can test simulated = 'false'
     })
+    if batch.event:  # a campaign event: a route can send events elsewhere (docs/campaigns.md)
+        msg.custom_properties.update(event_properties(batch.event))
     return msg
 
 
@@ -71,6 +73,15 @@ def root_cause(exc: BaseException) -> str:
     else:
         return text
     return f"{layer}: {text}"
+
+
+def event_properties(event: Mapping[str, Any]) -> dict[str, str]:
+    """A campaign event's description as message properties (strings, as IoT Hub carries them)."""
+    props = {"campaign": str(event.get("campaign", "")), "event_id": str(event.get("event_id", "")),
+             "trigger_t": f"{float(event.get('trigger_t', 0.0)):.3f}", "expr": str(event.get("expr", ""))[:1024]}
+    if "part" in event:
+        props["event_part"] = f"{event['part']}/{event['parts']}"
+    return props
 
 
 class IoTHubCredentialsMissing(SinkError):

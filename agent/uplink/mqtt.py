@@ -47,7 +47,7 @@ def batch_header(batch: Batch) -> dict[str, Any]:
     return {"v": HEADER_VERSION, "id": batch.id, "ct": batch.content_type, "ce": batch.content_encoding,
             "vehicle": batch.vehicle, "buses": list(batch.buses), "priority": batch.priority.name,
             "samples": batch.sample_count, "first_t": batch.first_t, "last_t": batch.last_t,
-            "simulated": batch.simulated}
+            "simulated": batch.simulated, **({"event": dict(batch.event)} if batch.event else {})}
 
 
 def encode_message(batch: Batch) -> bytes:
