@@ -356,7 +356,8 @@ class VehicleSimulator:
         for m in self.messages:
             while m.due <= sim_t:
                 data = m.encode(self.car, m.cycle)
-                out.append(SimFrame(self.start_t + m.due, m.msg.frame_id, data, m.msg.is_extended_frame, m.msg.is_fd))
+                out.append(SimFrame(self.start_t + m.due, m.msg.frame_id, data, m.msg.is_extended_frame,
+                                    m.msg.is_fd or len(data) > 8))  # a DBC without VFrameFormat: its length says FD
                 m.due += m.cycle
         out.sort(key=lambda f: f.t)
         return out

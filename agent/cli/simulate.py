@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=None, help="simulated seconds (default: until Ctrl-C)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", metavar="LOG", help="write a candump -L log of --duration s instead of sending")
+    p.add_argument("--no-strict", action="store_true",
+                   help="load databases without cantools' strict checks (overlapping signals, signals that do not fit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.can.simulator import record_candump_log, run_simulator
 
     try:
-        db = load_databases(args.dbc)
+        db = load_databases(args.dbc, strict=not args.no_strict)
     except DatabaseError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_USAGE

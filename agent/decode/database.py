@@ -43,7 +43,7 @@ def _line_of_message(path: Path, reason: str) -> int:
 
 
 NO_STRICT_HINT = ("it loads without cantools' strict checks: set `strict: false` on the bus "
-                  "(`vehicle-agent decode --no-strict`) to use it anyway")
+                  "(`--no-strict` for vehicle-agent decode and simulate) to use it anyway")
 
 
 def load_database(path: Path, strict: bool = True) -> Database:
