@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from agent.codec import codec_by_content
 from agent.config import build_config
 from agent.decode import load_databases
 from agent.uplink.mqtt import decode_message
-from tests.conftest import CONFIG_DIR, run_cli
+from tests.conftest import CONFIG_DIR, ROOT, run_cli
 from tests.mqtt_broker import Cloud, MqttBroker
 from tests.test_mqtt import PASSWORD, broker, mqtt_cfg, until  # noqa: F401 - broker: the module's mosquitto
 
@@ -209,3 +214,29 @@ async def test_virtual_bus_live_swap_manual_trigger_and_continuous_collection(tm
     # ... and exactly those of [t - 0.5, t + 1.5] (times rounded to the ms on the wire)
     assert before < trigger_t - 0.5 + 0.001 and window[0][0] >= trigger_t - 0.5 - 0.001
     assert window[-1][0] <= trigger_t + 1.5 + 0.001 and after > trigger_t + 1.5 - 0.001
+
+
+def test_quick_start_shows_a_braking_event_in_the_outbox(tmp_path: Path) -> None:
+    """`vehicle-agent run` on the default config: the simulated drive's first stop is an emergency
+    stop, and the default campaign hard-braking puts its event in the outbox."""
+    state = tmp_path / "state"
+    env = {**os.environ, "VEHICLE_AGENT_STATE_DIR": str(state), "VEHICLE_AGENT_LOG_FORMAT": "json"}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60  # the first stop comes ~20 s into the drive (about 75 s without it)
+        rows: list[dict] = []
+        while time.monotonic() < deadline and not rows:
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            rows = [json.loads(line) for f in sorted((state / "outbox").glob("*.jsonl")) if (state / "outbox").is_dir()
+                    for line in f.read_text().splitlines() if '"campaign"' in line]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert rows and {r["campaign"] for r in rows} == {"hard-braking"} and len({r["event"] for r in rows}) == 1
+    pressures = [r["value"] for r in rows if r["signal"] == "BrakePressure"]
+    abs_active = [r["value"] for r in rows if r["signal"] == "AbsActive"]
+    assert max(pressures) > 100 and max(abs_active) == 1  # the emergency stop, with ABS
+    assert {"VehicleSpeed", "WheelSpeedFL", "LongitudinalAccel", "SteeringWheelAngle"} <= {r["signal"] for r in rows}
