@@ -284,6 +284,22 @@ def test_databases_are_confined_and_acks_never_quote_a_file(tmp_path: Path) -> N
     agent.store.close()
 
 
+def test_a_sloppy_database_from_the_cloud_loads_with_strict_false(tmp_path: Path) -> None:
+    """The cloud may switch a bus to `strict: false` for an OEM file cantools only loads leniently:
+    the desired path checks the databases the way the running agent will load them."""
+    agent = make_agent(tmp_path)
+    (tmp_path / "dbs" / "oem.dbc").write_bytes((DATA / "oem_sloppy.dbc").read_bytes())
+    bus = {"name": "pt", "interface": "virtual", "channel": "ctl-sloppy", "databases": ["oem.dbc"]}
+    strict = agent.control.desired_document({"$version": VERSIONS.next(), "buses": [bus]}, full=False)
+    assert strict["buses"]["ac"] == 400 and "strict" in strict["buses"]["ad"], strict
+    lenient = agent.control.desired_document({"$version": VERSIONS.next(), "buses": [{**bus, "strict": False}]},
+                                             full=False)
+    assert lenient["buses"]["ac"] == 200, lenient
+    assert agent.cfg.buses[0].strict is False
+    assert agent.cfg.buses[0].databases == [str((tmp_path / "dbs" / "oem.dbc").resolve())]
+    agent.store.close()
+
+
 def test_guard_limits() -> None:
     assert guard.parse(b'{"a": [1, 2.5, "x", null, true]}') == {"a": [1, 2.5, "x", None, True]}
     assert guard.parse(json.dumps(deep(11)).encode()) == deep(11)

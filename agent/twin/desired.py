@@ -38,6 +38,7 @@ from agent.config import (
     localize_cloud_bus,
 )
 from agent.decode import DatabaseError, load_databases
+from agent.decode.database import NO_STRICT_HINT
 from agent.twin import guard
 
 log = structlog.get_logger()
@@ -73,6 +74,8 @@ def database_reason(exc: DatabaseError, folder: Path) -> str:
         why = "file not found"
     elif "is already defined in" in exc.reason:
         why = "a frame id defined in two of the bus's databases"
+    elif NO_STRICT_HINT in exc.reason:
+        why = "refused by cantools' strict checks; it loads with `strict: false` on the bus"
     else:
         why = "not a database cantools can read"
     return f"{name}{f':{exc.line}' if exc.line else ''}: {why}"
@@ -201,7 +204,7 @@ class DesiredState:
             cfg = self._build(trial)
             if key == "buses":
                 for bus in cfg.buses:
-                    load_databases([cfg.resolve(p) for p in bus.databases])
+                    load_databases([cfg.resolve(p) for p in bus.databases], strict=bus.strict)
             if key in ("buses", "campaigns"):  # campaigns name signals of the buses' databases
                 errors = campaign_errors(cfg)
                 if errors:
