@@ -77,6 +77,17 @@ def test_broken_dbc_names_file_and_line(tmp_path: Path, edge_log: Path) -> None:
     assert res.stdout == ""
 
 
+def test_diagnostics_database_is_refused_by_name(tmp_path: Path, edge_log: Path) -> None:
+    """cantools reads a CDD file as a diagnostics database (no messages): a clear refusal, not a traceback."""
+    cdd = tmp_path / "diag.cdd"
+    cdd.write_text('<?xml version="1.0"?>\n<CANDELA><ECUDOC><DATATYPES></DATATYPES>'
+                   '<ECU><VAR><DIAGINST></DIAGINST></VAR></ECU></ECUDOC></CANDELA>\n')
+    res = run_cli("decode", "--dbc", str(cdd), str(edge_log))
+    assert res.returncode == 2, res.stderr
+    assert f"{cdd}: a diagnostics database (CDD) has no CAN messages" in res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+
+
 def test_missing_log_is_a_clear_error(edge_dbc: Path, tmp_path: Path) -> None:
     res = run_cli("decode", "--dbc", str(edge_dbc), str(tmp_path / "nope.log"))
     assert res.returncode == 2 and "nope.log: file not found" in res.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import cantools
 import structlog
 from cantools.database import Database
+from cantools.database.diagnostics import Database as DiagnosticsDatabase
 
 log = structlog.get_logger()
 
@@ -75,6 +76,9 @@ def load_database(path: Path, strict: bool = True) -> Database:
     except Exception as exc:  # cantools raises plain Errors for semantic problems (overlaps, ranges)
         reason = str(exc) or type(exc).__name__
         raise DatabaseError(path, _with_hint(path, reason, strict), _line_of_message(path, reason)) from None
+    if not isinstance(db, Database):  # cantools reads a CDD file as a diagnostics database
+        raise DatabaseError(path, "a diagnostics database (CDD) has no CAN messages to decode; "
+                                  "give a DBC, KCD, SYM or ARXML file")
     if not strict:
         _WARNINGS[str(path.absolute())] = complaints = repairs + _strict_complaints(db)
         for complaint in complaints:
@@ -94,7 +98,7 @@ def _dbc_reason(exc: Exception) -> str:
     return str(getattr(exc, "e_dbc", None) or exc)
 
 
-def _load_lenient(path: Path, repairs: list[str]) -> Database:
+def _load_lenient(path: Path, repairs: list[str]) -> Database | DiagnosticsDatabase:
     """cantools with strict=False, and for DBC files the two refusals cantools makes even then,
     repaired the way a DBC tool reads them (each repair listed in `repairs`):
 
