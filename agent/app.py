@@ -94,7 +94,7 @@ class Agent:
         self.notifier = Notifier()
         self.store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
                            max_batches=cfg.store.max_batches, synchronous=cfg.store.synchronous,
-                           ttl_s=cfg.store.ttl_s, quarantine_max_bytes=cfg.store.quarantine_max_bytes)
+                           ttl_s=dict(cfg.store.ttl_s.items()), quarantine_max_bytes=cfg.store.quarantine_max_bytes)
         self.sink = sink or make_sink(cfg)
         self.control = make_plane(self, self.desired, cfg, self.sink)  # remote control: agent/twin/
         self.forwarder = Forwarder(self.store, self.sink, retry_initial_s=cfg.sink.retry_initial_s,
@@ -196,7 +196,7 @@ class Agent:
         self.pipeline.reconfigure(new)
         self.durable.max_bytes = new.store.spill_max_bytes
         self.store.max_bytes, self.store.max_batches = new.store.max_bytes, new.store.max_batches
-        self.store.ttl_s = dict(new.store.ttl_s)
+        self.store.ttl_s = dict(new.store.ttl_s.items())
         self.store.quarantine_max_bytes = new.store.quarantine_max_bytes
         old_buses = {b.name: b for b in self.cfg.buses}
         self.cfg = new
@@ -258,7 +258,7 @@ class Agent:
     # ---------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         frames = sum(c.frames for c in self.counters.values())
-        doc = {
+        doc: dict[str, Any] = {
             "updated": time.time(),
             "agent": {"version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
                       "started": self.started, "vehicle_id": self.cfg.vehicle_id,

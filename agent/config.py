@@ -88,6 +88,7 @@ class BusConfig(_Model):
 
 
 PolicyKind = Literal["all", "on_change", "min_interval", "period", "exclude"]
+PriorityName = Literal["low", "normal", "high"]  # Priority's names, as the config and the twin spell them
 
 
 def _policy_needs(policy: str, parameter: str) -> dict[str, Any]:
@@ -109,7 +110,7 @@ class SignalPolicy(_Model):
                                  description="min_interval: at most one sample per interval (at most a day).")
     period_ms: int = Field(0, ge=0, le=MAX_INTERVAL_MS,
                            description="period: the latest value once per period (downsampling; at most a day).")
-    priority: Literal["low", "normal", "high"] = Field("normal", description="Upload priority of these samples.")
+    priority: PriorityName = Field("normal", description="Upload priority of these samples.")
 
     @model_validator(mode="after")
     def _needs_its_parameter(self) -> SignalPolicy:
@@ -152,6 +153,9 @@ class EncodingConfig(_Model):
     compression_level: int = Field(3, ge=1, le=19, description="zstd level for columnar.")
 
 
+DEFAULT_TTL_S: dict[PriorityName, float] = {"low": 86400.0, "normal": 7 * 86400.0, "high": 30 * 86400.0}
+
+
 class StoreConfig(_Model):
     """The durable store-and-forward queue (SQLite, WAL)."""
 
@@ -166,8 +170,8 @@ class StoreConfig(_Model):
         description="Memory spill while the store cannot be written (disk full, read-only, corrupt): batches "
         "beyond this many bytes are dropped oldest first and counted as lost.",
     )
-    ttl_s: dict[Literal["low", "normal", "high"], Annotated[float, Field(ge=MIN_TTL_S, le=MAX_TTL_S)]] = Field(
-        default_factory=lambda: {"low": 86400.0, "normal": 7 * 86400.0, "high": 30 * 86400.0},
+    ttl_s: dict[PriorityName, Annotated[float, Field(ge=MIN_TTL_S, le=MAX_TTL_S)]] = Field(
+        default_factory=lambda: dict(DEFAULT_TTL_S),
         description="Time-to-live of a stored batch per priority, seconds (1 minute to 10 years).",
     )
     quarantine_max_bytes: int = Field(

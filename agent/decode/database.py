@@ -224,5 +224,5 @@ def _merge(files: list[Path], strict: bool) -> Database:
     for msg in merged.messages:
         msg.dbc = None
         for sig in msg.signals:
-            sig.dbc = None
+            sig.dbc = None  # type: ignore[assignment]  # cantools keeps None for "no DBC specifics"; its hint omits it
     return merged

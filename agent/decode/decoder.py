@@ -45,7 +45,8 @@ class MessageDecoder:
         """Scaled values of the signals present in `data` (for multiplexed messages: the active page)."""
         if len(data) < self.length:
             raise ShortFrameError(f"{self.name} needs {self.length} bytes, frame has {len(data)}")
-        return self.message.decode(data, decode_choices=False)
+        # cantools' hint covers containers and labels; a plain message without choices gives numbers
+        return self.message.decode(data, decode_choices=False)  # type: ignore[return-value]
 
     def label(self, signal: str, value: float | int) -> Value:
         """The choice label of an enum value, or the value itself."""

@@ -23,6 +23,7 @@ import bitstruct.c
 from cantools.database.can.message import Message
 from cantools.database.can.signal import Signal
 from cantools.database.utils import sawtooth_to_network_bitnum, start_bit
+from cantools.typechecking import Codec
 
 from agent import compiler
 from agent.compiler import Unpacker, ValuesCode
@@ -206,7 +207,7 @@ def _page(signals: tuple[Signal, ...], nbytes: int, name: str) -> Page:
     return Page(signals, compiler.compile_values(code, name), code, nbytes)
 
 
-def _decodable(node: dict, length: int) -> bool:
+def _decodable(node: Codec, length: int) -> bool:
     """Whether cantools can unpack a node of its codec tree (the message, or one multiplexer page).
 
     With strict=False cantools loads overlapping signals and signals that do not fit the message,
@@ -220,7 +221,7 @@ def _decodable(node: dict, length: int) -> bool:
     return True
 
 
-def _duplicate_names(node: dict, above: tuple[str, ...] = ()) -> bool:
+def _duplicate_names(node: Codec, above: tuple[str, ...] = ()) -> bool:
     """Whether a frame of `node` (with the signals of the nodes `above` it) decodes two signals of one
     name. cantools (strict=False) keeps one of them by its dict order (byte order, field order, page
     over plain signals); rather than mirror that, such messages are decoded by cantools itself."""

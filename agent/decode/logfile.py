@@ -8,7 +8,7 @@ its line number). The caller decides what a run that decoded nothing means.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -16,7 +16,7 @@ from typing import IO, Any
 import structlog
 
 from agent.can.logs import LogProblem, read_log
-from agent.decode.decoder import FrameDecoder, ShortFrameError
+from agent.decode.decoder import FrameDecoder, ShortFrameError, Value
 
 log = structlog.get_logger()
 
@@ -60,7 +60,6 @@ def decode_log(decoder: FrameDecoder, source: Path | IO[str], stats: DecodeStats
             stats.bad += 1
             log.warning("undecodable_frame", line=item.line, id=f"0x{item.id:X}", reason=str(exc))
             continue
-        if labels:
-            values = {k: dec.label(k, v) for k, v in values.items()}
+        shown: Mapping[str, Value] = {k: dec.label(k, v) for k, v in values.items()} if labels else values
         stats.decoded += 1
-        yield {"t": item.t, "bus": item.channel, "id": item.id, "message": dec.name, "signals": values}
+        yield {"t": item.t, "bus": item.channel, "id": item.id, "message": dec.name, "signals": shown}

@@ -282,6 +282,13 @@ class Store:
                       action="keeping batches in memory; retrying")
         self.open_error = error
 
+    @property
+    def _open_db(self) -> sqlite3.Connection:
+        """The connection of an open store: every operation runs after _ensure_open (through _guarded)."""
+        if self.db is None:
+            raise sqlite3.ProgrammingError(f"store {self.path} is not open")
+        return self.db
+
     def _ensure_open(self) -> None:
         if self.db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,7 +304,7 @@ class Store:
             if not (is_corrupt(exc) or isinstance(exc, _SchemaMismatch)):
                 raise
             with contextlib.suppress(Exception):
-                self.db.close()
+                self._open_db.close()
             self.quarantined.append(move_aside(self.path, str(exc)))
             self._connect()
             self._count_now(corrupt_files_moved=1)
@@ -330,16 +337,16 @@ class Store:
         if not is_corrupt(exc):
             return False
         with contextlib.suppress(Exception):
-            self.db.close()
+            self._open_db.close()
         self.quarantined.append(move_aside(self.path, str(exc)))
         self._open()
         self._count_now(corrupt_files_moved=1)
         return True
 
     def _count_now(self, **deltas: int) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self._open_db.execute("BEGIN IMMEDIATE")
         self._count(**deltas)
-        self.db.execute("COMMIT")
+        self._open_db.execute("COMMIT")
 
     def close(self) -> None:
         if self.db is not None:
@@ -354,11 +361,11 @@ class Store:
     def _rollback(self) -> None:
         """Roll back if a transaction is open; never masks the error that caused it."""
         with contextlib.suppress(sqlite3.Error):
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            if self._open_db.in_transaction:
+                self._open_db.execute("ROLLBACK")
 
     def _count(self, **deltas: int) -> None:
-        self.db.executemany(
+        self._open_db.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             [(k, v) for k, v in deltas.items() if v])
@@ -378,14 +385,14 @@ class Store:
         date_unset = now >= CLOCK_SET_AFTER and not self._unset_dated
         if not stepped and not date_unset:
             return False
-        self.db.execute("BEGIN IMMEDIATE")
+        self._open_db.execute("BEGIN IMMEDIATE")
         try:
-            shifted = self.db.execute("UPDATE batches SET created = created + ? WHERE seq > ?",
+            shifted = self._open_db.execute("UPDATE batches SET created = created + ? WHERE seq > ?",
                                       (step, self._first_seq)).rowcount if stepped else 0
-            unset = self.db.execute("UPDATE batches SET created = ? WHERE created < ?",
+            unset = self._open_db.execute("UPDATE batches SET created = ? WHERE created < ?",
                                     (now, CLOCK_SET_AFTER)).rowcount if date_unset else 0
             self._count(clock_steps=int(stepped), batches_dated_after_clock_set=unset)
-            self.db.execute("COMMIT")
+            self._open_db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
@@ -414,7 +421,7 @@ class Store:
         if created < CLOCK_SET_AFTER and self._unset_dated:  # made before the clock was set (memory spill)
             created = self.wallclock()
         evicted: list[Evicted] = []
-        self.db.execute("BEGIN IMMEDIATE")
+        self._open_db.execute("BEGIN IMMEDIATE")
         try:
             if not self._room_possible(batch):
                 # Everything stored outranks it: the incoming batch is the lowest-priority one, so it is
@@ -422,32 +429,32 @@ class Store:
                 name = batch.priority.name
                 self._count(**{f"evicted_{name}_batches": 1, f"evicted_{name}_samples": batch.sample_count,
                                f"evicted_{name}_bytes": batch.size})
-                self.db.execute("COMMIT")
+                self._open_db.execute("COMMIT")
                 return [Evicted(batch.id, batch.priority, batch.sample_count, batch.size)]
             while (self.total_bytes + batch.size > self.max_bytes
                    or (self.max_batches is not None and self.total_batches + 1 > self.max_batches)):
-                seq, vid, prio, count, size = self.db.execute(
+                seq, vid, prio, count, size = self._open_db.execute(
                     "SELECT seq, id, priority, sample_count, size FROM batches "
                     "WHERE priority <= ? ORDER BY priority, seq LIMIT 1", (int(batch.priority),)).fetchone()
-                self.db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                self._open_db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
                 name = Priority(prio).name
                 self._count(**{f"evicted_{name}_batches": 1, f"evicted_{name}_samples": count,
                                f"evicted_{name}_bytes": size})
                 self.total_bytes -= size
                 self.total_batches -= 1
                 evicted.append(Evicted(vid, Priority(prio), count, size))
-            self.db.execute(
+            self._open_db.execute(
                 f"INSERT OR IGNORE INTO batches ({_COPY_COLUMNS}, event) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (batch.id, int(batch.priority), created, batch.encoding, batch.content_type,
                  batch.content_encoding, batch.sample_count, batch.first_t, batch.last_t, batch.vehicle,
                  ",".join(batch.buses), batch.size, batch.payload, int(batch.simulated), checksum(batch.payload),
                  orjson.dumps(batch.event).decode() if batch.event else ""))
             self._count(stored_batches=1, stored_samples=batch.sample_count, stored_bytes=batch.size)
-            self.db.execute("COMMIT")
+            self._open_db.execute("COMMIT")
         except BaseException:
             self._rollback()
             with contextlib.suppress(sqlite3.Error):
-                self.total_bytes, self.total_batches = self.db.execute(
+                self.total_bytes, self.total_batches = self._open_db.execute(
                     "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
             raise
         self.total_bytes += batch.size
@@ -456,7 +463,7 @@ class Store:
 
     def _room_possible(self, batch: Batch) -> bool:
         """Whether evicting batches of its priority or lower can make room for it."""
-        n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches WHERE priority <= ?",
+        n, size = self._open_db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches WHERE priority <= ?",
                                   (int(batch.priority),)).fetchone()
         if self.total_bytes - size + batch.size > self.max_bytes:
             return False
@@ -467,7 +474,7 @@ class Store:
         """The next batches to send: highest priority first, then oldest first; only batches whose payload
         matches its checksum (one that does not is quarantined here, and the next one taken instead)."""
         while True:
-            rows = self.db.execute(
+            rows = self._open_db.execute(
                 f"SELECT {_COLUMNS}, sha256, event FROM batches ORDER BY priority DESC, seq LIMIT ?", (limit + len(exclude),)
             ).fetchall()
             damaged = [r[0] for r in rows if r[0] not in exclude and checksum(r[12]) != r[14]]
@@ -486,20 +493,20 @@ class Store:
         """Move one batch to the quarantine table and count it, in one transaction; then trim the quarantine
         to its byte bound, oldest first (counted as discarded: their bytes are gone, their count stays)."""
         now = self.wallclock()
-        self.db.execute("BEGIN IMMEDIATE")
+        self._open_db.execute("BEGIN IMMEDIATE")
         try:
-            row = self.db.execute("SELECT priority, sample_count, size FROM batches WHERE id = ?",
+            row = self._open_db.execute("SELECT priority, sample_count, size FROM batches WHERE id = ?",
                                   (batch_id,)).fetchone()
             if row is None:
-                self.db.execute("COMMIT")
+                self._open_db.execute("COMMIT")
                 return None
-            self.db.execute(
+            self._open_db.execute(
                 f"INSERT INTO quarantine ({_COPY_COLUMNS}, quarantined, reason) "
                 f"SELECT {_COPY_COLUMNS}, ?, ? FROM batches WHERE id = ?", (now, reason, batch_id))
-            self.db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            self._open_db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
             self._count(quarantined_batches=1, quarantined_samples=row[1], quarantined_bytes=row[2])
             discarded = self._trim_quarantine()
-            self.db.execute("COMMIT")
+            self._open_db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
@@ -512,11 +519,11 @@ class Store:
         return entry
 
     def _trim_quarantine(self) -> int:
-        held = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM quarantine").fetchone()[0]
+        held = self._open_db.execute("SELECT COALESCE(SUM(size), 0) FROM quarantine").fetchone()[0]
         discarded = 0
         while held > self.quarantine_max_bytes:
-            seq, size = self.db.execute("SELECT seq, size FROM quarantine ORDER BY seq LIMIT 1").fetchone()
-            self.db.execute("DELETE FROM quarantine WHERE seq = ?", (seq,))
+            seq, size = self._open_db.execute("SELECT seq, size FROM quarantine ORDER BY seq LIMIT 1").fetchone()
+            self._open_db.execute("DELETE FROM quarantine WHERE seq = ?", (seq,))
             held -= size
             discarded += 1
         self._count(quarantine_discarded_batches=discarded)
@@ -525,7 +532,7 @@ class Store:
     def _checksum_legacy_rows(self) -> None:
         """Rows of a store written before checksums: a payload its codec reads gets its checksum now, one
         it cannot read is quarantined (it may have been damaged already). Once per file, row by row."""
-        ids = [r[0] for r in self.db.execute("SELECT id FROM batches WHERE sha256 IS NULL")]
+        ids = [r[0] for r in self._open_db.execute("SELECT id FROM batches WHERE sha256 IS NULL")]
         if not ids:
             return
         from agent.codec import codec_by_content  # only for this one-time migration
@@ -534,7 +541,7 @@ class Store:
 
         bad = 0
         for bid in ids:
-            ctype, payload = self.db.execute("SELECT content_type, payload FROM batches WHERE id = ?",
+            ctype, payload = self._open_db.execute("SELECT content_type, payload FROM batches WHERE id = ?",
                                              (bid,)).fetchone()
             try:
                 codec_by_content(ctype).decode(payload)
@@ -542,19 +549,19 @@ class Store:
                 self._quarantine(bid, f"stored before checksums and unreadable: {exc}")
                 bad += 1
                 continue
-            self.db.execute("UPDATE batches SET sha256 = ? WHERE id = ?", (checksum(payload), bid))
+            self._open_db.execute("UPDATE batches SET sha256 = ? WHERE id = ?", (checksum(payload), bid))
         log.info("store_checksums_added", path=str(self.path), batches=len(ids) - bad, quarantined=bad)
 
     @_guarded
     def ack(self, batch_id: str) -> bool:
         """The sink acknowledged the batch: delete it. False if it was already gone (evicted, expired)."""
-        self.db.execute("BEGIN IMMEDIATE")
+        self._open_db.execute("BEGIN IMMEDIATE")
         try:
-            row = self.db.execute("SELECT sample_count, size FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            row = self._open_db.execute("SELECT sample_count, size FROM batches WHERE id = ?", (batch_id,)).fetchone()
             if row is not None:
-                self.db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+                self._open_db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
                 self._count(sent_batches=1, sent_samples=row[0], sent_bytes=row[1])
-            self.db.execute("COMMIT")
+            self._open_db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
@@ -574,16 +581,16 @@ class Store:
             ttl = self.ttl_s.get(prio.name)
             if ttl is None:
                 continue
-            self.db.execute("BEGIN IMMEDIATE")
+            self._open_db.execute("BEGIN IMMEDIATE")
             try:
-                n, samples, size = self.db.execute(
+                n, samples, size = self._open_db.execute(
                     "SELECT COUNT(*), COALESCE(SUM(sample_count), 0), COALESCE(SUM(size), 0) FROM batches "
                     "WHERE priority = ? AND created < ?", (int(prio), now - ttl)).fetchone()
                 if n:
-                    self.db.execute("DELETE FROM batches WHERE priority = ? AND created < ?", (int(prio), now - ttl))
+                    self._open_db.execute("DELETE FROM batches WHERE priority = ? AND created < ?", (int(prio), now - ttl))
                     self._count(**{f"expired_{prio.name}_batches": n, f"expired_{prio.name}_samples": samples,
                                    f"expired_{prio.name}_bytes": size})
-                self.db.execute("COMMIT")
+                self._open_db.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
@@ -594,7 +601,7 @@ class Store:
 
     @_guarded
     def stats(self) -> StoreStats:
-        return _stats(self.db)
+        return _stats(self._open_db)
 
 
 def _stats(db: sqlite3.Connection) -> StoreStats:
