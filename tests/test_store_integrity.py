@@ -77,6 +77,37 @@ def test_zeroed_bytes_in_a_payload_are_quarantined_and_the_queue_goes_on(tmp_pat
     assert len(kept) == batches[1].size and kept != batches[1].payload
 
 
+@pytest.mark.parametrize("damage", [
+    "payload = CAST(x'28b52ffdff' AS TEXT)", "priority = 'x'", "priority = 99", "buses = x'ff00'",
+    "sample_count = 'many'", "size = 'big'", "id = '../../evil'", "encoding = '/../../evil'", "event = 5"])
+def test_a_damaged_row_is_quarantined_and_the_file_sink_gets_the_rest(tmp_path: Path, damage: str) -> None:
+    """SQLite keeps any type in any column: a row damaged beyond its payload (text for bytes, a priority
+    the agent never writes, a batch id or encoding that would name a file elsewhere) used to crash the
+    forwarder (status too) or block the queue for good; it is quarantined and the rest is delivered."""
+    path = tmp_path / "store.db"
+    batches = [real_batch(i) for i in range(3)]
+    with Store(path, max_bytes=10**6) as s:
+        for b in batches:
+            s.put(b)
+    db = sqlite3.connect(path)
+    db.execute(f"UPDATE batches SET {damage} WHERE id = 'r0001'")
+    db.commit()
+    db.close()
+    outbox = tmp_path / "outbox"
+    with Store(path, max_bytes=10**6) as s:
+        async def drain() -> None:
+            forwarder = Forwarder(s, FileSink(outbox, decoded=False))
+            await forwarder.drain(30)
+            await forwarder.close()
+
+        asyncio.run(drain())
+        st = s.stats()
+        assert s.next_batches(5) == []
+    assert sorted(p.name for p in outbox.glob("*.columnar")) == ["r0000.columnar", "r0002.columnar"]
+    assert st.counters["quarantined_batches"] == 1 and len(st.quarantine) == 1
+    assert not list(tmp_path.glob("**/evil*"))
+
+
 def test_quarantine_is_bounded_oldest_discarded_and_counted(tmp_path: Path) -> None:
     with Store(tmp_path / "s.db", max_bytes=10**6, quarantine_max_bytes=2500) as s:
         for i in range(4):

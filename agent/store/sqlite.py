@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 _COLUMNS = ("id, priority, created, encoding, content_type, content_encoding, sample_count, first_t, last_t, "
             "vehicle, buses, size, payload, simulated")
 _COPY_COLUMNS = f"{_COLUMNS}, sha256"
+_SEND_COLUMNS = _COLUMNS.replace("payload", "CAST(payload AS BLOB)")  # damaged text there must not fail the read
 
 
 def checksum(payload: bytes) -> str:
@@ -182,6 +183,24 @@ def _event(text: str) -> dict[str, Any] | None:
         log.warning("store_event_unreadable", text=text[:80])
         return None
     return event if isinstance(event, dict) else None
+
+
+def _priority(value: object) -> Priority:
+    """A stored priority; a value no batch is written with (a damaged row) reads as low."""
+    return Priority(value) if type(value) is int and value in Priority._value2member_map_ else Priority.low
+
+
+def _row_problem(row: tuple) -> str | None:
+    """Why a stored row (`_COLUMNS`, sha256, event) cannot be sent as it is, or None. SQLite keeps any type in any
+    column, so a damaged file can hold text where the agent wrote bytes, or a priority it never writes."""
+    (bid, prio, created, enc, ctype, cenc, count, first, last, vehicle, buses, size, payload, _sim, sha) = row[:15]
+    if checksum(payload) != sha:  # payload is read as bytes (_SEND_COLUMNS)
+        return "payload does not match its checksum (damaged on disk)"
+    if _priority(prio) != prio or type(prio) is not int:
+        return "priority is not one the agent writes (damaged on disk)"
+    texts_ok = all(type(v) is str for v in (bid, enc, ctype, cenc, vehicle, buses, *row[15:16]))  # event
+    numbers_ok = all(type(v) is int for v in (count, size)) and all(type(v) in (int, float) for v in (created, first, last))
+    return None if texts_ok and numbers_ok else "a column holds a value of the wrong type (damaged on disk)"
 
 
 def _row_to_batch(row: tuple) -> Batch:
@@ -437,12 +456,12 @@ class Store:
                     "SELECT seq, id, priority, sample_count, size FROM batches "
                     "WHERE priority <= ? ORDER BY priority, seq LIMIT 1", (int(batch.priority),)).fetchone()
                 self._open_db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-                name = Priority(prio).name
+                name = _priority(prio).name
                 self._count(**{f"evicted_{name}_batches": 1, f"evicted_{name}_samples": count,
                                f"evicted_{name}_bytes": size})
                 self.total_bytes -= size
                 self.total_batches -= 1
-                evicted.append(Evicted(vid, Priority(prio), count, size))
+                evicted.append(Evicted(vid, _priority(prio), count, size))
             self._open_db.execute(
                 f"INSERT OR IGNORE INTO batches ({_COPY_COLUMNS}, event) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (batch.id, int(batch.priority), created, batch.encoding, batch.content_type,
@@ -475,13 +494,14 @@ class Store:
         matches its checksum (one that does not is quarantined here, and the next one taken instead)."""
         while True:
             rows = self._open_db.execute(
-                f"SELECT {_COLUMNS}, sha256, event FROM batches ORDER BY priority DESC, seq LIMIT ?", (limit + len(exclude),)
+                f"SELECT {_SEND_COLUMNS}, sha256, event FROM batches ORDER BY priority DESC, seq LIMIT ?",
+                (limit + len(exclude),)
             ).fetchall()
-            damaged = [r[0] for r in rows if r[0] not in exclude and checksum(r[12]) != r[14]]
+            damaged = [(r[0], why) for r in rows if r[0] not in exclude and (why := _row_problem(r))]
             if not damaged:
                 return [_row_to_batch(r) for r in rows if r[0] not in exclude][:limit]
-            for bid in damaged:
-                self._quarantine(bid, "payload does not match its checksum (damaged on disk)")
+            for bid, why in damaged:
+                self._quarantine(bid, why)
 
     @_guarded
     def quarantine(self, batch_id: str, reason: str) -> Quarantined | None:
@@ -500,6 +520,7 @@ class Store:
             if row is None:
                 self._open_db.execute("COMMIT")
                 return None
+            row = (row[0], *(v if type(v) is int else 0 for v in row[1:]))  # a damaged row's counts: none
             self._open_db.execute(
                 f"INSERT INTO quarantine ({_COPY_COLUMNS}, quarantined, reason) "
                 f"SELECT {_COPY_COLUMNS}, ?, ? FROM batches WHERE id = ?", (now, reason, batch_id))
@@ -512,7 +533,7 @@ class Store:
             raise
         self.total_bytes -= row[2]
         self.total_batches -= 1
-        entry = Quarantined(batch_id, Priority(row[0]), row[1], row[2], now, reason)
+        entry = Quarantined(batch_id, _priority(row[0]), row[1], row[2], now, reason)
         log.error("batch_quarantined", batch_id=batch_id, priority=entry.priority.name, samples=row[1],
                   bytes=row[2], reason=reason, discarded_from_quarantine=discarded, path=str(self.path),
                   action="not sent; kept in the store's quarantine table; the queue goes on")
@@ -608,12 +629,15 @@ def _stats(db: sqlite3.Connection) -> StoreStats:
     depth = {p.name: {"batches": 0, "samples": 0, "bytes": 0} for p in Priority}
     for prio, n, samples, size in db.execute(
             "SELECT priority, COUNT(*), SUM(sample_count), SUM(size) FROM batches GROUP BY priority"):
-        depth[Priority(prio).name] = {"batches": n, "samples": samples, "bytes": size}
+        into = depth[_priority(prio).name]  # a damaged row's priority counts as low (several rows may)
+        for key, value in (("batches", n), ("samples", samples), ("bytes", size)):
+            into[key] += value if type(value) is int else 0
     oldest = db.execute("SELECT MIN(created) FROM batches").fetchone()[0]
-    counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    counters = {name: value if type(value) is int else 0  # a damaged counter reads as 0
+                for name, value in db.execute("SELECT name, value FROM counters")}
     quarantine = []
     if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'").fetchone():
-        quarantine = [Quarantined(bid, Priority(prio), n, size, when, reason) for bid, prio, n, size, when, reason
+        quarantine = [Quarantined(bid, _priority(prio), n, size, when, reason) for bid, prio, n, size, when, reason
                       in db.execute("SELECT id, priority, sample_count, size, quarantined, reason FROM quarantine "
                                     "ORDER BY seq DESC LIMIT ?", (QUARANTINE_LISTED,))]
     return StoreStats(depth=depth, oldest_created=oldest, counters=counters, quarantine=quarantine)

@@ -27,6 +27,7 @@ from agent.uplink.base import Sink, SinkError, UnsendableBatch
 
 log = structlog.get_logger()
 
+_FILE_PART = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what a batch id and an encoding may be in a file name
 BATCH_FILE = re.compile(r"^([0-9a-f]{32})\.")  # <batch id>.jsonl | .columnar | .json | .meta.json
 
 
@@ -104,6 +105,9 @@ class FileSink(Sink):
         self.files_written += 1
 
     def _write(self, batch: Batch) -> None:
+        if not (_FILE_PART.fullmatch(batch.id) and _FILE_PART.fullmatch(batch.encoding)):
+            # they name the batch's files: a damaged store row must not write elsewhere, nor block the queue
+            raise UnsendableBatch(f"batch id {batch.id!r:.80} or encoding {batch.encoding!r:.40} cannot name a file")
         if self.decoded:
             try:
                 _, samples = codec_by_content(batch.content_type).decode(batch.payload)
