@@ -79,7 +79,7 @@ def test_zeroed_bytes_in_a_payload_are_quarantined_and_the_queue_goes_on(tmp_pat
 
 @pytest.mark.parametrize("damage", [
     "payload = CAST(x'28b52ffdff' AS TEXT)", "priority = 'x'", "priority = 99", "buses = x'ff00'",
-    "sample_count = 'many'", "size = 'big'", "id = '../../evil'", "encoding = '/../../evil'", "event = 5"])
+    "sample_count = 'many'", "size = 'big'", "id = '../../evil'", "encoding = '/../../evil'", "event = x'ff'"])
 def test_a_damaged_row_is_quarantined_and_the_file_sink_gets_the_rest(tmp_path: Path, damage: str) -> None:
     """SQLite keeps any type in any column: a row damaged beyond its payload (text for bytes, a priority
     the agent never writes, a batch id or encoding that would name a file elsewhere) used to crash the
