@@ -85,6 +85,7 @@ def test_columnar_wire_layout_is_the_documented_one() -> None:
                ("pt", "Eng", "Rpm"): (list(t), [800.0, 800.25, 799.75]),  # the same instants: one times column
                ("pt", "Eng", "Lambda"): ([1000.0008, 1000.0208], [0.97, 1.01]),  # no scaling reproduces these
                ("pt", "Eng", "Mode"): ([1000.0008, 1000.0208], ["eco", "sport"]),
+               ("pt", "Eng", "Gear"): ([1000.00081, 1000.02081], [3, 4]),  # other floats, the same ms ticks
                ("pt", "Eng", "Count"): ([1000.0206], [7])}               # no scaling given: scale 1, offset 0
     scaling = {("Eng", "Oil"): (0.5, -40.0), ("Eng", "Rpm"): (0.25, 0.0), ("Eng", "Lambda"): (0.5, 0.0)}
     doc = _wire(ColumnarCodec().encode(columns, vehicle="car", scaling=scaling))
@@ -95,8 +96,11 @@ def test_columnar_wire_layout_is_the_documented_one() -> None:
         ["pt", "Eng", "Rpm", 0, 0, 0.25, 0.0, [3200, 1, -2]],
         ["pt", "Eng", "Lambda", 1, 1, 1, 0, [0.97, 1.01]],
         ["pt", "Eng", "Mode", 1, 2, 1, 0, ["eco", "sport"]],
+        ["pt", "Eng", "Gear", 1, 0, 1, 0, [3, 1]],
         ["pt", "Eng", "Count", 2, 0, 1, 0, [7]],
     ]
+    assert "sim" not in doc, "only a simulator's batch says so"
+    assert _wire(ColumnarCodec().encode(columns, vehicle="car", scaling=scaling, simulated=True))["sim"] is True
     assert _wire(ColumnarCodec().encode({}, vehicle="car"))["t0"] == 0
 
 
@@ -259,3 +263,69 @@ def test_split_batches_keep_raw_integer_columns() -> None:
     assert len(out) > 1 and all(len(x.payload) <= 2000 for x in out)
     values = [s.value for x in out for s in codec.decode(x.payload)[1]]
     assert sorted(values) == sorted(r * 1e-7 + 0.0 for r in vs)
+
+
+def test_batches_fill_through_columns_and_carry_their_metadata() -> None:
+    """The collector's path (column + settle): a batch closes at exactly max_samples and says what it holds."""
+    out: list[Batch] = []
+    clock = [0.0]
+    b = Batcher(BatchingConfig(max_samples=10, max_age_s=5), ColumnarCodec(), vehicle="car-3", on_batch=out.append,
+                scaling=SCALING, clock=lambda: clock[0], wallclock=lambda: 1_750_000_000.5)
+    b.simulated_buses = frozenset({"sim"})
+    ts, vs = b.column(Priority.normal, ("pt", "Eng", "Rpm"))
+    for i in range(9):
+        ts.append(1000 + i * 0.01)
+        vs.append(i * 0.25)
+    b.settle(9)
+    assert out == [] and b.pending_samples == 9
+    ts.append(1000.09)
+    vs.append(2.25)
+    b.settle(1)
+    assert [x.sample_count for x in out] == [10], "exactly max_samples closes the batch"
+    x = out[0]
+    assert (x.vehicle, x.buses, x.encoding, x.content_type, x.content_encoding, x.created, x.simulated) == \
+        ("car-3", ("pt",), "columnar", ColumnarCodec.content_type, "zstd", 1_750_000_000.5, False)
+    assert x.id.startswith(f"{1_750_000_000_500:012x}") and len(x.id) == 32
+    assert (x.first_t, x.last_t) == (1000, 1000.09) and b.batches_closed == 1 and b.generation == 1
+    header, samples = ColumnarCodec().decode(x.payload)
+    assert header["vehicle"] == "car-3" and [s.value for s in samples] == [i * 0.25 for i in range(10)]
+
+    b.add(Priority.normal, ("sim", "Eng", "Rpm"), 1001.0, 1.0)
+    b.add(Priority.normal, ("ch", "Gps", "Lat"), 1001.0, 48.1)
+    clock[0] = 5.0
+    b.tick()
+    assert len(out) == 2, "exactly max_age_s old closes the batch"
+    assert out[1].buses == ("ch", "sim") and out[1].simulated and b.batches_closed == 2
+
+
+def test_splitting_stops_at_single_samples_and_refuses_one_too_large() -> None:
+    rng = random.Random(2)
+    big = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(900)) for _ in range(3)]
+    huge = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(2000))
+    key = ("pt", "Diag", "Dump")
+    one = max(len(ColumnarCodec().encode({key: ([1000.0], [s])}, vehicle="v")) for s in big)
+    out: list[Batch] = []
+    refused: list[tuple[str, int]] = []
+    b = Batcher(BatchingConfig(max_samples=100, max_bytes=max(one, 1025)), ColumnarCodec(), vehicle="v",
+                on_batch=out.append, on_refused=lambda bus, n: refused.append((bus, n)))
+    for i, s in enumerate(big[:2]):
+        b.add(Priority.normal, key, 1000.0 + i, s)
+    b.flush()
+    assert [x.sample_count for x in out] == [1, 1] and not refused, "two samples split into two batches"
+    b.add(Priority.normal, key, 1002.0, huge)
+    b.add(Priority.normal, ("pt", "Eng", "Rpm"), 1002.0, 1.0)
+    b.flush()
+    assert refused == [("pt", 1)] and [x.sample_count for x in out[2:]] == [1], "the lone oversized sample is refused"
+
+
+def test_a_payload_of_exactly_max_bytes_is_not_split() -> None:
+    cols = {("pt", "Eng", "Rpm"): ([1000.0 + i * 0.01 for i in range(400)], [random.Random(i).random() for i in range(400)])}
+    size = len(ColumnarCodec().encode(cols, vehicle="v", scaling=SCALING))
+    out: list[Batch] = []
+    b = Batcher(BatchingConfig(max_samples=100_000, max_bytes=size), ColumnarCodec(), vehicle="v",
+                on_batch=out.append, scaling=SCALING)
+    ts, vs = cols[("pt", "Eng", "Rpm")]
+    for t, v in zip(ts, vs, strict=True):
+        b.add(Priority.normal, ("pt", "Eng", "Rpm"), t, v)
+    b.flush()
+    assert [x.size for x in out] == [size]

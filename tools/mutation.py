@@ -37,8 +37,9 @@ EQUIVALENT = ROOT / "tools" / "mutation-equivalent.txt"
 EXACT = ["tests/test_collect_exact.py", "-k", "not collector_keeps or extreme or edge.dbc"]
 # module -> (files to mutate, the fast tests (and pytest selection) that should catch their mutants)
 MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "store": (["agent/store/*"], ["tests/test_store.py", "tests/test_store_faults.py"]),
-    "codec": (["agent/codec/*"], ["tests/test_codec_batcher.py"]),
+    "store": (["agent/store/*"], ["tests/test_store.py", "tests/test_store_faults.py", "tests/test_store_integrity.py"]),
+    "codec": (["agent/codec/*"], ["tests/test_codec_batcher.py", "tests/test_pipeline_properties.py",
+                                  "-k", "not random_layouts and not previous_wire_version"]),
     "batcher": (["agent/batcher.py"], ["tests/test_codec_batcher.py", "tests/test_window.py"]),
     "collect": (["agent/collect/*"], ["tests/test_policy.py", *EXACT]),
     "decode": (["agent/decode/*"], ["tests/test_fast_decode.py", *EXACT]),
