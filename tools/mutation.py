@@ -47,7 +47,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "desired": (["agent/twin/desired.py"], ["tests/test_desired.py", "tests/test_control.py", "-k", "not hostile"]),
 }
 # The least score (percent) each module must keep; measured scores are in docs/testing.md.
-FLOORS = {"store": 0, "codec": 0, "batcher": 0, "collect": 0, "decode": 0, "desired": 0}
+FLOORS = {"store": 30, "codec": 50, "batcher": 70, "collect": 0, "decode": 0, "desired": 0}
 KILLED = {"killed", "timeout", "segfault", "suspicious"}  # the tests noticed
 
 
