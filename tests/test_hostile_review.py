@@ -65,3 +65,14 @@ def test_run_decodes_a_message_with_two_signals_of_one_name_as_cantools(tmp_path
     res = run_cli("run", "--config", str(cfg), "--no-progress", timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert _outbox_samples(tmp_path / "state") == want
+
+
+def test_a_file_cantools_refuses_after_the_repairs_names_its_real_problem_and_line(tmp_path: Path) -> None:
+    """A standard id above 11 bits is repaired under --no-strict; what still breaks the file used to be
+    hidden behind that repaired complaint ("Standard frame id 0x834 ..."), without a line."""
+    dbc = tmp_path / "two.dbc"
+    dbc.write_text('VERSION ""\nNS_ :\nBS_:\nBU_: ECU\nBO_ 2100 Wide: 8 ECU\n SG_ A : 0|8@1+ (1,0) [0|0] "" ECU\n'
+                   'BO_ 300 Z: 8 ECU\n SG_ Zl : 0|0@1+ (1,0) [0|0] "" ECU\n')
+    res = run_cli("decode", "--no-strict", "--dbc", str(dbc), input="")
+    assert res.returncode == 2
+    assert f"{dbc}:7: The signal Zl length 0 is not greater than 0 in message Z" in res.stderr

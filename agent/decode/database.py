@@ -71,7 +71,7 @@ def load_database(path: Path, strict: bool = True) -> Database:
                  if p}
         reason = parts.get(suffix) or text
         m = _LINE_RE.search(reason)
-        line = int(m.group(1)) if m else 0
+        line = int(m.group(1)) if m else _line_of_message(path, reason)
         raise DatabaseError(path, _with_hint(path, reason.strip('"'), strict), line) from None
     except Exception as exc:  # cantools raises plain Errors for semantic problems (overlaps, ranges)
         reason = str(exc) or type(exc).__name__
@@ -112,7 +112,7 @@ def _load_lenient(path: Path, repairs: list[str]) -> Database | DiagnosticsDatab
         first, reason = exc, _dbc_reason(exc)
         if path.suffix.lower() != ".dbc" or not (_STANDARD_ID_RE.search(reason) or _UNUSED_RE.search(reason)):
             raise
-    text = path.read_text(encoding="cp1252", errors="replace")
+    text = original = path.read_text(encoding="cp1252", errors="replace")
     wide = {int(i) for i in _BO_RE.findall(text) if 0x7FF < int(i) < 0x80000000}
     if wide:
         text = _MESSAGE_REF_RE.sub(lambda m: m.group(1) + str(int(m.group(2)) | 0x80000000)
@@ -123,8 +123,8 @@ def _load_lenient(path: Path, repairs: list[str]) -> Database | DiagnosticsDatab
             return cantools.database.load_string(text, "dbc", strict=False)
         except Exception as exc:  # noqa: BLE001
             m = _UNUSED_RE.search(_dbc_reason(exc))
-            if m is None:
-                raise first from None
+            if m is None:  # what the repairs leave is the file's real problem (lines are kept: same numbers)
+                raise (first if text == original else exc) from None
             for entry in m.group(2).split("\n"):
                 if entry.strip():
                     keyword, frame_id, signal = entry.split()
