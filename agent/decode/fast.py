@@ -6,7 +6,7 @@ page) gets, at config time, bitstruct formats *without names* for just the signa
 policy wants (laid out here as `Unpacker`s), and a generated function (agent/compiler.py) that
 scales the raw tuple with the DBC's factor and offset as literals. The values are exactly cantools' (`raw * scale + offset`, or the raw value where the
 conversion is the identity): tests/test_fast_decode.py compares them over random frames.
-Anything this does not cover (nested multiplexing) returns None and the caller uses cantools.
+Anything this does not cover (nested multiplexing, two signals of one name) returns None and the caller uses cantools.
 
 `mask` marks the payload bits of the wanted signals (and the multiplexer), so a change-only
 collector can skip a frame whose relevant bits did not change without decoding it at all.
