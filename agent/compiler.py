@@ -235,4 +235,5 @@ def _compiled(filename: str, source: str) -> types.CodeType:
 def source_of(function: Callable) -> str:
     """The generated source of a compiled function (`vehicle-agent debug codegen`)."""
     filename = function.__code__.co_filename
-    return "".join(linecache.cache.get(filename, (0, None, [], ""))[2])
+    entry = linecache.cache.get(filename)
+    return "".join(entry[2]) if entry is not None and len(entry) == 4 else ""

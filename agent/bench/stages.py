@@ -25,7 +25,7 @@ from agent.codec import Codec, Columns, Scaling
 from agent.collect.collector import Collector
 from agent.config import AgentConfig
 from agent.decode.fast import FastDecoder
-from agent.model import Batch
+from agent.model import Batch, Sample
 from agent.pipeline import build, codec_of
 from agent.store import Store
 
@@ -82,7 +82,7 @@ class _TimedCodec(Codec):
         finally:
             self.cpu_s += time.process_time() - start
 
-    def decode(self, payload: bytes):  # type: ignore[no-untyped-def]
+    def decode(self, payload: bytes) -> tuple[dict, list[Sample]]:
         return self.inner.decode(payload)
 
     def carries_column(self, key: tuple[str, str, str], values: list, scaling: Scaling | None) -> bool:

@@ -8,12 +8,14 @@ AWS IoT FleetWise's `VehicleData` message (signal ids, relative ms timestamps, d
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from agent.bench.trace import Trace
 from agent.codec import Codec, Columns, JsonCodec, Scaling, physical
 from agent.codec.columnar import ColumnarCodec
 from agent.config import AgentConfig, CollectionConfig
+from agent.model import Sample
 from agent.pipeline import build
 
 Encode = Callable[[Columns], bytes]
@@ -94,11 +96,11 @@ class _Capture(Codec):
     def __init__(self, sink: list[dict]) -> None:
         self.sink = sink
 
-    def encode(self, columns: Columns, *, vehicle: str, scaling=None,  # type: ignore[no-untyped-def]
-               simulated: bool = False, event=None) -> bytes:  # type: ignore[no-untyped-def]
+    def encode(self, columns: Columns, *, vehicle: str, scaling: Scaling | None = None,
+               simulated: bool = False, event: Mapping[str, Any] | None = None) -> bytes:
         self.sink.append({k: (list(ts), type(vs)(vs)) for k, (ts, vs) in columns.items()})
         return b""
 
-    def decode(self, payload: bytes):  # type: ignore[no-untyped-def]
+    def decode(self, payload: bytes) -> tuple[dict, list[Sample]]:
         raise NotImplementedError
 

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)  # whatever names a ring (the engine's message keys)
 
 DEFAULT_BUDGET_BYTES = 20 * 1024 * 1024   # FleetWise's sample buffer
 DEFAULT_CYCLE_MS = 10.0                    # a message without GenMsgCycleTime is taken as 100 Hz
@@ -39,7 +43,7 @@ class RingNeed:
         return math.ceil(self.seconds * 1000.0 / cycle * HEADROOM) + 16
 
 
-def plan_capacities(needs: dict[object, RingNeed], budget_bytes: int) -> tuple[dict[object, int], bool]:
+def plan_capacities(needs: dict[K, RingNeed], budget_bytes: int) -> tuple[dict[K, int], bool]:
     """Ring lengths by key within `budget_bytes`; True when they had to be cut to fit."""
     want = {key: need.frames for key, need in needs.items()}
     total = sum(n * entry_bytes(needs[key].length) for key, n in want.items())

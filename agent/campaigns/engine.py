@@ -31,7 +31,7 @@ import structlog
 from cantools.database.errors import DecodeError
 
 from agent.campaigns.buffer import DEFAULT_BUDGET_BYTES, FrameRing, RingNeed, plan_capacities
-from agent.campaigns.expr import ExpressionError, Parsed, compile_condition, parse
+from agent.campaigns.expr import Condition, ExpressionError, Parsed, compile_condition, parse
 from agent.campaigns.feedgen import compile_step
 from agent.campaigns.model import Campaign
 from agent.campaigns.trigger import INF, TriggerState
@@ -89,6 +89,9 @@ class Event:
                 "manual": self.manual, "complete": self.complete, "truncated": self.truncated}
 
 
+_Stat = float | None  # a window's min, max or average; None: no complete window yet
+
+
 class _Window:
     """Fixed (tumbling) windows of one signal: min/max/avg of the last complete window and the one before."""
 
@@ -96,11 +99,16 @@ class _Window:
                  "last_window_avg", "prev_last_window_min", "prev_last_window_max", "prev_last_window_avg")
 
     def __init__(self, ms: float) -> None:
-        self.ms, self.k, self.n = ms, None, 0
+        self.ms, self.n = ms, 0
+        self.k: int | None = None  # the current window's number
         self.lo = self.hi = self.total = 0.0
         self.deps: list[_Run] = []
-        self.last_window_min = self.last_window_max = self.last_window_avg = None
-        self.prev_last_window_min = self.prev_last_window_max = self.prev_last_window_avg = None
+        self.last_window_min: _Stat = None
+        self.last_window_max: _Stat = None
+        self.last_window_avg: _Stat = None
+        self.prev_last_window_min: _Stat = None
+        self.prev_last_window_max: _Stat = None
+        self.prev_last_window_avg: _Stat = None
 
     def add(self, t: float, v: float) -> bool:
         """Account a sample; True when a window closed (the statistics changed)."""
@@ -167,8 +175,8 @@ class _Run:
         self.period = campaign.period_ms / 1000.0 if campaign.period_ms else None
         self.next_period = INF
         self.expr = trig.text if trig else f"period_ms: {campaign.period_ms}"
-        self.cond: Callable | None = None
-        self.reset: Callable | None = None
+        self.cond: Condition | None = None
+        self.reset: Condition | None = None
         self.latched = False
         self.counters = CampaignCounters()
         self.last_fire = -INF
@@ -255,7 +263,7 @@ class _Run:
             if lost:
                 truncated += [f"{mkey[0]}.{dec.name}.{n}" for n in names]
             fast, gaps = self._decoder(mkey, dec, names)
-            cols = [([], []) for _ in names]
+            cols: list[tuple[list[float], list[Any]]] = [([], []) for _ in names]
             for gap in gaps:
                 if gap is not None:
                     gap.next_t = -INF
@@ -418,7 +426,7 @@ class CampaignEngine:
         self._window_at: dict[tuple[int, float], int] = {}
         self.runs: dict[str, _Run] = {}
         self.deadline = INF
-        self.now = previous.now if previous is not None else -INF
+        self.now: float = previous.now if previous is not None else -INF
         self.rings: dict[MessageKey, FrameRing] = {}
         self.budget_limited = False
         self.decode_errors = 0
@@ -496,7 +504,7 @@ class CampaignEngine:
         except ValueError:
             return []
 
-    def _compile(self, parsed: Parsed, run: _Run) -> tuple[Callable, set[int]]:
+    def _compile(self, parsed: Parsed, run: _Run) -> tuple[Condition, set[int]]:
         used: set[int] = set()
         positions = {r.name: r.position for r in reversed(parsed.references)}
 
@@ -542,13 +550,13 @@ class CampaignEngine:
                 old = needs.get(mkey)
                 if old is None or old.seconds < seconds:
                     needs[mkey] = RingNeed(seconds, dec.message.cycle_time, dec.length)
-        sizes, self.budget_limited = plan_capacities(needs, self.budget_bytes)  # type: ignore[arg-type]
+        sizes, self.budget_limited = plan_capacities(needs, self.budget_bytes)
         if self.budget_limited:
             log.warning("campaign_buffers_limited", budget_bytes=self.budget_bytes,
                         action="rings cut to fit; events may miss their oldest samples (counted as truncated)")
         for mkey, size in sizes.items():
             kept = previous.rings[mkey].frames if previous is not None and mkey in previous.rings else None
-            self.rings[mkey] = FrameRing(size, needs[mkey].length, kept)  # type: ignore[index]
+            self.rings[mkey] = FrameRing(size, needs[mkey].length, kept)
 
     def _plan_inputs(self) -> dict[MessageKey, list[int]]:
         """Every message a campaign reads, with the value slots of its condition inputs."""

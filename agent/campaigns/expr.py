@@ -21,6 +21,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 MAX_LENGTH = 4096      # characters of one expression
 MAX_NODES = 512        # syntax nodes of one expression (bounds compile time and evaluation cost)
@@ -153,7 +154,7 @@ class _Checker:
 
     def fail(self, node: ast.AST, why: str) -> ExpressionError:
         if isinstance(node, ast.Attribute) and node.end_lineno is not None and node.end_col_offset is not None:
-            at = ast.AST(lineno=node.end_lineno, col_offset=node.end_col_offset - len(node.attr.encode()))
+            at = ast.expr(lineno=node.end_lineno, col_offset=node.end_col_offset - len(node.attr.encode()))
             return ExpressionError(why, self.position(at))  # at the attribute's name, not the object's
         return ExpressionError(why, self.position(node))
 
@@ -192,7 +193,7 @@ class _Checker:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
             value = self.number(node.operand)
             return -value if isinstance(node.op, ast.USub) else value
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        if isinstance(node, ast.Constant) and (type(node.value) is int or type(node.value) is float):
             return float(node.value)
         raise self.fail(node, "expected a number here")
 
@@ -216,7 +217,7 @@ class _Checker:
         if isinstance(node, ast.Constant):
             if type(node.value) is bool:
                 return ast.Constant(node.value)
-            if type(node.value) in (int, float):
+            if type(node.value) is int or type(node.value) is float:
                 return ast.Constant(float(node.value))
             if isinstance(node.value, str):
                 raise self.fail(node, "a string is allowed only compared with a signal (an enum label)")
@@ -245,7 +246,7 @@ class _Checker:
         for k, operand in enumerate(operands):
             if isinstance(operand, ast.Constant) and isinstance(operand.value, str):
                 neighbours = [operands[j] for j in (k - 1, k + 1) if 0 <= j < len(operands)]
-                signals = [self.reference(o) for o in neighbours if self.reference(o) is not None]
+                signals = [s for s in map(self.reference, neighbours) if s is not None]
                 if not signals:
                     raise self.fail(operand, "a string is allowed only compared with a signal (an enum label)")
                 assert self.parsed is not None
@@ -350,7 +351,7 @@ class _Bind(ast.NodeTransformer):
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
         kind = node.func.id if isinstance(node.func, ast.Name) else ""
-        args = [a.value for a in node.args if isinstance(a, ast.Constant)]
+        args: list[Any] = [a.value for a in node.args if isinstance(a, ast.Constant)]  # as check() wrote them
         if kind == "_label":
             return ast.Constant(self.label(args[0], args[1]))
         if kind == "_window":
@@ -377,7 +378,12 @@ def _sub(name: str, i: int, attr: str | None = None) -> ast.expr:
     return node
 
 
-Condition = Callable[[list, list, list], object]
+class Condition(Protocol):
+    """A compiled condition: called with (values, previous values, windows); `source` is its expression."""
+
+    source: str
+
+    def __call__(self, _v: list, _p: list, _w: list, /) -> object: ...
 
 
 def compile_condition(parsed: Parsed, index: Callable[[str], int], label: Callable[[str, str], float],

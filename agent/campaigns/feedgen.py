@@ -19,7 +19,9 @@ from agent.compiler import define  # the collector's compiler: cached, named in 
 from agent.decode.fast import FastDecoder, values_code
 
 if TYPE_CHECKING:
-    from agent.campaigns.engine import CampaignEngine, MessageKey
+    from cantools.database.can.message import Message
+
+    from agent.campaigns.engine import CampaignEngine, MessageKey, _Run
 
 Step = Callable[[float, bytes], int]
 _ARITH = (ArithmeticError, ValueError)
@@ -48,7 +50,7 @@ def compile_step(engine: CampaignEngine, mkey: MessageKey, inputs: list[int], st
     return define(f"campaign step {mkey[0]}:{engine.decoders[mkey].name}", "step", "t, data", [*body, done], env)
 
 
-def _fast(message, names: list[str]) -> FastDecoder | None:  # type: ignore[no-untyped-def]
+def _fast(message: Message, names: list[str]) -> FastDecoder | None:
     try:
         return FastDecoder(message, names)
     except NotImplementedError:
@@ -74,7 +76,7 @@ def _inputs(engine: CampaignEngine, mkey: MessageKey, inputs: list[int], fast: F
     inner += code.lines
     local = {i: f"v{k}" for k, i in enumerate(order)}
     flags: dict[int, list[str]] = {}  # run id -> expressions saying it must be evaluated
-    runs: dict[int, object] = {}
+    runs: dict[int, _Run] = {}
     for k, (i, value) in enumerate(zip(order, code.values, strict=True)):
         inner += [f"v{k} = {value}", f"P[{i}] = p{k} = V[{i}]", f"V[{i}] = v{k}"]
         for run in engine.on_change[i]:
@@ -98,6 +100,7 @@ def _inputs(engine: CampaignEngine, mkey: MessageKey, inputs: list[int], fast: F
             continue
         # the condition inlined: its source is unparsed from the checked tree (agent.campaigns.expr);
         # this message's inputs are read from the locals just decoded
+        assert run.cond is not None  # a run its inputs trigger has a condition
         source = re.sub(r"\b_v\[(\d+)\]", lambda m: local.get(int(m.group(1)), m.group(0)), run.cond.source)
         inner += ["    try:", f"        r = not not ({source})", "    except TypeError:", "        r = False",
                   "    except _ARITH:", f"        r = R{j}.error()"]

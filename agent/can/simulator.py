@@ -15,9 +15,9 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import can
 import structlog
@@ -164,7 +164,7 @@ class _SignalSim:
         self.rng = rng
         self.lo, self.hi = _range(sig)
         self.kind, self.fn = _classify(sig)
-        choices = sig.choices or {}
+        choices: Mapping[int, Any] = sig.choices or {}
         self.discrete = sorted(int(k) for k, label in choices.items()
                                if not str(label).lower().startswith(_BAD_LABELS)) or None
         span = self.hi - self.lo

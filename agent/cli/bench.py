@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print_config_error(exc)
             return EXIT_USAGE
-    show = (lambda msg: sys.stderr.write(f"bench: {msg}\n")) if not args.quiet else (lambda _msg: None)
+    def show(msg: str) -> None:
+        if not args.quiet:
+            sys.stderr.write(f"bench: {msg}\n")
+
     try:
         result = run_bench(cfg, seconds=args.seconds, progress=show)
     except DatabaseError as exc:

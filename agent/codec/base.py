@@ -43,7 +43,7 @@ class Unencodable(ValueError):
 
 def carried_int(value: object) -> bool:
     """Whether a number is one msgpack and JSON carry as it is (a bool or an int of at most 64 bits, any float)."""
-    return type(value) is not int or INT_MIN <= value <= INT_MAX  # type: ignore[operator]
+    return type(value) is not int or INT_MIN <= value <= INT_MAX
 
 
 def carried(value: object) -> bool:

@@ -173,7 +173,7 @@ class ColumnarCodec(Codec):
             raise ValueError(f"unsupported columnar batch version {doc.get('v') if isinstance(doc, dict) else '?'}")
         res, t0 = doc["res"], doc["t0"]
         times = [[(t0 + c) / res for c in accumulate(col)] for col in doc["times"]]
-        samples = []
+        samples: list[Sample] = []
         for bus, message, signal, idx, kind, scale, offset, values in doc["series"]:
             if kind == RAW_DELTA or kind == RAW:
                 scale, offset = _number(scale), _number(offset)

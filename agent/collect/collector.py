@@ -16,7 +16,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 from cantools.database.errors import DecodeError
@@ -333,7 +333,8 @@ class Collector:
             emits = [(slot, emit) for slot in plan.slots.values() if (emit := slot.filt.flush()) is not None]
             for frames in plan.held:
                 if (frame := frames.period.flush()) is not None:
-                    emits += [(slot, (frame[0], v)) for slot, v in zip(frames.slots, frames.values(frame[1]), strict=True)]
+                    payload = cast(bytes, frame[1])  # a held frame's Period holds the frame's payload
+                    emits += [(slot, (frame[0], v)) for slot, v in zip(frames.slots, frames.values(payload), strict=True)]
             for slot, (t, value) in emits:
                 kept += 1
                 ts, vs = self.batcher.column(slot.priority, slot.key, slot.raw)

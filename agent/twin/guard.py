@@ -97,7 +97,7 @@ def short(key: Any) -> str:
     return repr(safe + ("..." if len(text) > 40 else ""))
 
 
-def parse(data: bytes | str, limits: Limits = DESIRED) -> Any:
+def parse(data: bytes | bytearray | str, limits: Limits = DESIRED) -> Any:
     """Bytes from the cloud -> a checked JSON value, or Rejected."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")

@@ -52,13 +52,13 @@ class FaultySink(Sink):
             raise SinkError("injected failure (sink.fault.fail_rate)")
         await self.inner.send(batch)
         if self.delivery_log is not None:
-            await asyncio.to_thread(self._log_delivery, batch)
+            await asyncio.to_thread(self._log_delivery, self.delivery_log, batch)
 
-    def _log_delivery(self, batch: Batch) -> None:
+    def _log_delivery(self, path: Path, batch: Batch) -> None:
         """Append-only record of every acknowledged send, written (and synced) before the ack returns."""
         line = orjson.dumps({"id": batch.id, "priority": batch.priority.name, "samples": batch.sample_count,
                              "sha256": hashlib.sha256(batch.payload).hexdigest()}) + b"\n"
-        fd = os.open(self.delivery_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
             os.fsync(fd)

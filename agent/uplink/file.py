@@ -113,7 +113,7 @@ class FileSink(Sink):
                 _, samples = codec_by_content(batch.content_type).decode(batch.payload)
             except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, these bytes cannot be written
                 raise UnsendableBatch(f"cannot decode batch {batch.id} for the outbox: {exc}") from None
-            marker = {"simulated": True} if batch.simulated else {}
+            marker: dict[str, Any] = {"simulated": True} if batch.simulated else {}
             if batch.event:  # each line says which campaign event it belongs to
                 marker = {**marker, "campaign": batch.event.get("campaign"), "event": batch.event.get("event_id")}
             lines = b"".join(

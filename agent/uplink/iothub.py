@@ -120,8 +120,8 @@ def make_client(cfg: IoTHubConfig, base_dir: Path) -> Any:
         if cfg.identity == "edge":
             return IoTHubModuleClient.create_from_edge_environment(keep_alive=cfg.keep_alive_s)
         if cfg.identity == "x509":
-            missing = [k for k in ("hostname", "device_id", "x509_cert_file", "x509_key_file") if not getattr(cfg, k)]
-            if missing:
+            if not (cfg.hostname and cfg.device_id and cfg.x509_cert_file and cfg.x509_key_file):
+                missing = [k for k in ("hostname", "device_id", "x509_cert_file", "x509_key_file") if not getattr(cfg, k)]
                 raise SinkError(f"iothub identity x509 needs sink.iothub.{', '.join(missing)}")
             x509 = X509(cert_file=str(base_dir / cfg.x509_cert_file), key_file=str(base_dir / cfg.x509_key_file),
                         pass_phrase=os.environ.get(cfg.x509_pass_phrase_env) if cfg.x509_pass_phrase_env else None)

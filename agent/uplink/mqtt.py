@@ -250,7 +250,9 @@ class MqttSink(Sink):
                 log.info("mqtt_connected", host=self.cfg.host, client_id=self.client_id, connects=self.connects)
                 self._notify(self._on_connect)
                 async for message in messages:
-                    self._notify(self._on_message, str(message.topic), bytes(message.payload or b""),
+                    # asyncio-mqtt's hint is the publish side's (str, int, float too); received, it is bytes
+                    payload = bytes(message.payload or b"")  # type: ignore[arg-type]
+                    self._notify(self._on_message, str(message.topic), payload,
                                  bool(message.retain))
         finally:
             self._connected.clear()
