@@ -21,7 +21,7 @@ native() {
 
 if "$PY" -c 'import socket; socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW).close()' 2>/dev/null && native; then
   echo "vcan tests: native SocketCAN on this kernel"
-  exec "$PY" -m pytest -q -m vcan tests/test_vcan.py "$@"
+  exec "$PY" -m pytest -q -m vcan tests/test_vcan.py tests/test_campaigns_vcan.py "$@"
 fi
 
 if [ "$(id -u)" = 0 ] && { [ -e /dev/kvm ] || command -v qemu-system-x86_64 >/dev/null || command -v apt-get >/dev/null; } \
@@ -32,7 +32,7 @@ if [ "$(id -u)" = 0 ] && { [ -e /dev/kvm ] || command -v qemu-system-x86_64 >/de
   echo "vcan tests: NOT RUN in the VM: $sustained (needs native vcan; Python in the VM is 15-40x slower)" >&2
   export VEHICLE_AGENT_ALLOW_SKIPS="${VEHICLE_AGENT_ALLOW_SKIPS:+$VEHICLE_AGENT_ALLOW_SKIPS,}$sustained"
   export VCANVM_CAN="vcan0 vcan1" VCANVM_TIMEOUT=${VCANVM_TIMEOUT:-1800}
-  exec bash tools/vcan-vm.sh "$PY" -m pytest -q -p no:cacheprovider -m vcan tests/test_vcan.py "$@"
+  exec bash tools/vcan-vm.sh "$PY" -m pytest -q -p no:cacheprovider -m vcan tests/test_vcan.py tests/test_campaigns_vcan.py "$@"
 fi
 
 allowed=0
