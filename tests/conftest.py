@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,6 +77,20 @@ def run_cli(*args: str, input: str | None = None, timeout: float = 120, env: dic
     full_env = {**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json", **(env or {})}
     return subprocess.run([sys.executable, "-m", "agent", *args], input=input, capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=cwd or ROOT)
+
+
+def start_logged_agent(config: Path) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """`vehicle-agent run --config` as its own process; its JSON log lines are collected into the
+    returned list as they are written by the returned reader thread (join it after the process ended
+    to have every line), for tests that wait on log events."""
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--no-progress"], cwd=ROOT,
+                            env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    return proc, lines, reader
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import yaml
 
 from agent.health import STATUS_FILE
-from tests.conftest import wait_for
+from tests.conftest import start_logged_agent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,12 +42,7 @@ def test_sighup_reloads_the_file_and_rejects_a_broken_one(tmp_path: Path) -> Non
     only_speed = {"default": {"policy": "exclude"}, "signals": [{"match": "EngineSpeed", "policy": "all"}]}
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path), "--no-progress"], cwd=ROOT,
-                            env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
+    proc, lines, reader = start_logged_agent(path)
 
     def logged(event: str) -> list[dict]:
         return [e for e in (json.loads(x) for x in list(lines) if x.startswith("{")) if e.get("event") == event]

@@ -9,12 +9,8 @@ jitter up to the cap, and `vehicle-agent status --check` answers as a health che
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +20,7 @@ from agent.health import read_status
 from agent.model import Priority
 from agent.store import Store
 from agent.uplink.forwarder import backoff_delay
-from tests.conftest import ROOT, run_cli, wait_for
+from tests.conftest import ROOT, run_cli, start_logged_agent, wait_for
 from tests.test_store import make_batch
 
 DAY = 86400.0
@@ -60,12 +56,7 @@ def test_expiry_with_default_ttls_a_live_ttl_change_and_backoff(tmp_path: Path) 
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert run_cli("status", "--state-dir", str(state), "--check").returncode == 1, "never ran here: unhealthy"
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path), "--no-progress"], cwd=ROOT,
-                            env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
+    proc, lines, reader = start_logged_agent(path)
 
     def failures() -> list[dict]:
         return [e for e in (json.loads(x) for x in list(lines) if x.startswith("{")) if e.get("event") == "sink_failed"]
