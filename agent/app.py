@@ -60,10 +60,7 @@ SIMULATOR_STALL_S = float("inf")  # the built-in simulator (demo, tests) does no
 def forwarder_stall_s(cfg: AgentConfig) -> float:
     """Twice the longest single call the sink may make (connect, send), since the forwarder cannot beat
     inside it; the file sink's writes get 5 s (its fault injection's ack_delay_ms counts against it)."""
-    sink = cfg.sink
-    longest = {"iothub": max(sink.iothub.connect_timeout_s, sink.iothub.send_timeout_s),
-               "mqtt": max(sink.mqtt.connect_timeout_s, sink.mqtt.publish_timeout_s)}.get(sink.type, 5.0)
-    return 2 * longest
+    return 2 * cfg.sink.longest_call_s()
 
 
 async def _ended(tasks: list[asyncio.Task]) -> None:

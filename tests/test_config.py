@@ -85,6 +85,33 @@ def test_env_overrides(tmp_path: Path, edge_dbc: Path) -> None:
     assert "batching.max_age_s" in str(err.value)
 
 
+def test_sink_settings_belong_to_their_sink(tmp_path: Path, edge_dbc: Path) -> None:
+    """Each sink has its own settings (issue 18): another sink's key, an unknown type or a bad value is
+    refused with its path, not silently ignored; a sink chosen by VEHICLE_AGENT_SINK over a file that
+    configures another one (the container over the bundled config) leaves the file's sink keys out."""
+    buses = [{"name": "pt", "databases": [str(edge_dbc)]}]
+
+    def errors(sink: object) -> list[str]:
+        with pytest.raises(ConfigError) as err:
+            build_config({"buses": buses, "sink": sink})
+        return err.value.errors
+
+    assert errors({"type": "mqtt", "path": "outbox"}) == [
+        "sink.path: not a setting of the mqtt sink (sink.type: mqtt); it is a setting of the file sink"]
+    assert errors({"iothub": {}}) == [
+        "sink.iothub: not a setting of the file sink (sink.type: file); it is a setting of the iothub sink"]
+    assert errors({"type": "ftp"}) == ["sink.type: unknown sink type 'ftp' (file, iothub or mqtt)"]
+    assert errors({"type": "mqtt", "mqtt": {"port": 0}})[0].startswith("sink.mqtt.port: ")
+    assert build_config({"buses": buses, "sink": {"decoded": False}}).sink.type == "file"
+    path = _write(tmp_path, {"buses": buses, "sink": {"type": "file", "path": "outbox", "decoded": True}}, edge_dbc)
+    cfg = load_config(path, env={"VEHICLE_AGENT_SINK": "iothub", "VEHICLE_AGENT__SINK__IOTHUB__IDENTITY": "edge",
+                                 "VEHICLE_AGENT__SINK__RETRY_MAX_S": "9"})
+    assert (cfg.sink.type, cfg.sink.iothub.identity, cfg.sink.retry_max_s) == ("iothub", "edge", 9)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={"VEHICLE_AGENT_SINK": "mqtt", "VEHICLE_AGENT__SINK__PATH": "x"})
+    assert err.value.errors[0].startswith("sink.path: not a setting of the mqtt sink")
+
+
 def _resolve(schema: dict, node: dict) -> dict:
     """A schema node with its $ref and single-entry anyOf/allOf (pydantic's wrappers) followed."""
     while True:
@@ -98,16 +125,37 @@ def _resolve(schema: dict, node: dict) -> dict:
             return node
 
 
-def _leaves(schema: dict, node: dict, path: tuple) -> list[tuple[tuple, dict]]:
-    """Every property of the schema with its path; a list's items under the index 0."""
+def _leaves(schema: dict, node: dict, path: tuple, tags: tuple = ()) -> list[tuple[tuple, dict, tuple]]:
+    """Every property of the schema with its path; a list's items under the index 0. The alternatives of a
+    union tagged by `type` (the sink) are walked each, with the (path, tag) a document needs to be one."""
     node = _resolve(schema, node)
-    out = [(path, node)]
+    alts = [_resolve(schema, alt) for alt in node.get("oneOf", [])]
+    if alts and all("const" in alt.get("properties", {}).get("type", {}) for alt in alts):
+        return [leaf for alt in alts
+                for leaf in _leaves(schema, alt, path, (*tags, (path, alt["properties"]["type"]["const"])))]
+    out = [(path, node, tags)]
     if node.get("type") == "object" and "properties" in node:
         for name, child in node["properties"].items():
-            out += _leaves(schema, child, (*path, name))
+            out += _leaves(schema, child, (*path, name), tags)
     elif node.get("type") == "array" and isinstance(node.get("items"), dict):
-        out += _leaves(schema, node["items"], (*path, 0))
+        out += _leaves(schema, node["items"], (*path, 0), tags)
     return out
+
+
+def _tagged(doc: dict, tags: tuple) -> dict:
+    """`doc` with each tagged union at its path made the tag's alternative (other keys dropped when the
+    document's own is another)."""
+    for path, tag in tags:
+        node = doc
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        if (node.get(path[-1]) or {}).get("type", "file") != tag:
+            doc = json.loads(json.dumps(doc))
+            node = doc
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = {"type": tag}
+    return doc
 
 
 def _with(doc: dict, path: tuple, value: object) -> dict:
@@ -160,11 +208,11 @@ def test_schema_is_the_config_contract() -> None:
     default = yaml.safe_load((CONFIG_DIR / "agent.yaml").read_text())
     assert validator.is_valid(default) and not _loader_errors(default)
     leaves = _leaves(schema, schema, ())
-    assert {(".".join(map(str, p))) for p, _ in leaves} >= {
+    assert {(".".join(map(str, p))) for p, _, _ in leaves} >= {
         "buses.0.databases", "collection.signals.0.deadband", "batching.max_bytes", "store.max_bytes",
         "sink.iothub.reported_interval_s", "sink.mqtt.port", "sink.fault.fail_rate", "encoding.timestamp_resolution"}
     disagreements, probes = [], 0
-    for path, node in leaves[1:]:
+    for path, node, tags in leaves[1:]:
         where = ".".join(map(str, path))
         cases: list[object] = []
         step = 1 if node.get("type") == "integer" else 0.5
@@ -179,7 +227,7 @@ def test_schema_is_the_config_contract() -> None:
         if node.get("type") in ("integer", "number", "boolean"):
             cases.append([1])
         for value in cases:
-            doc = _with(default, path, value)
+            doc = _with(_tagged(default, tags), path, value)
             errors = _loader_errors(doc)
             by_schema, by_loader = validator.is_valid(doc), not errors
             probes += 1

@@ -25,9 +25,9 @@ from typing import Any
 
 import structlog
 
+from agent.config import deep_merge
 from agent.twin import guard
 from agent.twin.control import ControlChannel, ControlPlane
-from agent.twin.mqtt import merge_into
 
 log = structlog.get_logger()
 
@@ -144,7 +144,7 @@ class LocalChannel(ControlChannel):
         self._report({**acks, "$desired": dict(plane.desired.document), "control": plane.state()})
 
     def _report(self, patch: dict[str, Any]) -> None:
-        merge_into(self.reported, patch)
+        self.reported = deep_merge(self.reported, patch)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.folder / REPORTED, json.dumps(self.reported, default=str).encode())

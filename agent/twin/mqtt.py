@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from agent.config import deep_merge
 from agent.twin import guard
 from agent.twin.control import ControlChannel, ControlPlane, wait_or_stop
 from agent.uplink.base import SinkError
@@ -23,15 +24,6 @@ log = structlog.get_logger()
 
 QUEUE_MAX = 64       # control messages waiting; beyond, the oldest are dropped (and counted)
 _CONNECTED = "$connected"
-
-
-def merge_into(into: dict[str, Any], patch: dict[str, Any]) -> None:
-    """A reported patch laid over the reported document (objects merged, everything else replaced)."""
-    for k, v in patch.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            merge_into(into[k], v)
-        else:
-            into[k] = v
 
 
 class MqttChannel(ControlChannel):
@@ -113,7 +105,7 @@ class MqttChannel(ControlChannel):
 
         While disconnected the merge is kept and the whole document goes out on the next connect.
         """
-        merge_into(self.reported, patch)
+        self.reported = deep_merge(self.reported, patch)
         if self.sink.connected:
             await self._publish_whole()
 

@@ -1,29 +1,24 @@
-"""The agent's configuration: one immutable, validated object.
+"""The config's models: one immutable, validated object for the file, the environment and the cloud.
 
-The same models validate the YAML file, environment overrides and (later) the device twin's
-desired properties, so `vehicle-agent schema` is the contract for all three. Every error names
-its path (`buses[1].databases[0]: file not found: ...`) because a telematics engineer fixes a
-config by reading the error, not the code.
+The same models validate the YAML file, environment overrides and the device twin's desired
+properties, so `vehicle-agent schema` (`json_schema`) is the contract for all three. Loading a file
+is `agent.config.loading`; what differs between two configs and how a document is laid over
+another is `agent.config.diff`; what the cloud may write is `agent.config.cloud`.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from agent.campaigns.buffer import DEFAULT_BUDGET_BYTES
 from agent.campaigns.model import Campaign, check_campaigns
 from agent.model import Priority
 
-DEFAULT_CONFIG = Path("config/agent.yaml")
-ENV_PREFIX = "VEHICLE_AGENT_"
 IOTHUB_MAX_MESSAGE_BYTES = 256 * 1024
 # Bounds of the numbers the cloud may write (docs/iothub.md, "Limits"): beyond them a value is a typo
 # or an attack, never a setting.
@@ -33,14 +28,6 @@ MAX_STORE_BYTES = 2**40
 MIN_STORE_BATCHES = 4              # the store holds several batches, or it evicts what it just stored
 MIN_TTL_S, MAX_TTL_S = 60.0, 10 * 365 * 86400.0
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used, with one human-readable line per problem."""
-
-    def __init__(self, errors: list[str], source: str = "config") -> None:
-        self.errors = errors
-        self.source = source
-        super().__init__(f"{source}: " + "; ".join(errors))
 
 
 class _Model(BaseModel):
@@ -247,23 +234,69 @@ class SinkFaultConfig(_Model):
         "relative paths are under state_dir. Resends append again, so duplicates are visible.")
 
 
-class SinkConfig(_Model):
-    """Where batches go. `file` writes an outbox folder; the cloud sinks have their own sections."""
+class _SinkSettings(_Model):
+    """What every sink has: the forwarder's retry of a failed send."""
 
-    type: Literal["file", "iothub", "mqtt"] = Field(
-        "file", description="file (local outbox), iothub (Azure IoT Hub) or mqtt (any MQTT broker).")
-    iothub: IoTHubConfig = Field(default_factory=IoTHubConfig, description="iothub sink settings.")
-    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="mqtt sink settings.")
-    path: str = Field("outbox", description="file sink: outbox folder; relative paths are under state_dir.")
-    decoded: bool = Field(True, description="file sink: write one JSON line per sample instead of the raw batch.")
+    retry_initial_s: float = Field(1.0, gt=0, description="First retry delay of a failed send (s); doubles per "
+                                   "failure, jittered.")
+    retry_max_s: float = Field(60.0, gt=0, description="Longest retry delay of a failed send (s).")
+
+    def longest_call_s(self) -> float:
+        """The longest single call the sink may make (connect, send); the forwarder cannot beat inside it."""
+        return 5.0
+
+
+class FileSinkConfig(_SinkSettings):
+    """sink.type file: an outbox folder of atomically written batch files."""
+
+    type: Literal["file"] = Field("file", description="file (local outbox).")
+    path: str = Field("outbox", description="Outbox folder; relative paths are under state_dir.")
+    decoded: bool = Field(True, description="Write one JSON line per sample instead of the raw batch.")
     max_bytes: int = Field(
         256 * 1024 * 1024, gt=0,
-        description="file sink: bound of the outbox folder; beyond it the oldest batches' files are removed "
+        description="Bound of the outbox folder; beyond it the oldest batches' files are removed "
         "(counted in status as removed_batches).")
     fault: SinkFaultConfig | None = Field(
-        None, description="file sink, testing/diagnostic only: injected failures and slow acknowledgements.")
-    retry_initial_s: float = Field(1.0, gt=0)
-    retry_max_s: float = Field(60.0, gt=0)
+        None, description="Testing/diagnostic only: injected failures and slow acknowledgements.")
+
+
+class IoTHubSinkConfig(_SinkSettings):
+    """sink.type iothub: Azure IoT Hub, settings in sink.iothub."""
+
+    type: Literal["iothub"] = Field(description="iothub (Azure IoT Hub).")
+    iothub: IoTHubConfig = Field(default_factory=IoTHubConfig, description="iothub sink settings.")
+
+    def longest_call_s(self) -> float:
+        return max(self.iothub.connect_timeout_s, self.iothub.send_timeout_s)
+
+
+class MqttSinkConfig(_SinkSettings):
+    """sink.type mqtt: any MQTT 3.1.1 broker, settings in sink.mqtt."""
+
+    type: Literal["mqtt"] = Field(description="mqtt (any MQTT broker).")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="mqtt sink settings.")
+
+    def longest_call_s(self) -> float:
+        return max(self.mqtt.connect_timeout_s, self.mqtt.publish_timeout_s)
+
+
+SINK_MODELS: dict[str, type[_SinkSettings]] = {"file": FileSinkConfig, "iothub": IoTHubSinkConfig,
+                                               "mqtt": MqttSinkConfig}
+
+
+def sink_type(value: Any) -> str:
+    """The sink a `sink` section is for (its `type`, `file` when it has none): the union's tag."""
+    found = value.get("type", "file") if isinstance(value, Mapping) else getattr(value, "type", "file")
+    return found if isinstance(found, str) else repr(found)
+
+
+# Where batches go: one model per sink, chosen by `type`; a key of another sink is an error naming it.
+SinkConfig = Annotated[
+    Annotated[FileSinkConfig, Tag("file")] | Annotated[IoTHubSinkConfig, Tag("iothub")]
+    | Annotated[MqttSinkConfig, Tag("mqtt")],
+    Discriminator(sink_type, custom_error_type="sink_type",
+                  custom_error_message="unknown sink type (file, iothub or mqtt)"),
+]
 
 
 class AgentConfig(_Model):
@@ -283,7 +316,7 @@ class AgentConfig(_Model):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     encoding: EncodingConfig = Field(default_factory=EncodingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
-    sink: SinkConfig = Field(default_factory=SinkConfig)
+    sink: SinkConfig = Field(default_factory=FileSinkConfig)
     campaigns: list[Campaign] = Field(default_factory=list, description=(
         "Condition-triggered (or periodic) captures with pre- and post-trigger windows, sent as event "
         "batches (docs/campaigns.md). Cloud-writable as a whole list."))
@@ -327,254 +360,6 @@ class AgentConfig(_Model):
         p = Path(os.path.expanduser(path))
         return Path(os.path.normpath(p if p.is_absolute() else self.resolve(self.state_dir) / p))
 
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def validation_errors(exc: ValidationError) -> list[str]:
-    """pydantic errors as `path: message` lines."""
-    lines = []
-    for err in exc.errors():
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{_format_loc(err['loc'])}: {msg}")
-    return lines
-
-
-def _check_files(cfg: AgentConfig) -> list[str]:
-    errors = []
-    for i, bus in enumerate(cfg.buses):
-        for j, db in enumerate(bus.databases):
-            path = cfg.resolve(db)
-            if not path.is_file():
-                errors.append(f"buses[{i}].databases[{j}]: file not found: {path}")
-        if bus.replay and not cfg.resolve(bus.replay).is_file():
-            errors.append(f"buses[{i}].replay: file not found: {cfg.resolve(bus.replay)}")
-    sink_files = {
-        "mqtt": ("ca_file", "cert_file", "key_file"),
-        "iothub": ("server_verification_cert", "x509_cert_file", "x509_key_file", "connection_string_file"),
-    }.get(cfg.sink.type, ())
-    section = getattr(cfg.sink, cfg.sink.type, None)
-    for key in sink_files:
-        value = getattr(section, key, None)
-        if value and not cfg.resolve(value).is_file():
-            errors.append(f"sink.{cfg.sink.type}.{key}: file not found: {cfg.resolve(value)}")
-    return errors
-
-
-def build_config(data: Mapping[str, Any], *, base_dir: str | Path = ".", source: str = "config") -> AgentConfig:
-    """Validate a mapping into an AgentConfig, or raise ConfigError listing every problem."""
-    if not isinstance(data, Mapping):
-        raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"], source)
-    try:
-        cfg = AgentConfig.model_validate({**data, "base_dir": str(base_dir)})
-    except ValidationError as exc:
-        raise ConfigError(validation_errors(exc), source) from None
-    errors = _check_files(cfg)
-    if errors:
-        raise ConfigError(errors, source)
-    return cfg
-
-
-# ------------------------------------------------------------------ what the cloud may write
-# Identity, state paths, the sink and its credentials stay local. Of a bus the cloud may not set what
-# reads local files (a replay log, python-can options that open paths) nor turn a bus into the
-# simulator; those stay as the local file has them for a bus of the same name.
-CLOUD_WRITABLE = ("buses", "collection", "batching", "encoding", "log_level", "store", "campaigns")
-CLOUD_STORE_KEYS = ("max_bytes", "max_batches", "ttl_s")
-LOCAL_BUS_KEYS = ("replay", "replay_rate", "options", "simulate")
-CLOUD_BUS_KEYS = tuple(k for k in BusConfig.model_fields if k not in LOCAL_BUS_KEYS)
-CLOUD_INTERFACES = ("auto", "socketcan", "virtual")  # besides the local file's interface of that bus
-DATABASE_SUFFIXES = (".dbc", ".kcd", ".arxml", ".sym", ".xml")
-MAX_DATABASE_BYTES = 64 * 1024 * 1024
-_CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_NAME_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+ -]{0,127}$")
-
-
-def confine_database(name: Any, folder: Path) -> Path:
-    """The file a cloud-given database name means: a regular file inside `folder`, or ValueError.
-
-    Only names: no absolute path, no `..`, no symlink leading out of the folder, no device or FIFO.
-    The reasons name the entry, never anything read from a file.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError("a database is named by a non-empty string")
-    parts = name.split("/")
-    if name.startswith("/") or "\\" in name or not all(_NAME_PART_RE.match(p) for p in parts):
-        raise ValueError("only a file name inside databases_dir is allowed (no absolute path, no '..')")
-    if not name.lower().endswith(DATABASE_SUFFIXES):
-        raise ValueError(f"not a database file name (allowed: {', '.join(DATABASE_SUFFIXES)})")
-    root = folder.resolve()
-    try:
-        real = (root / name).resolve(strict=True)
-        st = real.stat()
-    except (OSError, RuntimeError):
-        raise ValueError("not found in databases_dir") from None
-    if not real.is_relative_to(root):
-        raise ValueError("leads out of databases_dir")
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError("not a regular file")
-    if st.st_size > MAX_DATABASE_BYTES:
-        raise ValueError(f"larger than {MAX_DATABASE_BYTES // 2**20} MiB")
-    return real
-
-
-def cloud_bus_errors(index: int, bus: Any, local: Mapping[str, Any] | None, folder: Path) -> list[str]:
-    """Why a bus entry written by the cloud is refused (empty: allowed)."""
-    where = f"buses[{index}]"
-    if not isinstance(bus, Mapping):
-        return [f"{where}: expected an object"]
-    errors = [f"{where}.{k}: not writable from the cloud (local only)" for k in bus if k in LOCAL_BUS_KEYS]
-    errors += [f"{where}.{k}: unknown key" for k in bus if k not in CLOUD_BUS_KEYS and k not in LOCAL_BUS_KEYS]
-    interface = bus.get("interface", "auto")
-    if interface not in CLOUD_INTERFACES and interface != (local or {}).get("interface"):
-        errors.append(f"{where}.interface: the cloud may set {', '.join(CLOUD_INTERFACES)} or the local one")
-    channel = bus.get("channel", "vcan0")
-    if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
-        errors.append(f"{where}.channel: an interface name (letters, digits, _ . : -), not a path")
-    databases = bus.get("databases")
-    if isinstance(databases, list):
-        for j, name in enumerate(databases[:64]):
-            try:
-                confine_database(name, folder)
-            except ValueError as exc:
-                shown = name if isinstance(name, str) and _NAME_PART_RE.match(name.rsplit("/", 1)[-1]) else "?"
-                errors.append(f"{where}.databases[{j}] ({shown[:64]!r}): {exc}")
-    return errors
-
-
-def localize_cloud_bus(bus: Mapping[str, Any], local: Mapping[str, Any] | None, folder: Path) -> dict[str, Any]:
-    """A checked cloud bus entry as a config entry: database names made paths inside `folder`, and the
-    local-only keys taken from the local file's bus of the same name."""
-    out = {k: v for k, v in bus.items() if k in CLOUD_BUS_KEYS}
-    if isinstance(bus.get("databases"), list):
-        out["databases"] = [str(confine_database(name, folder)) for name in bus["databases"]]
-    for key in LOCAL_BUS_KEYS:
-        if local and key in local:
-            out[key] = local[key]
-    return out
-
-
-def _env_items(env: Mapping[str, str]) -> Iterator[tuple[str, tuple[str, ...], Any]]:
-    """(variable, config path, value) of every override variable; a value that is not YAML is an
-    error naming its variable."""
-    simple = {"VEHICLE_ID": ("vehicle_id",), "STATE_DIR": ("state_dir",), "LOG_LEVEL": ("log_level",),
-              "SINK": ("sink", "type")}
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        rest = key[len(ENV_PREFIX):]
-        if rest in simple:
-            yield key, simple[rest], value
-        elif rest.startswith("_") and len(rest) > 1:
-            try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError as exc:
-                raise ConfigError([f"not a YAML value: {getattr(exc, 'problem', None) or exc}"],
-                                  f"environment variable {key}") from None
-            yield key, tuple(p.lower() for p in rest[1:].split("__") if p), parsed
-
-
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """`VEHICLE_AGENT_VEHICLE_ID`, `VEHICLE_AGENT_STATE_DIR`, `VEHICLE_AGENT_LOG_LEVEL`, `VEHICLE_AGENT_SINK`,
-    and any nested key as `VEHICLE_AGENT__batching__max_age_s=5` (values parsed as YAML scalars)."""
-    out: dict[str, Any] = {}
-    for key, path, value in _env_items(env):
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError([f"sets a key inside {part}, which another variable sets as a whole"],
-                                  f"environment variable {key}")
-        node[path[-1]] = value
-    return out
-
-
-def env_sources(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Each config path an environment variable sets (`batching.max_age_s`, as errors write paths) and
-    that variable, so an error is blamed on the variable and not on the file it overrides."""
-    return {".".join(path): key for key, path, _ in _env_items(os.environ if env is None else env)}
-
-
-def error_source(error: str, source: str, sources: Mapping[str, str]) -> str:
-    """Where an error line (`path: message`) came from: the variable that set its path, else `source`."""
-    where = error.split(": ", 1)[0]
-    for path in sorted(sources, key=len, reverse=True):
-        if where == path or where.startswith((path + ".", path + "[")):
-            return f"environment variable {sources[path]} (over {source})"
-    return source
-
-
-RESTART_ONLY = ("state_dir", "sink", "store.path", "store.synchronous")
-
-
-def restart_only_changes(old: AgentConfig, new: AgentConfig) -> list[str]:
-    """Settings that differ between two configs but are only read at start (the sink's connection,
-    the state directory, the store file): a live swap leaves them as they were."""
-    changed = []
-    for path in RESTART_ONLY:
-        a, b = old, new
-        for part in path.split("."):
-            a, b = getattr(a, part), getattr(b, part)
-        if a != b:
-            changed.append(path)
-    return changed
-
-
-def deep_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """A new mapping: `patch` laid over `base`, nested mappings merged, None deleting a key (twin semantics)."""
-    out = dict(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a syntax error names the file, line and column."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"file not found: {path}"], str(path)) from None
-    except OSError as exc:
-        raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from None
-    try:
-        return yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}YAML syntax error: {problem}"], str(path)) from None
-
-
-def config_path(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path:
-    """The config file to use: the argument, else $VEHICLE_AGENT_CONFIG, else config/agent.yaml."""
-    env = os.environ if env is None else env
-    return Path(path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
-
-
-def load_config_data(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The config file as a mapping with environment overrides laid over it (not yet validated)."""
-    data = read_yaml(path)
-    if not isinstance(data, Mapping):
-        raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"], str(path))
-    return deep_merge(data, _env_overrides(os.environ if env is None else env))
-
-
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
-    """The config from a YAML file (default: $VEHICLE_AGENT_CONFIG or config/agent.yaml) plus environment."""
-    path = config_path(path, env)
-    return build_config(load_config_data(path, env), base_dir=path.parent.resolve(), source=str(path))
 
 
 def json_schema() -> dict[str, Any]:
