@@ -22,6 +22,7 @@ import orjson
 import structlog
 
 from agent.codec import codec_by_content, exact_json
+from agent.durable import sync_dir
 from agent.model import Batch
 from agent.uplink.base import Sink, SinkError, UnsendableBatch
 
@@ -38,14 +39,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FileSink(Sink):
@@ -92,7 +85,7 @@ class FileSink(Sink):
             self.removed_bytes += size
             removed.append(bid)
         if removed:
-            _sync_dir(self.outbox)
+            sync_dir(self.outbox)
             log.info("outbox_trimmed", removed_batches=len(removed), oldest_kept=min(self.batch_bytes, default=None),
                      outbox_bytes=self.outbox_bytes, max_bytes=self.max_bytes,
                      removed_total=self.removed_batches, reason="sink.max_bytes")
@@ -132,7 +125,7 @@ class FileSink(Sink):
             _write_atomic(self.outbox / f"{batch.id}.{batch.encoding}", batch.payload)
             _write_atomic(self.outbox / f"{batch.id}.meta.json", meta_bytes)
             size = len(batch.payload) + len(meta_bytes)
-        _sync_dir(self.outbox)
+        sync_dir(self.outbox)
         self.outbox_bytes += size - self.batch_bytes.get(batch.id, 0)  # a resend replaces its files
         self.batch_bytes[batch.id] = size
         self._keep_within_bound(batch.id)
