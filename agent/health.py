@@ -28,6 +28,7 @@ BUS_LOSSES = {  # loss name -> the bus counter it sums over every bus
     "refused_timestamp_frames": "refused_timestamps",
     "refused_values": "refused_values",
     "kernel_dropped_frames": "kernel_drops",
+    "backlog_dropped_frames": "backlog_drops",
     "replay_bad_lines": "bad_lines",
 }
 LOSSES = (*(f"{kind}_{unit}" for kind in (*STORE_LOSSES, "spill_dropped") for unit in ("batches", "samples")),

@@ -73,7 +73,7 @@ def render(view: StatusView) -> str:
                      f"decode errors {b['decode_errors']}, error frames {b['error_frames']}"
                      + (f", refused: {b.get('refused_timestamps', 0)} timestamps, {b.get('refused_values', 0)} values"
                         if b.get("refused_timestamps") or b.get("refused_values") else "")
-                     + _bus_health_text(b))
+                     + _lost_text(b) + _bus_health_text(b))
     if "batches" in st and st["batches"] is not None:
         lines += _store_lines(st)
     else:
@@ -156,11 +156,19 @@ def _control_line(c: dict[str, Any]) -> str:
             + ("" if c.get("healthy", True) else ", WEDGED (watchdog not fed)"))
 
 
+def _lost_text(bus: dict[str, Any]) -> str:
+    """Frames the source lost before decoding (agent/can/rxqueue.py), and how it would know."""
+    if "lost_frames" not in bus:
+        return ""
+    rcvbuf = f", receive buffer {bus['rcvbuf_bytes']} bytes" if bus.get("rcvbuf_bytes") else ""
+    return f", lost frames {bus['lost_frames']} ({bus.get('loss_seen', '?')}{rcvbuf})"
+
+
 def _bus_health_text(bus: dict[str, Any]) -> str:
     """The raw SocketCAN reader's extras: kernel drops, the controller's state, errors by class."""
     if "controller" not in bus:
         return ""
     counters = f" (TX {bus['tx_error_counter']}, RX {bus['rx_error_counter']})" if bus.get("tx_error_counter") is not None else ""
     errors = ", ".join(f"{k} {v}" for k, v in sorted(bus.get("errors", {}).items()) if v)
-    return (f", kernel drops {bus.get('kernel_drops', 0)}, controller {bus['controller']}{counters}"
+    return (f", controller {bus['controller']}{counters}"
             + (f", errors: {errors}" if errors else ""))

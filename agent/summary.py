@@ -16,8 +16,8 @@ import structlog
 log = structlog.get_logger()
 
 # Per-bus counters summed over the buses: frames the kernel dropped, and problems of the bus.
-BUS_KEYS = ("kernel_drops", "decode_errors", "error_frames")
-DROPS = ("evicted", "expired", "spill_dropped", "kernel_drops")  # batches or frames lost
+BUS_KEYS = ("kernel_drops", "backlog_drops", "decode_errors", "error_frames")
+DROPS = ("evicted", "expired", "spill_dropped", "kernel_drops", "backlog_drops")  # batches or frames lost
 ERRORS = ("decode_errors", "error_frames")
 
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from agent.can.rawcan import RawCanSource
+from agent.can.source import BusSource
 from agent.health import BUS_LOSSES, LOSSES
 from agent.twin.reporter import reported_doc
 from tests.conftest import CONFIG_DIR, ROOT, run_cli
@@ -67,15 +68,19 @@ def test_bad_input_is_counted_in_the_losses_of_status_and_reported_properties(tm
     doc = json.loads(run_cli("status", "--config", str(path), "--json").stdout)
     bus = doc["buses"]["powertrain"]
     for counter in BUS_LOSSES.values():  # the bus counters the losses sum exist under these names
-        assert counter in bus or counter == "kernel_drops", counter
+        assert counter in bus or counter in LIVE_SOURCE_LOSSES, counter
     losses = doc["losses"]
     assert (losses["replay_bad_lines"], losses["decode_error_frames"], losses["refused_timestamp_frames"]) == (1, 1, 1)
     assert reported_doc(doc)["losses"] == losses
     assert "replay_bad_lines 1" in run_cli("status", "--config", str(path)).stdout
 
 
-def test_the_raw_socketcan_source_reports_the_kernel_drops_the_losses_sum() -> None:
-    assert "kernel_drops" in RawCanSource("b", "vcan-none").status()
+LIVE_SOURCE_LOSSES = ("kernel_drops", "backlog_drops")  # a replay has no receive queue
+
+
+def test_the_live_sources_report_the_drops_the_losses_sum() -> None:
+    for source in (RawCanSource("b", "vcan-none"), BusSource("b", "virtual", "none")):
+        assert set(LIVE_SOURCE_LOSSES) <= set(source.status()), source
 
 
 def test_store_smaller_than_a_batch_is_refused_before_anything_is_lost(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from agent.can.frame_format import (
     FRAME_HEADER,
 )
 from agent.can.mmsg import CTRL_BYTES, MultiReceiver
+from agent.can.rxqueue import RCVBUF_BYTES, size_receive_buffer
 from agent.can.source import MAX_DRAIN, MISSING_POLL_S, FrameSource, sleep_or_stop
 from agent.liveness import beat
 from agent.model import Frame
@@ -50,7 +51,6 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # SO_TIMESTAMPNS_OLD: a 
 SO_TIMESTAMPNS_NEW = 64  # Linux 5.1+: always two 64-bit fields, also for 32-bit processes
 TIMESTAMP_KINDS = frozenset((SO_TIMESTAMPNS, SO_TIMESTAMPNS_NEW))
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 CAN_RAW_FILTER_MAX = 512
 TIMESPEC = struct.Struct("=qq")
 TIMESPEC32 = struct.Struct("=ii")  # SO_TIMESTAMPNS_OLD in a 32-bit process
@@ -62,7 +62,6 @@ ANC_SIZE = socket.CMSG_SPACE(TIMESPEC.size) + socket.CMSG_SPACE(U32.size)
 RAW_TICK_S = 0.1
 SMALL_BUFFER_TICK_S = 0.02  # ~160 frames of a saturated bus between drains: a third of a default buffer
 ERROR_LOG_S = 10.0
-RCVBUF_BYTES = 4 * 1024 * 1024  # ~0.5 s of a saturated 1 Mbit/s bus at the kernel's ~500 B/frame accounting
 
 
 class DrainState:
@@ -205,19 +204,6 @@ def receive_filters(ids: set[int] | None) -> bytes | None:
     return b"".join(entries)
 
 
-def _size_receive_buffer(sock: socket.socket, bus: str, channel: str) -> int:
-    """Ask for RCVBUF_BYTES; beyond net.core.rmem_max only with CAP_NET_ADMIN (SO_RCVBUFFORCE)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-    size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # the kernel reports twice what it grants
-    if size < RCVBUF_BYTES:
-        log.warning("can_rcvbuf_small", bus=bus, channel=channel, rcvbuf_bytes=size, wanted=RCVBUF_BYTES,
-                    hint="raise net.core.rmem_max (sysctl) or grant CAP_NET_ADMIN, or bursts may be dropped")
-    return size
-
-
 def interface_up(channel: str) -> bool:
     """IFF_UP of a network interface (False when it does not exist)."""
     try:
@@ -254,7 +240,7 @@ class RawCanSource(FrameSource):
             raise OSError(errno.ENETDOWN, f"interface {self.channel} is down or does not exist")
         sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
         try:
-            self.rcvbuf_bytes = _size_receive_buffer(sock, self.bus, self.channel)
+            self.rcvbuf_bytes = size_receive_buffer(sock, self.bus, self.channel)
             if self.rcvbuf_bytes < RCVBUF_BYTES:  # a default-sized buffer holds ~500 frames: drain more often
                 self.tick_s = min(self.tick_s, SMALL_BUFFER_TICK_S)
             enable_timestamps(sock)
@@ -381,7 +367,8 @@ class RawCanSource(FrameSource):
             log.warning("can_error_frames", bus=self.bus, channel=self.channel, errors=health.counts_seen())
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "kernel_drops": self.kernel_drops, "rcvbuf_bytes": self.rcvbuf_bytes,
+        return {**super().status(), "lost_frames": self.kernel_drops, "kernel_drops": self.kernel_drops, "backlog_drops": 0,
+                "rcvbuf_bytes": self.rcvbuf_bytes, "loss_seen": "socket drop counter (SO_RXQ_OVFL)",
                 **self.health.as_dict()}
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ python-can is the boundary (any interface by name); inside, frames are plain tup
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import time
 from abc import ABC, abstractmethod
@@ -19,13 +20,16 @@ import can
 import structlog
 
 from agent.can.logs import LogFrame, LogProblem, read_log
+from agent.can.rxqueue import SocketQueue, bus_rate, first_tick, in_process_queue, next_tick, trim_backlog
 from agent.liveness import beat, pause
 from agent.model import TIME_MAX, TIME_MIN, Frame
 
 log = structlog.get_logger()
 
 DEFAULT_TICK_S = 0.05  # 50 ms: a wake-up costs ~250 µs of CPU on a small VM; 400 frames a drain at 8,000 frames/s
-MAX_DRAIN = 20000
+WATCHED_TICK_S = 0.1  # where the receive queue is sized and watched (rxqueue.py): 800 frames at 8,000 frames/s
+MAX_DRAIN = 20000  # also the virtual bus's backlog bound (agent/can/rxqueue.py)
+LOST_LOG_S = 10.0  # at most one `can_frames_lost` line per bus this often
 MISSING_POLL_S = 1.0  # a missing interface is looked for this often (a stat of /sys/class/net/<name>)
 
 
@@ -135,16 +139,30 @@ def _to_frame(msg: can.Message) -> Frame:
 
 
 class BusSource(FrameSource):
-    """A live bus through python-can (socketcan, virtual, pcan, kvaser, ...), reopened with backoff."""
+    """A live bus through python-can (socketcan, virtual, pcan, kvaser, ...), reopened with backoff.
 
-    def __init__(self, bus: str, interface: str, channel: str, *, tick_s: float = DEFAULT_TICK_S,
+    Where the interface reads a socket (udp_multicast, socketcan) the socket's receive buffer is
+    enlarged and the tick follows how full it is at each drain; what is lost anyway is counted
+    (agent/can/rxqueue.py): the kernel's drops, and the virtual bus's backlog beyond one drain.
+    """
+
+    def __init__(self, bus: str, interface: str, channel: str, *, tick_s: float | None = None,
                  **kwargs: Any) -> None:
         super().__init__(bus)
         self.interface = interface
         self.channel = channel
         self.kwargs = kwargs
-        self.tick_s = tick_s
+        self.rate = bus_rate(kwargs.get("bitrate"))
+        self.tick_given = tick_s
+        self.longest_tick_s = self.tick_s = tick_s if tick_s is not None else DEFAULT_TICK_S
         self.can_bus: can.BusABC | None = None
+        self.rx: SocketQueue | None = None
+        self.backlog: queue.Queue[Any] | None = None
+        self.rcvbuf_bytes: int | None = None
+        self.kernel_drops = 0  # over every socket this source opened
+        self.backlog_drops = 0
+        self._drops_base = 0  # the drops of the sockets closed before this one
+        self._lost_logged, self._lost_log_t = 0, float("-inf")
         self.reopen_max_s = 30.0
 
     def _open(self) -> can.BusABC:
@@ -155,9 +173,25 @@ class BusSource(FrameSource):
             kwargs.setdefault("receive_own_messages", False)
         return can.Bus(interface=self.interface, channel=self.channel, **kwargs)
 
+    def _watch(self, bus: can.BusABC) -> None:
+        """Size the receive queue of a freshly opened bus, and the tick to it."""
+        self.rx, self.backlog = SocketQueue.of(bus), in_process_queue(bus)
+        self._drops_base = self.kernel_drops
+        if self.rx is not None or self.backlog is not None:  # a queue the source sizes or bounds: the longer tick
+            self.longest_tick_s = self.tick_s = self.tick_given if self.tick_given is not None else WATCHED_TICK_S
+        if self.rx is not None:
+            try:
+                self.rcvbuf_bytes = self.rx.enlarge(self.bus, self.channel)
+            except OSError as exc:  # the interface's own buffer then
+                log.warning("can_rcvbuf_failed", bus=self.bus, channel=self.channel, error=str(exc))
+                self.rcvbuf_bytes = self.rx.rcvbuf_bytes
+            self.tick_s = min(self.longest_tick_s, first_tick(self.rcvbuf_bytes, self.rate))
+
     def drain(self, bus: can.BusABC) -> list[Frame]:
         """Everything the bus has received (up to MAX_DRAIN frames), without waiting."""
         out: list[Frame] = []
+        if self.backlog is not None and self.backlog.qsize() > MAX_DRAIN:
+            self.backlog_drops += trim_backlog(self.backlog, MAX_DRAIN)
         recv = bus.recv
         while len(out) < MAX_DRAIN:
             msg = recv(0)
@@ -167,15 +201,42 @@ class BusSource(FrameSource):
                 out.append(_to_frame(msg))
         return out
 
+    def _measure(self) -> None:
+        """Before a drain: the socket's fill sets the next tick, its drop counter the kernel's drops."""
+        if self.rx is None:
+            return
+        fill, drops = self.rx.fill_and_drops()
+        self.kernel_drops = self._drops_base + drops
+        self.tick_s = next_tick(self.tick_s, fill, self.longest_tick_s)
+
+    @property
+    def lost_frames(self) -> int:
+        return self.kernel_drops + self.backlog_drops
+
+    def _note_lost(self) -> None:
+        """A warning when frames were lost, at most one per ERROR_LOG_S with what was lost since the last."""
+        lost = self.lost_frames
+        now = time.monotonic()
+        if lost == self._lost_logged or now - self._lost_log_t < LOST_LOG_S:
+            return
+        log.warning("can_frames_lost", bus=self.bus, interface=self.interface, channel=self.channel,
+                    new=lost - self._lost_logged, lost_frames=lost, kernel_drops=self.kernel_drops,
+                    backlog_drops=self.backlog_drops, rcvbuf_bytes=self.rcvbuf_bytes,
+                    tick_ms=round(self.tick_s * 1000, 1))
+        self._lost_logged, self._lost_log_t = lost, now
+
     async def frames(self, stop: asyncio.Event) -> AsyncIterator[list[Frame]]:
         failures = 0
         while not stop.is_set():
             if self.can_bus is None:
                 try:
                     self.can_bus = self._open()
+                    self._watch(self.can_bus)
                     self.state, self.last_error, failures = "up", None, 0
-                    log.info("bus_open", bus=self.bus, interface=self.interface, channel=self.channel)
+                    log.info("bus_open", bus=self.bus, interface=self.interface, channel=self.channel,
+                             rcvbuf_bytes=self.rcvbuf_bytes, tick_ms=round(self.tick_s * 1000, 1))
                 except (can.CanError, OSError, ValueError, ImportError) as exc:
+                    self.close()
                     if self.interface == "socketcan" and self.note_missing(self.channel):
                         await sleep_or_stop(stop, MISSING_POLL_S)
                         continue
@@ -189,16 +250,28 @@ class BusSource(FrameSource):
             await asyncio.sleep(self.tick_s)  # cheaper than a wait on `stop` every tick; checked above
             beat()
             try:
+                self._measure()
                 batch = self.drain(self.can_bus)
             except (can.CanError, OSError) as exc:
                 self.state, self.last_error = "down", str(exc)
                 log.warning("bus_read_failed", bus=self.bus, channel=self.channel, error=str(exc))
                 self.close()
                 continue
+            self._note_lost()
             if batch:
                 yield batch
 
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "lost_frames": self.lost_frames, "kernel_drops": self.kernel_drops,
+                "backlog_drops": self.backlog_drops, "rcvbuf_bytes": self.rcvbuf_bytes,
+                "tick_ms": round(self.tick_s * 1000, 1),
+                "loss_seen": "socket drop counter" if self.rx is not None else
+                             "backlog bound" if self.backlog is not None else "not visible on this interface"}
+
     def close(self) -> None:
+        if self.rx is not None:
+            self.rx.close()
+            self.rx = None
         if self.can_bus is not None:
             try:
                 self.can_bus.shutdown()
