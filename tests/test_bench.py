@@ -26,6 +26,8 @@ def test_bench_json_has_every_figure_with_plausible_values() -> None:
     assert r["with_bus_read"]["frames_per_s"] > 0
     assert r["with_bus_read"]["lost"] == 0, "the SocketCAN-path read got every frame the sender wrote"
     assert r["realtime_8000"]["cpu_percent"] > 0 and r["realtime_8000"]["frames_per_s_received"] > 0
+    assert {(x["interface"], x["buses"]) for x in r["python_can_realtime"]} == {
+        (i, n) for i in ("udp_multicast", "virtual") for n in (1, 3)}  # a quick run: 1 and 3 buses
     wire = r["wire"]
     assert {"columnar", "json", "named_json+zlib", "protobuf+snappy"} <= set(wire)
     assert all(w["bytes_per_sample"] > 0 for w in wire.values())

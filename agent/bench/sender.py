@@ -2,7 +2,7 @@
 
 It writes `struct can_frame`/`canfd_frame` datagrams (prepared by the benchmark in FILE, each
 prefixed by its length byte) to the socket inherited as FD: flat out when RATE is 0, else RATE
-frames a second in 10 ms bursts for SECONDS. Being another process, its CPU is not the agent's.
+frames a second in 10 ms bursts, RATE x SECONDS frames in all. Being another process, its CPU is not the agent's.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ def main(argv: list[str]) -> int:
             send(datagram)
         return 0
     per_burst = max(1, round(rate * BURST_S))
+    total = round(rate * seconds)  # exactly, even when this process falls behind and catches up
     start = time.monotonic()
     sent = 0
-    while time.monotonic() - start < seconds:
-        for _ in range(per_burst):
+    while sent < total:
+        for _ in range(min(per_burst, total - sent)):
             send(frames[sent % len(frames)])
             sent += 1
         due = start + sent / rate
