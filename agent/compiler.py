@@ -19,6 +19,8 @@ decision this module writes out. Names in the generated code:
     S{i}, F{i}         slot i and its filter;  P{g}, D{g}: held frames g and their values function
     _c, _e, _l, _h     a column, an emitted sample, a last value, a held sample (scratch)
     kept               samples appended by this call
+    _E, _R{j}, c{k}... a StepHook's own names (agent.campaigns.feedgen: the campaign engine, its runs,
+                       the condition inputs), inlined in a step by `compile_step(hook=...)`
 
 Every source is compiled once per (name, source) and registered with `linecache` under its name
 (`<vehicle-agent step pt:EngineData>`), so tracebacks show its lines and `vehicle-agent debug
@@ -144,6 +146,23 @@ def uses_value(filt: Any, compare_raw: bool, keeps_raw: bool) -> bool:
 
 
 # ---------------------------------------------------------------------- steps and samplers
+@dataclass(frozen=True, slots=True)
+class StepHook:
+    """Another part's per-frame work, inlined in a plain message's step so that a frame costs one
+    call (the campaign engine's, agent.campaigns.feedgen: buffer the frame, evaluate the conditions
+    its inputs feed). Its names must not be the step's own (above); its lines may read `t` and `data`.
+
+    `head` runs for every payload of the message's length, before the unchanged-payload check;
+    `tail` gets the value expressions of `inputs` (signals the step decodes on every payload whose
+    wanted bits changed, every payload without that check) and returns lines run right after the
+    decode, before the filters' decisions."""
+
+    env: dict[str, object]
+    head: list[str]
+    inputs: tuple[str, ...]
+    tail: Callable[[list[str]], list[str]]
+
+
 def _keep(i: int, slot: Slot, label: Label | None, et: str, ev: str) -> list[str]:
     """Lines appending a kept sample (time `et`, value `ev`) to slot `i`'s column; counts into `kept`."""
     if slot.raw:  # the value kept is the one offered (Filter.emits_offered): append its raw integer
@@ -170,18 +189,22 @@ def compile_sampler(slots: list[Slot], bind: Callable[[Slot], list[float]], labe
 
 
 def compile_step(slots: list[Slot], page: Page, length: int, mask: int | None, bind: Callable[[Slot], list[float]],
-                 label: Label | None, other: Step, held: Sequence[HeldFrames] = (), name: str = "") -> Step:
+                 label: Label | None, other: Step, held: Sequence[HeldFrames] = (), name: str = "",
+                 hook: StepHook | None = None) -> Step:
     """Generated code for a plain message (`page`: its wanted signals, in `slots` order): (when every
     filter is on-change) skip a payload whose wanted bits did not change, decode the wanted signals,
     filter, append. Payloads of another length go to `other` (the generic step: short frames are
-    errors, longer ones are cut).
+    errors, longer ones are cut and come back here).
 
     `held`: slots downsampled on whole frames (HeldFrames); the step decodes only the other slots'
-    signals, so when every slot is held it decodes nothing until a period closes.
+    signals, so when every slot is held it decodes nothing until a period closes. `hook`: work
+    inlined for another part (StepHook); its inputs must be among the signals decoded here.
     """
     env: dict[str, object] = {"_bind": bind, "_label": label, "_other": other, "_prev": [None],
                               "_from_bytes": int.from_bytes}
     body = [f"if len(data) != {length}:", "    return _other(t, data)"]
+    if hook is not None:
+        body += hook.head
     if mask is not None:
         body += [f"bits = _from_bytes(data, 'big') & {mask}", "if bits == _prev[0]:", "    return 0",
                  "_prev[0] = bits"]
@@ -200,6 +223,7 @@ def compile_step(slots: list[Slot], page: Page, length: int, mask: int | None, b
     free = [i for i, slot in enumerate(slots) if id(slot) not in held_ids]
     for i in free:
         decide += _decide(i, slots[i], label, env, slots[i].compare_raw)
+    values: dict[str, str] = {}  # signal name -> its value expression (for the hook)
     if free:
         code = page.code if not held else page.subset([page.signals[i] for i in free])
         env.update(code.env)
@@ -210,6 +234,13 @@ def compile_step(slots: list[Slot], page: Page, length: int, mask: int | None, b
                 value = scaled(f"r{i}", *page.scaling[i])
             if uses_value(slots[i].filt, slots[i].compare_raw, slots[i].raw):
                 body.append(f"v{i} = {value}")
+                value = f"v{i}"
+            values[page.signals[i].name] = value
+    if hook is not None:
+        if hook.inputs:
+            body += hook.tail([values[signal] for signal in hook.inputs])  # KeyError: an input not decoded here
+        assert not env.keys() & hook.env.keys(), "a hook's names are its own"
+        env.update(hook.env)  # after `tail`, which may name more
     return define(f"step {name}", "step", "t, data", [*body, *decide, "return kept"], env)
 
 

@@ -11,10 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.batcher import Batcher
 from agent.campaigns.engine import CampaignEngine, CampaignError, Event
 from agent.campaigns.model import Campaign
+from agent.codec.columnar import ColumnarCodec
+from agent.collect.collector import Collector
+from agent.compiler import source_of
+from agent.config import BatchingConfig, CollectionConfig
 from agent.decode import load_databases
 from agent.decode.decoder import FrameDecoder
+from agent.model import Frame
 from tests.conftest import CONFIG_DIR, ROOT
 
 pytestmark = pytest.mark.campaigns
@@ -38,20 +44,45 @@ def wheel_frame(k: int) -> bytes:
     return bytes(WHEELS.encode({"WheelSpeedFL": v, "WheelSpeedFR": v + 0.5, "WheelSpeedRL": v, "WheelSpeedRR": 1.0}))
 
 
+# How frames reach the engine: its own steps (`feed`), or a collector's compiled steps with the
+# campaigns' work inlined (masked by on-change policies; every payload decoded with `all`, wheel
+# speeds held by a period), as the agent runs them
+POLICIES = {"collector": {"default": {"policy": "on_change"}},
+            "collector-all": {"default": {"policy": "all"},
+                              "signals": [{"match": "Wheel*", "policy": "period", "period_ms": 100}]}}
+VIAS = ["engine", *POLICIES]
+
+
 class Drive:
     """A chassis bus: WheelSpeeds every 10 ms, BrakeStatus every 20 ms with a pressure profile."""
 
-    def __init__(self, campaigns: list[dict], **kw) -> None:
+    def __init__(self, campaigns: list[dict], via: str = "engine", **kw) -> None:
         self.events: list[Event] = []
         self.engine = CampaignEngine([Campaign.model_validate(c) for c in campaigns], DECODERS,
                                      self.events.append, **kw)
         self.frames: list[tuple[float, int, bytes]] = []
         self.k = 0
+        self.via = via
+        self.batches: list = []
+
+    def _feeds(self):
+        """(wheels, brake) step functions of the current engine."""
+        if self.via == "engine":
+            return self.engine.feed("chassis", 416), self.engine.feed("chassis", 432)
+        batcher = Batcher(BatchingConfig(), ColumnarCodec("us"), vehicle="v", on_batch=self.batches.append)
+        collector = Collector("chassis", DECODERS["chassis"], CollectionConfig.model_validate(POLICIES[self.via]),
+                              batcher, campaigns=self.engine)
+
+        self.collector = collector
+
+        def feed(fid: int):
+            return lambda t, data: collector.process([Frame(t, fid, data)])
+        return feed(416), feed(432)
 
     def run(self, seconds: float, pressure=lambda t: 0.0, abs_active=lambda t: 0) -> None:
         """Frames for `seconds` from where the drive is; `pressure(t)` in bar, t relative to T0."""
         end = self.k + round(seconds * 100)
-        wheels, brake = self.engine.feed("chassis", 416), self.engine.feed("chassis", 432)
+        wheels, brake = self._feeds()
         while self.k < end:
             t = T0 + self.k * 0.01
             frame = (t, 416, wheel_frame(self.k))
@@ -83,8 +114,9 @@ def pulse(start: float, end: float, bar: float = 90.0):
     return lambda t: bar if start <= t < end else 0.0
 
 
-def test_rising_edge_event_covers_exactly_the_window_with_cantools_values() -> None:
-    d = Drive([{"id": "hard-brake", "signals": [{"match": "WheelSpeedFL"}, {"match": "WheelSpeedRR"}],
+@pytest.mark.parametrize("via", VIAS)
+def test_rising_edge_event_covers_exactly_the_window_with_cantools_values(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "hard-brake", "signals": [{"match": "WheelSpeedFL"}, {"match": "WheelSpeedRR"}],
                 "trigger": {"expr": "BrakePressure > 60"}, "pre_s": 2, "post_s": 1}])
     d.run(12, pressure=pulse(5.0, 7.0))
     assert len(d.events) == 1
@@ -101,30 +133,52 @@ def test_rising_edge_event_covers_exactly_the_window_with_cantools_values() -> N
     assert (s["triggers"], s["events"], s["samples"], s["state"]) == (1, 1, e.sample_count, "active")
 
 
-def test_falling_edge_and_condition_only() -> None:
-    d = Drive([{"id": "release", "signals": [{"match": "WheelSpeedFL"}], "condition_only": ["BrakePressure"],
+@pytest.mark.parametrize("via", list(POLICIES))
+def test_the_campaigns_work_is_inlined_in_the_collectors_step(via: str) -> None:
+    """One function a frame: the collector's compiled step buffers the frame and evaluates the
+    condition itself; conditions needing every sample behind an on-change check get a step of their own."""
+    d = Drive(via=via, campaigns=[{"id": "c", "signals": [{"match": "WheelSpeedFL"}],
+                                   "trigger": {"expr": "BrakePressure > 60"}}])
+    d.run(0.1)
+    brake, wheels = source_of(d.collector.steps[432]), source_of(d.collector.steps[416])
+    assert "_ring_t(t)" in brake and "_R0.result(t, _ok)" in brake and "kept" in brake and "_step(" not in brake
+    assert "_ring_t(t)" in wheels and "kept" in wheels and "_step(" not in wheels
+    d = Drive(via=via, campaigns=[{"id": "d", "trigger": {"expr": "delta(BrakePressure) > 30"}}])
+    d.run(0.1)
+    brake = d.collector.steps[432]
+    inlined = via == "collector-all"  # every payload decoded: every sample reaches the condition
+    assert ("campaign step" not in brake.__code__.co_filename) is inlined
+    assert ("_R0" in source_of(brake)) and (("_step(t, data)" in source_of(brake)) is not inlined)
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_falling_edge_and_condition_only(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "release", "signals": [{"match": "WheelSpeedFL"}], "condition_only": ["BrakePressure"],
                 "trigger": {"expr": "BrakePressure > 60", "mode": "falling"}, "pre_s": 0.5, "post_s": 0.5}])
     d.run(10, pressure=pulse(3.0, 4.0))
     assert [round(e.trigger_t - T0, 3) for e in d.events] == [4.001]
     assert list(d.events[0].columns) == [("chassis", "WheelSpeeds", "WheelSpeedFL")]  # no BrakePressure
 
 
-def test_hold_time_fires_when_the_hold_elapsed_and_not_for_short_pulses() -> None:
-    d = Drive([{"id": "held", "trigger": {"expr": "BrakePressure > 60", "hold_ms": 500}, "pre_s": 1, "post_s": 1}])
+@pytest.mark.parametrize("via", VIAS)
+def test_hold_time_fires_when_the_hold_elapsed_and_not_for_short_pulses(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "held", "trigger": {"expr": "BrakePressure > 60", "hold_ms": 500}, "pre_s": 1, "post_s": 1}])
     d.run(20, pressure=lambda t: 90.0 if 2 <= t < 2.3 or 10 <= t < 12 else 0.0)
     assert [round(e.trigger_t - T0, 3) for e in d.events] == [10.501]  # 10.001 + 0.5, the 0.3 s pulse never held
 
 
-def test_min_interval_suppresses_and_counts() -> None:
-    d = Drive([{"id": "mi", "trigger": {"expr": "BrakePressure > 60", "min_interval_ms": 3000},
+@pytest.mark.parametrize("via", VIAS)
+def test_min_interval_suppresses_and_counts(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "mi", "trigger": {"expr": "BrakePressure > 60", "min_interval_ms": 3000},
                 "pre_s": 0, "post_s": 0.1}])
     d.run(20, pressure=lambda t: 90.0 if int(t) % 2 == 1 else 0.0)  # rising edges at 1, 3, 5, ... 19
     assert [round(e.trigger_t - T0) for e in d.events] == [1, 5, 9, 13, 17]
     assert d.engine.status()["campaigns"]["mi"]["suppressed"] == 5
 
 
-def test_while_repeats_and_always_fires_on_each_changed_evaluation() -> None:
-    d = Drive([{"id": "w", "trigger": {"expr": "BrakePressure > 60", "mode": "while", "min_interval_ms": 1000},
+@pytest.mark.parametrize("via", VIAS)
+def test_while_repeats_and_always_fires_on_each_changed_evaluation(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "w", "trigger": {"expr": "BrakePressure > 60", "mode": "while", "min_interval_ms": 1000},
                 "pre_s": 0, "post_s": 0},
                {"id": "a", "trigger": {"expr": "BrakePressure > 60", "mode": "always"}, "pre_s": 0, "post_s": 0}])
     d.run(10, pressure=lambda t: 70.0 + 10 * (round(t * 50) % 2) if 2 <= t < 5.5 else 0.0)
@@ -133,32 +187,35 @@ def test_while_repeats_and_always_fires_on_each_changed_evaluation() -> None:
     assert sum(e.campaign == "a" for e in d.events) == 175
 
 
-def test_conditions_are_evaluated_only_when_an_input_changed() -> None:
-    d = Drive([{"id": "a", "trigger": {"expr": "BrakePressure > 60", "mode": "always"}, "pre_s": 0, "post_s": 0}])
+@pytest.mark.parametrize("via", VIAS)
+def test_conditions_are_evaluated_only_when_an_input_changed(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "a", "trigger": {"expr": "BrakePressure > 60", "mode": "always"}, "pre_s": 0, "post_s": 0}])
     d.run(10, pressure=pulse(2.0, 6.0))  # constant 90 bar for 4 s: one change, one evaluation
     assert len(d.events) == 1
     # AbsActive shares its frames with a pressure that changes on every frame: only its own change counts
-    d = Drive([{"id": "abs", "trigger": {"expr": "AbsActive == 1", "mode": "always"}, "pre_s": 0, "post_s": 0},
+    d = Drive(via=via, campaigns=[{"id": "abs", "trigger": {"expr": "AbsActive == 1", "mode": "always"}, "pre_s": 0, "post_s": 0},
                {"id": "p", "trigger": {"expr": "BrakePressure > 200"}, "pre_s": 0, "post_s": 0}])
     d.run(10, pressure=lambda t: 50.0 + 10 * (round(t * 50) % 2), abs_active=lambda t: int(3 <= t < 6))
     assert [round(e.trigger_t - T0, 3) for e in d.events] == [3.001]
 
 
-def test_hysteresis_needs_the_reset_before_it_fires_again() -> None:
-    d = Drive([{"id": "hy", "trigger": {"set": "BrakePressure > 80", "reset": "BrakePressure < 20"},
+@pytest.mark.parametrize("via", VIAS)
+def test_hysteresis_needs_the_reset_before_it_fires_again(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "hy", "trigger": {"set": "BrakePressure > 80", "reset": "BrakePressure < 20"},
                 "pre_s": 0, "post_s": 0}])
     # 90 (set), 50 (no reset: still true), 90 (no new edge), 10 (reset), 90 (edge)
     profile = [(1, 90), (2, 50), (3, 90), (4, 10), (5, 90), (6, 0)]
     d.run(8, pressure=lambda t: next((bar for s, bar in reversed(profile) if t >= s), 0.0))
     assert [round(e.trigger_t - T0) for e in d.events] == [1, 5]
     # a plain condition fires at each crossing
-    d2 = Drive([{"id": "plain", "trigger": {"expr": "BrakePressure > 80"}, "pre_s": 0, "post_s": 0}])
+    d2 = Drive(via=via, campaigns=[{"id": "plain", "trigger": {"expr": "BrakePressure > 80"}, "pre_s": 0, "post_s": 0}])
     d2.run(8, pressure=lambda t: next((bar for s, bar in reversed(profile) if t >= s), 0.0))
     assert [round(e.trigger_t - T0) for e in d2.events] == [1, 3, 5]
 
 
-def test_overlapping_events_share_samples_not_duplicate_them() -> None:
-    d = Drive([{"id": "ov", "signals": [{"match": "WheelSpeedFL"}], "trigger": {"expr": "BrakePressure > 60"},
+@pytest.mark.parametrize("via", VIAS)
+def test_overlapping_events_share_samples_not_duplicate_them(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "ov", "signals": [{"match": "WheelSpeedFL"}], "trigger": {"expr": "BrakePressure > 60"},
                 "pre_s": 3, "post_s": 2}])
     d.run(20, pressure=lambda t: 90.0 if 5 <= t < 5.5 or 7 <= t < 7.5 else 0.0)
     first, second = d.events
@@ -170,8 +227,9 @@ def test_overlapping_events_share_samples_not_duplicate_them() -> None:
     assert (ts1 + ts2, first.columns[key][1] + second.columns[key][1]) == union
 
 
-def test_start_expiry_and_states() -> None:
-    d = Drive([{"id": "win", "start": T0 + 4, "expiry": T0 + 8, "trigger": {"expr": "BrakePressure > 60"},
+@pytest.mark.parametrize("via", VIAS)
+def test_start_expiry_and_states(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "win", "start": T0 + 4, "expiry": T0 + 8, "trigger": {"expr": "BrakePressure > 60"},
                 "pre_s": 0, "post_s": 0}])
     d.run(3, pressure=pulse(1, 2))
     assert d.engine.status()["campaigns"]["win"]["state"] == "waiting"
@@ -181,15 +239,17 @@ def test_start_expiry_and_states() -> None:
     assert d.engine.status()["campaigns"]["win"]["state"] == "expired"
 
 
-def test_period_campaign() -> None:
-    d = Drive([{"id": "p", "signals": [{"match": "WheelSpeedRR"}], "period_ms": 2000, "pre_s": 2, "post_s": 0}])
+@pytest.mark.parametrize("via", VIAS)
+def test_period_campaign(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "p", "signals": [{"match": "WheelSpeedRR"}], "period_ms": 2000, "pre_s": 2, "post_s": 0}])
     d.run(9)
     assert [round(e.trigger_t - T0) for e in d.events] == [2, 4, 6, 8]
     assert all(len(e.columns[("chassis", "WheelSpeeds", "WheelSpeedRR")][0]) == 200 for e in d.events[1:])
 
 
-def test_window_functions_prev_delta_and_fleetwise_syntax() -> None:
-    d = Drive([
+@pytest.mark.parametrize("via", VIAS)
+def test_window_functions_prev_delta_and_fleetwise_syntax(via: str) -> None:
+    d = Drive(via=via, campaigns=[
         {"id": "jump", "trigger": {"expr": "delta(BrakePressure) > 30 && prev(BrakePressure) < 5"}, "pre_s": 0, "post_s": 0},
         {"id": "avg", "trigger": {"expr": "last_window_avg(BrakePressure, 1000) > 40 and "
                                   "prev_last_window_avg(BrakePressure, 1000) < 40"}, "pre_s": 0, "post_s": 0},
@@ -199,6 +259,15 @@ def test_window_functions_prev_delta_and_fleetwise_syntax() -> None:
     d.run(10, pressure=pulse(3.0, 6.0), abs_active=lambda t: int(5.0 <= t))
     times = {cid: [round(e.trigger_t - T0, 3) for e in d.events if e.campaign == cid] for cid in ("jump", "avg", "fw")}
     assert times == {"jump": [3.001], "avg": [4.001], "fw": [3.001]}
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_window_functions_count_every_sample_not_only_changes(via: str) -> None:
+    """The window [3 s, 4 s) holds 35 samples of 0 bar and 15 of 90: its average is 27, not 45."""
+    d = Drive(via=via, campaigns=[{"id": "avg", "trigger": {"expr": "last_window_avg(BrakePressure, 1000) > 40"},
+                                   "pre_s": 0, "post_s": 0}])
+    d.run(8, pressure=pulse(3.7, 6.0))
+    assert [round(e.trigger_t - T0, 3) for e in d.events] == [5.001]
 
 
 def test_enum_labels_in_conditions() -> None:
@@ -231,8 +300,9 @@ def test_unknown_and_ambiguous_signals_name_campaign_field_and_position() -> Non
         build("Brake.Pressure > 1")  # a dotted name is Message.Signal, never a guess
 
 
-def test_manual_trigger_and_flush_of_an_incomplete_event() -> None:
-    d = Drive([{"id": "m", "signals": [{"match": "WheelSpeedFL"}], "trigger": {"expr": "BrakePressure > 60"},
+@pytest.mark.parametrize("via", VIAS)
+def test_manual_trigger_and_flush_of_an_incomplete_event(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "m", "signals": [{"match": "WheelSpeedFL"}], "trigger": {"expr": "BrakePressure > 60"},
                 "pre_s": 1, "post_s": 5}])
     d.run(3)
     event_id = d.engine.trigger("m")
@@ -246,8 +316,9 @@ def test_manual_trigger_and_flush_of_an_incomplete_event() -> None:
         d.engine.trigger("nope")
 
 
-def test_global_budget_cuts_rings_and_reports_truncated_events() -> None:
-    d = Drive([{"id": "b", "signals": [{"match": "Wheel*"}], "trigger": {"expr": "BrakePressure > 60"},
+@pytest.mark.parametrize("via", VIAS)
+def test_global_budget_cuts_rings_and_reports_truncated_events(via: str) -> None:
+    d = Drive(via=via, campaigns=[{"id": "b", "signals": [{"match": "Wheel*"}], "trigger": {"expr": "BrakePressure > 60"},
                 "pre_s": 10, "post_s": 1}], budget_bytes=20_000)
     d.run(15, pressure=pulse(12, 13))
     status = d.engine.status()
@@ -257,10 +328,11 @@ def test_global_budget_cuts_rings_and_reports_truncated_events() -> None:
     assert "chassis.WheelSpeeds.WheelSpeedFL" in e.truncated and status["campaigns"]["b"]["truncated_events"] == 1
 
 
-def test_a_config_swap_keeps_an_unchanged_campaign_and_its_open_event() -> None:
+@pytest.mark.parametrize("via", VIAS)
+def test_a_config_swap_keeps_an_unchanged_campaign_and_its_open_event(via: str) -> None:
     campaign = {"id": "keep", "signals": [{"match": "WheelSpeedFL"}], "trigger": {"expr": "BrakePressure > 60"},
                 "pre_s": 2, "post_s": 3}
-    d = Drive([campaign])
+    d = Drive(via=via, campaigns=[campaign])
     d.run(6, pressure=pulse(5, 5.5))
     assert not d.events and d.engine.status()["campaigns"]["keep"]["pending_events"] == 1
     d.engine = CampaignEngine([Campaign.model_validate(campaign),
@@ -276,11 +348,12 @@ def test_a_config_swap_keeps_an_unchanged_campaign_and_its_open_event() -> None:
 @settings(max_examples=30, deadline=None)
 @given(pulses=st.lists(st.tuples(st.integers(1, 1900), st.integers(1, 300)), max_size=6),
        pre=st.integers(0, 300), post=st.integers(0, 300), hold=st.sampled_from([0, 60, 200]))
-def test_random_braking_events_tile_time_exactly(pulses, pre, post, hold) -> None:
+@pytest.mark.parametrize("via", VIAS)
+def test_random_braking_events_tile_time_exactly(via, pulses, pre, post, hold) -> None:
     """Any pulse train: one event per held rising edge, each sample of WheelSpeedFL at most once,
     every event's samples exactly cantools' decode of its [start, t + post_s] span."""
     on = sorted((s / 100, (s + n) / 100) for s, n in pulses)
-    d = Drive([{"id": "r", "signals": [{"match": "WheelSpeedFL"}], "condition_only": ["BrakePressure"],
+    d = Drive(via=via, campaigns=[{"id": "r", "signals": [{"match": "WheelSpeedFL"}], "condition_only": ["BrakePressure"],
                 "trigger": {"expr": "BrakePressure > 60", "hold_ms": hold}, "pre_s": pre / 100, "post_s": post / 100}])
     d.run(25, pressure=lambda t: 90.0 if any(a <= t < b for a, b in on) else 0.0)
     key = ("chassis", "WheelSpeeds", "WheelSpeedFL")

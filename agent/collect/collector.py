@@ -25,7 +25,7 @@ from agent.batcher import Batcher
 from agent.codec import Scaling
 from agent.collect.codegen import HeldFrames, Slot, held_frames
 from agent.collect.policy import OnChange, make_filter, policy_resolver
-from agent.compiler import Sampler, Step, compile_sampler, compile_step, source_of
+from agent.compiler import Sampler, Step, StepHook, compile_sampler, compile_step, source_of
 from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
 from agent.decode.fast import FastDecoder, one_to_one, scaling_of
@@ -113,8 +113,8 @@ class Collector:
         self._campaigns = campaigns
         self._campaign_ids = {fid for fid in decoder.by_id
                               if campaigns is not None and (bus, fid) in campaigns.message_keys}
-        for fid in self._campaign_ids:
-            self.steps[fid] = self._with_campaign(fid, self.steps.get(fid))
+        for fid in self._campaign_ids - set(self._wanted):  # wanted ids get theirs when built
+            self.steps[fid] = self._with_campaign(fid, None)
 
     def build_all(self) -> None:
         """Compile every wanted id's plan now (the benchmark times frames, not compiling)."""
@@ -131,11 +131,12 @@ class Collector:
             log.error("compile_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid][0].name,
                       error=repr(exc), action="decoding this message with cantools")
             step = self._build(fid, compiled=False)
-        return step(t, data)  # (its campaign feed, if any, had this frame already)
+        return step(t, data)
 
     def _build(self, fid: int, compiled: bool = True) -> Step:
         """Resolve what to do with frames of `fid` (`compiled`: the fast path, else cantools); installs
-        the plan and the step only once both are built, and returns the step."""
+        the plan and the step (with the campaigns' work, if any) only once both are built, and
+        returns the step."""
         dec, slots = self._wanted[fid]
         scaling = self._scaling
         fast: FastDecoder | None = None
@@ -151,6 +152,7 @@ class Collector:
                                      for key, page in pages.items()}
         plan = _Plan(dec, slots, fast, samplers, change_only, fast.mask if fast else 0, dec.length, self._labels)
         step: Step = partial(self._step, fid, plan)
+        hook: StepHook | None = None
         for slot in slots.values():
             slot.raw = slot.compare_raw = False
         if plain:
@@ -163,10 +165,16 @@ class Collector:
                             and self._names[dec.name] == 1 and scaling.get(slot.key[1:]) == scaling_of(sig))
                 slot.compare_raw = slot.raw and one_to_one(sig)
             plan.held = held_frames(pages[None], signals, dec.length, name)
+            held = {slot.signal for frames in plan.held for slot in frames.slots}
+            if fid in self._campaign_ids and self._campaigns is not None:  # inlined: one call a frame
+                hook = self._campaigns.hook_for(self.bus, fid, [s.name for s in signals if s.name not in held],
+                                                change_only)
             plan.exact = step = compile_step(pages[None], fast.pages[None], dec.length,
                                              plan.mask if change_only else None, self._bind, label, step, plan.held,
-                                             name)
-        self.plans[fid], self.steps[fid] = plan, self._with_campaign(fid, step)
+                                             name, hook)
+        if hook is None:
+            step = self._with_campaign(fid, step)
+        self.plans[fid], self.steps[fid] = plan, step
         return step
 
     def generated(self, message: str) -> list[tuple[str, str]]:
@@ -190,9 +198,9 @@ class Collector:
         return out
 
     def _with_campaign(self, fid: int, step: Step | None) -> Step:
-        """The step of an id, with the campaign engine's work for the frame first if a campaign reads
-        it (its ring, its condition inputs; agent.campaigns.feedgen); an id only campaigns want keeps
-        no samples here."""
+        """The step of an id, wrapped with the campaign engine's work for the frame first if a
+        campaign reads it and the step does not inline that work (its ring, its condition inputs;
+        agent.campaigns.feedgen); an id only campaigns want keeps no samples here."""
         if fid not in self._campaign_ids or self._campaigns is None:
             assert step is not None
             return step
