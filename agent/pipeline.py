@@ -55,7 +55,8 @@ def collectors_for(cfg: AgentConfig, batcher: Batcher, counters: dict[str, BusCo
     whose unchanged campaigns keep their buffers, counters and open events."""
     decoders = {bus.name: FrameDecoder(load_bus_databases(cfg, bus)) for bus in cfg.buses}
     engine = CampaignEngine(cfg.campaigns, decoders, event_batches(batcher), previous=previous,
-                            budget_bytes=cfg.campaign_buffer_max_bytes) if cfg.campaigns else None
+                            budget_bytes=cfg.campaign_buffer_max_bytes,
+                            labels=cfg.collection.labels) if cfg.campaigns else None
     scaling: Scaling = {}
     ambiguous: set[tuple[str, str]] = set()
     for decoder in decoders.values():

@@ -287,6 +287,33 @@ def test_enum_labels_in_conditions() -> None:
                        DECODERS, events.append)
 
 
+@pytest.mark.parametrize("labels", [False, True], ids=["numbers", "labels"])
+def test_event_samples_of_enum_signals_are_what_the_continuous_data_carries(labels: bool) -> None:
+    """With `collection.labels` the collector sends labels; an event of the same frames does too
+    (5 has no label: a number in both), and numbers without it."""
+    lock = BODY.get_message_by_name("DoorStatus")
+    events: list[Event] = []
+    batches: list = []
+    codec = ColumnarCodec("us")
+    eng = CampaignEngine([Campaign.model_validate({"id": "lock", "trigger": {"expr": 'LockState == "Locked"'},
+                                                   "pre_s": 10, "post_s": 0})], DECODERS, events.append, labels=labels)
+    batcher = Batcher(BatchingConfig(), codec, vehicle="v", on_batch=batches.append)
+    cfg = CollectionConfig.model_validate({"default": {"policy": "exclude"}, "labels": labels,
+                                           "signals": [{"match": "LockState", "policy": "all"}]})
+    collector = Collector("body", DECODERS["body"], cfg, batcher, campaigns=eng)
+    base = {s.name: 0 for s in lock.signals}
+    states = [0, 5, 1, 2, 3]
+    collector.process([Frame(T0 + k, lock.frame_id, bytes(lock.encode({**base, "LockState": v})))
+                       for k, v in enumerate(states)])
+    eng.flush()
+    batcher.flush()
+    continuous = [(s.t, s.value) for b in batches for s in codec.decode(b.payload)[1]]
+    (e,) = events
+    ts, vs = e.columns[("body", "DoorStatus", "LockState")]
+    assert list(zip(ts, vs, strict=True)) == [(t, v) for t, v in continuous if t <= e.trigger_t]
+    assert vs == (["Unlocked", 5, "DriverUnlocked", "Locked"] if labels else [0, 5, 1, 2])
+
+
 def test_unknown_and_ambiguous_signals_name_campaign_field_and_position() -> None:
     def build(expr: str, signals=()):
         CampaignEngine([Campaign.model_validate({"id": "c1", "signals": list(signals), "trigger": {"expr": expr}})],

@@ -277,6 +277,8 @@ class _Run:
                 if ts:
                     if limit is not None and len(ts) > limit:
                         ts, vs = ts[-limit:], vs[-limit:]
+                    if eng.labels and name in dec.choices:  # as the continuous data (Collector: _label)
+                        vs = [dec.label(name, v) for v in vs]
                     columns[(mkey[0], dec.name, name)] = (ts, vs)
         c = self.counters
         c.events += 1
@@ -439,9 +441,12 @@ class CampaignEngine:
     def __init__(self, campaigns: Sequence[Campaign], decoders: Mapping[str, FrameDecoder],
                  on_event: Callable[[Event], None], *, budget_bytes: int = DEFAULT_BUDGET_BYTES,
                  settle_s: float = 0.5, previous: CampaignEngine | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, labels: bool = False) -> None:
+        """`labels`: events carry enum signals as their labels, as the collector does with
+        `collection.labels` (the conditions compare numbers either way)."""
         self.on_event, self.settle_s, self.clock = on_event, settle_s, clock
         self.budget_bytes = budget_bytes
+        self.labels = labels
         self.catalog = Catalog(decoders)
         self.decoders: dict[MessageKey, MessageDecoder] = {
             (bus, fid): dec for bus, fd in decoders.items() for fid, dec in fd.by_id.items()}
