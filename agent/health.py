@@ -29,6 +29,7 @@ BUS_LOSSES = {  # loss name -> the bus counter it sums over every bus
     "refused_values": "refused_values",
     "kernel_dropped_frames": "kernel_drops",
     "backlog_dropped_frames": "backlog_drops",
+    "unreadable_frames": "unreadable_frames",
     "replay_bad_lines": "bad_lines",
 }
 LOSSES = (*(f"{kind}_{unit}" for kind in (*STORE_LOSSES, "spill_dropped") for unit in ("batches", "samples")),

@@ -16,8 +16,9 @@ import structlog
 log = structlog.get_logger()
 
 # Per-bus counters summed over the buses: frames the kernel dropped, and problems of the bus.
-BUS_KEYS = ("kernel_drops", "backlog_drops", "decode_errors", "error_frames")
-DROPS = ("evicted", "expired", "spill_dropped", "kernel_drops", "backlog_drops")  # batches or frames lost
+BUS_KEYS = ("kernel_drops", "backlog_drops", "unreadable_frames", "decode_errors", "error_frames")
+# batches or frames lost
+DROPS = ("evicted", "expired", "spill_dropped", "kernel_drops", "backlog_drops", "unreadable_frames")
 ERRORS = ("decode_errors", "error_frames")
 
 

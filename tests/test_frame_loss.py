@@ -127,6 +127,24 @@ def test_frames_a_frozen_agent_could_not_drain_are_counted_lost(udp_agent) -> No
     assert event["bus"] == "pt" and event["new"] > 0 and event["rcvbuf_bytes"] == pt["rcvbuf_bytes"]
 
 
+def test_a_datagram_python_can_cannot_parse_is_counted_and_the_bus_stays_open(udp_agent) -> None:
+    """Garbage on the multicast group: python-can's recv raises for that one message; the source counts
+    it and reads on. (It used to take the bus down and reopen it, losing the socket's queue uncounted.)"""
+    proc, lines, sender, status, bus, path = udp_agent
+    sender.send(100)
+    sender.sock.send(b"not msgpack")
+    sender.sock.send(b"\x81\xa3foo\x01")  # a msgpack map python-can's Message() refuses
+    sender.send(100)
+    wait_for(lambda: bus().get("frames") == 200, 60, what="the frames around the garbage")
+    doc = status()
+    pt = doc["buses"]["pt"]
+    assert (pt["unreadable_frames"], pt["lost_frames"], pt["state"]) == (2, 2, "up")
+    assert doc["losses"]["unreadable_frames"] == 2 and reported_doc(doc)["losses"]["unreadable_frames"] == 2
+    assert "unreadable_frames 2" in run_cli("status", "--config", str(path)).stdout
+    wait_for(lambda: any('"can_message_unreadable"' in line for line in lines), 30, what="the warning")
+    assert sum('"bus_open"' in line for line in lines) == 1, "the bus was never reopened"
+
+
 def test_the_virtual_bus_backlog_is_bounded_and_its_overflow_counted() -> None:
     """python-can's virtual bus queues without bound in this process: beyond one drain's worth the oldest
     messages are dropped and counted (the bus has no kernel queue to fill)."""

@@ -75,7 +75,7 @@ def test_bad_input_is_counted_in_the_losses_of_status_and_reported_properties(tm
     assert "replay_bad_lines 1" in run_cli("status", "--config", str(path)).stdout
 
 
-LIVE_SOURCE_LOSSES = ("kernel_drops", "backlog_drops")  # a replay has no receive queue
+LIVE_SOURCE_LOSSES = ("kernel_drops", "backlog_drops", "unreadable_frames")  # a replay has no receive queue
 
 
 def test_the_live_sources_report_the_drops_the_losses_sum() -> None:

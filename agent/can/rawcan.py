@@ -368,6 +368,7 @@ class RawCanSource(FrameSource):
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "lost_frames": self.kernel_drops, "kernel_drops": self.kernel_drops, "backlog_drops": 0,
+                "unreadable_frames": 0,
                 "rcvbuf_bytes": self.rcvbuf_bytes, "loss_seen": "socket drop counter (SO_RXQ_OVFL)",
                 **self.health.as_dict()}
 

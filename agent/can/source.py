@@ -161,6 +161,8 @@ class BusSource(FrameSource):
         self.rcvbuf_bytes: int | None = None
         self.kernel_drops = 0  # over every socket this source opened
         self.backlog_drops = 0
+        self.unreadable_frames = 0  # messages the interface received but could not parse
+        self._unreadable_log_t = float("-inf")
         self._drops_base = 0  # the drops of the sockets closed before this one
         self._lost_logged, self._lost_log_t = 0, float("-inf")
         self.reopen_max_s = 30.0
@@ -194,12 +196,28 @@ class BusSource(FrameSource):
             self.backlog_drops += trim_backlog(self.backlog, MAX_DRAIN)
         recv = bus.recv
         while len(out) < MAX_DRAIN:
-            msg = recv(0)
+            try:
+                msg = recv(0)
+            except can.CanOperationError as exc:
+                if exc.__cause__ is None or isinstance(exc.__cause__, OSError):
+                    raise  # the interface failed: reopened by the caller
+                self._unreadable(exc)  # one message it could not parse (e.g. a stray datagram): read past it
+                continue
             if msg is None:
                 break
             if not msg.is_remote_frame:
                 out.append(_to_frame(msg))
         return out
+
+    def _unreadable(self, exc: can.CanOperationError) -> None:
+        """A message python-can read but could not turn into a frame: counted, logged once per LOST_LOG_S."""
+        self.unreadable_frames += 1
+        now = time.monotonic()
+        if now - self._unreadable_log_t >= LOST_LOG_S:
+            self._unreadable_log_t = now
+            log.warning("can_message_unreadable", bus=self.bus, interface=self.interface, channel=self.channel,
+                        error=f"{exc}: {type(exc.__cause__).__name__}: {exc.__cause__}",
+                        unreadable_frames=self.unreadable_frames)
 
     def _measure(self) -> None:
         """Before a drain: the socket's fill sets the next tick, its drop counter the kernel's drops."""
@@ -211,7 +229,7 @@ class BusSource(FrameSource):
 
     @property
     def lost_frames(self) -> int:
-        return self.kernel_drops + self.backlog_drops
+        return self.kernel_drops + self.backlog_drops + self.unreadable_frames
 
     def _note_lost(self) -> None:
         """A warning when frames were lost, at most one per ERROR_LOG_S with what was lost since the last."""
@@ -221,7 +239,8 @@ class BusSource(FrameSource):
             return
         log.warning("can_frames_lost", bus=self.bus, interface=self.interface, channel=self.channel,
                     new=lost - self._lost_logged, lost_frames=lost, kernel_drops=self.kernel_drops,
-                    backlog_drops=self.backlog_drops, rcvbuf_bytes=self.rcvbuf_bytes,
+                    backlog_drops=self.backlog_drops, unreadable_frames=self.unreadable_frames,
+                    rcvbuf_bytes=self.rcvbuf_bytes,
                     tick_ms=round(self.tick_s * 1000, 1))
         self._lost_logged, self._lost_log_t = lost, now
 
@@ -263,7 +282,8 @@ class BusSource(FrameSource):
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "lost_frames": self.lost_frames, "kernel_drops": self.kernel_drops,
-                "backlog_drops": self.backlog_drops, "rcvbuf_bytes": self.rcvbuf_bytes,
+                "backlog_drops": self.backlog_drops, "unreadable_frames": self.unreadable_frames,
+                "rcvbuf_bytes": self.rcvbuf_bytes,
                 "tick_ms": round(self.tick_s * 1000, 1),
                 "loss_seen": "socket drop counter" if self.rx is not None else
                              "backlog bound" if self.backlog is not None else "not visible on this interface"}

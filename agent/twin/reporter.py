@@ -40,8 +40,9 @@ def reported_doc(status: dict[str, Any]) -> dict[str, Any]:
     for name, bus in status.get("buses", {}).items():
         buses[name] = {k: bus[k] for k in ("frames_per_s", "frames", "error_frames", "unknown_ids",
                                             "decode_errors", "refused_timestamps", "refused_values", "samples",
-                                            "state", "lost_frames", "kernel_drops", "backlog_drops", "rcvbuf_bytes", "controller", "errors", "tx_error_counter",
-                                            "rx_error_counter", "simulated") if k in bus}
+                                            "state", "lost_frames", "kernel_drops", "backlog_drops",
+                                            "unreadable_frames", "rcvbuf_bytes", "controller", "errors",
+                                            "tx_error_counter", "rx_error_counter", "simulated") if k in bus}
     return _without_secrets({
         "agent": {k: agent.get(k) for k in ("version", "started", "host", "vehicle_id")},
         "config_version": agent.get("config_version"),
