@@ -6,8 +6,6 @@ measures, not what a test may assert.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from agent.bench.pycan import INTERFACES, format_rows, python_can_realtime

@@ -12,11 +12,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from agent.bench import live, stages
 from agent.bench.campaigns import campaigns_stage
-from agent.bench.pycan import format_rows, python_can_realtime
 from agent.bench.store import bench_store
 from agent.bench.trace import build_trace
 from agent.bench.wire import wire
@@ -81,7 +81,7 @@ def run_bench(cfg: AgentConfig, *, seconds: float = 20.0, progress: Progress = l
         progress("8,000 frames/s in real time from a sender process")
         result["realtime_8000"] = live.realtime(trace, directory, rate=8000, seconds=max(1.5, 0.15 * seconds))
         progress("python-can udp_multicast and virtual at 8,000 frames/s a bus in real time: frames lost, CPU")
-        result["python_can_realtime"] = python_can_realtime(trace, directory, seconds=max(1.0, 0.1 * seconds),
+        result["python_can_realtime"] = _pycan().python_can_realtime(trace, directory, seconds=max(1.0, 0.1 * seconds),
                                                             bus_counts=(1, 3, 8) if seconds >= 10 else (1, 3))
         progress("wire bytes per sample, every sample kept")
         result["wire"] = wire(trace)
@@ -104,6 +104,13 @@ def _difference(with_read: dict[str, float], without: dict[str, float]) -> dict[
     """The read's own cost: the pipeline with the read minus the pipeline alone."""
     us = max(0.0, with_read["us_per_frame"] - without["us_per_frame"])
     return {"us_per_frame": round(us, 3), "frames_per_s": round(1e6 / us) if us else 0}
+
+
+def _pycan() -> ModuleType:
+    """agent.bench.pycan, imported when used: `python -m agent.bench.pycan` runs it as a script."""
+    import agent.bench.pycan
+
+    return agent.bench.pycan
 
 
 def _socket_kind() -> str:
@@ -136,7 +143,7 @@ def format_report(r: dict[str, Any]) -> str:
     rt = r["realtime_8000"]
     lines += ["", f"real time at 8,000 frames/s: {rt['cpu_percent']} % of one core "
               f"({rt['frames']} frames in {rt['seconds']} s, {rt['us_per_frame']} us/frame incl. wake-ups)", "",
-              *format_rows(r["python_can_realtime"]), "",
+              *_pycan().format_rows(r["python_can_realtime"]), "",
               "wire, every sample kept:"]
     for name, enc in r["wire"].items():
         lines.append(f"  {name:<26}{enc['bytes_per_sample']:>8.3f} bytes/sample")

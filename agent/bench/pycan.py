@@ -2,8 +2,8 @@
 
 Each bus is the agent's own `BusSource` (agent/can/source.py: its tick, its receive-buffer sizing,
 its loss counters) feeding the agent's pipeline on one asyncio loop, as `vehicle-agent run` does.
-The frames of a `udp_multicast` bus come from a sender process per bus (agent/bench/sender.py,
-python-can's own msgpack datagrams to the bus's group); a `virtual` bus lives in this process, so
+The frames of the `udp_multicast` buses come from one sender process (agent/bench/sender.py,
+python-can's own msgpack datagrams to each bus's group); a `virtual` bus lives in this process, so
 a sender thread puts prepared messages straight into the bus's queue (what `VirtualBus.send` does
 after its per-message deepcopy, which would cost the sender more than the agent). Figures: frames
 sent, frames the collectors received, lost = sent - received, the sources' own `lost_frames`,
@@ -61,12 +61,14 @@ def _message(f: Frame) -> can.Message:
 
 
 @contextlib.contextmanager
-def _udp_senders(frames: list[list[Frame]], port: int, rate: float, count: int) -> Iterator[list[subprocess.Popen]]:
-    """A sender process per bus, each sending `count` datagrams to its bus's group at `rate`."""
-    procs, files = [], []
+def _udp_sender(frames: list[list[Frame]], port: int, rate: float, count: int) -> Iterator[subprocess.Popen]:
+    """One sender process for every bus (as one car), each bus `count` datagrams to its group at `rate`."""
+    socks, files = [], []
+    proc = None
     try:
         for i, bus_frames in enumerate(frames):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(sock)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, struct.pack("@I", 1))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             sock.connect((GROUP.format(10 + i), port + i))
@@ -74,14 +76,18 @@ def _udp_senders(frames: list[list[Frame]], port: int, rate: float, count: int) 
             files.append(f)
             f.write(b"".join(bytes([len(d)]) + d for d in (pack_message(_message(fr)) for fr in bus_frames)))
             f.flush()
-            procs.append(subprocess.Popen([sys.executable, "-m", "agent.bench.sender", str(sock.fileno()), f.name,
-                                           str(rate), str(count / rate)], pass_fds=[sock.fileno()]))
+        fds = [s.fileno() for s in socks]
+        proc = subprocess.Popen([sys.executable, "-m", "agent.bench.sender", ",".join(map(str, fds)),
+                                 ",".join(f.name for f in files), str(rate), str(count / rate)], pass_fds=fds)
+        for sock in socks:
             sock.close()
-        yield procs
+        yield proc
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        for sock in socks:
+            sock.close()
         for f in files:
             f.close()
 
@@ -139,12 +145,14 @@ def run_buses(trace: Trace, directory: Path, interface: str, buses: int, *, rate
             await asyncio.sleep(0.02)
         sent = [0] * buses
         if interface == "udp_multicast":
-            with _udp_senders(frames, port, rate, count) as procs:
-                while any(proc.poll() is None for proc in procs):
+            with _udp_sender(frames, port, rate, count) as proc:
+                while proc.poll() is None:
                     await asyncio.sleep(0.05)
                     p.batcher.tick()
                 ended, cpu_end = time.monotonic(), time.thread_time()
-                sent = [count if proc.returncode == 0 else 0 for proc in procs]
+                if proc.returncode != 0:
+                    raise RuntimeError(f"the udp_multicast sender exited with {proc.returncode}")
+                sent = [count] * buses
         else:
             halt = threading.Event()
             threads = [threading.Thread(target=_virtual_sender, daemon=True,
@@ -175,7 +183,8 @@ def run_buses(trace: Trace, directory: Path, interface: str, buses: int, *, rate
             "lost": total - got, "lost_percent": round(100 * (total - got) / max(total, 1), 2),
             "lost_counted": sum(s.lost_frames for s in sources),
             "rcvbuf_bytes": sources[0].rcvbuf_bytes, "tick_ms": sources[0].tick_s * 1000,
-            "cpu_percent": round(100 * cpu / wall, 2), "seconds": round(wall, 2)}
+            "cpu_percent": round(100 * cpu / wall, 2), "seconds": round(wall, 2),
+            "sent_per_s_per_bus": round(total / buses / wall)}
 
 
 def python_can_realtime(trace: Trace, directory: Path, *, rate: float = 8000, seconds: float = 3.0,
@@ -198,7 +207,9 @@ def format_rows(rows: list[dict[str, Any]]) -> list[str]:
         buffer = f"receive buffer {r['rcvbuf_bytes']:,} B" if r["rcvbuf_bytes"] else "in-process queue"
         lines.append(f"  {r['interface'] + ' x' + str(r['buses']):<18}{r['cpu_percent']:>6} % of one core, "
                      f"{r['sent']:,} sent, {r['lost']:,} lost ({r['lost_percent']} %), {r['lost_counted']:,} counted; "
-                     f"{buffer}, tick {r['tick_ms']:.0f} ms")
+                     f"{buffer}, tick {r['tick_ms']:.0f} ms"
+                     + (f"; the sender reached only {r['sent_per_s_per_bus']:,} frames/s a bus"
+                        if r["sent_per_s_per_bus"] < 0.95 * r["rate_per_bus"] else ""))
     return lines
 
 
@@ -212,7 +223,7 @@ def main(argv: list[str]) -> int:
     trace = build_trace(cfg, 20.0)
     with tempfile.TemporaryDirectory(prefix="vehicle-agent-bench-") as tmp:
         rows = python_can_realtime(trace, Path(tmp), seconds=seconds, bus_counts=counts)
-    print("\n".join(format_rows(rows)))
+    sys.stdout.write("\n".join(format_rows(rows)) + "\n")
     return 0
 
 
