@@ -138,7 +138,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"{'with python-can Bus.recv':<28}{pc['frames_per_s']:>12,}{pc['us_per_frame']:>10.3f}  virtual bus")
     cs = r["campaigns"]
     lines.append(f"{'campaigns':<28}{'':>12}{cs['us_per_frame_added']:>10.3f}  added a frame by {cs['campaigns']} "
-                 f"campaigns (target <= 0.25); buffers {cs['buffer_bytes'] / 1024:.0f} KiB; "
+                 f"campaigns (target <= 0.25; median of {cs['pairs']} pairs); buffers {cs['buffer_bytes'] / 1024:.0f} KiB; "
                  f"{cs['triggers']} triggers, {cs['events']} events")
     rt = r["realtime_8000"]
     lines += ["", f"real time at 8,000 frames/s: {rt['cpu_percent']} % of one core "
