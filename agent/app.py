@@ -274,6 +274,7 @@ class Agent:
             "control": self.control.state(),
             "tasks": self.supervisor.status(),
             "campaigns": self.pipeline.campaigns.status() if self.pipeline.campaigns is not None else {},
+            "databases": self.desired.databases.status(),
         }
         doc["losses"] = losses(doc["store"]["counters"], doc["store"]["spill"], doc["buses"], doc["sink"])
         return doc
@@ -352,7 +353,12 @@ class Agent:
         self._tasks += [spawn("forwarder", lambda: self.forwarder.run(self.stop), stall_s=forwarder_stall_s(self.cfg)),
                         spawn("housekeeping", self._housekeeping, stall_s=HOUSEKEEPING_STALL_S),
                         spawn("status", self._status_writer, stall_s=STATUS_STALL_S),
-                        spawn("control", lambda: self.control.run(self.stop), stall_s=float("inf"))]
+                        spawn("control", lambda: self.control.run(self.stop), stall_s=float("inf")),
+                        # remote database versions (agent/remotedb): downloads and parses are bounded
+                        # by their own limits, so the task's stall limit is not what ends them
+                        spawn("databases", lambda: self.desired.databases.run(
+                            self.stop, settings=lambda: self.cfg, activator=self.desired,
+                            counters=lambda: self.counters), stall_s=float("inf"))]
         self.notifier.ready(f"collecting from {len(self.cfg.buses)} bus(es), sink {self.sink.name}")
         try:
             while not self.stop.is_set():

@@ -88,6 +88,8 @@ def render(view: StatusView) -> str:
                         "batches removed (sink.max_bytes)" if sk.get("max_bytes") else ""))
     if doc.get("control"):
         lines.append(_control_line(doc["control"]))
+    if (doc.get("databases") or {}).get("active_version") or (doc.get("databases") or {}).get("target_version"):
+        lines.append(_databases_line(doc["databases"]))
     if "losses" in doc:
         lost = {k: v for k, v in doc["losses"].items() if v}
         lines.append("lost (docs/durability.md): " + (", ".join(f"{k} {v}" for k, v in lost.items()) if lost else "nothing"))
@@ -142,6 +144,16 @@ def _store_lines(st: dict[str, Any]) -> list[str]:
                      f"of {spill.get('max_bytes', '?')}; lost {spill.get('dropped_batches', '?')} batches/"
                      f"{spill['dropped_samples']} samples")
     return lines
+
+
+def _databases_line(d: dict[str, Any]) -> str:
+    """Remote databases (docs/remote-databases.md): the active version, what is under way, the last error."""
+    return (f"databases: version {d.get('active_version') or 'local files'}"
+            + (" (watched)" if d.get("watching") else "")
+            + (f", {d['state']} {d.get('target_version')} ({d.get('progress_bytes', 0)} of {d.get('total_bytes', 0)} "
+               "bytes)" if d.get("target_version") else "")
+            + f", rollbacks {d.get('rollbacks', 0)}, refused {d.get('refused_versions', 0)}"
+            + (f", last error: {d['last_error']}" if d.get("last_error") else ""))
 
 
 def _control_line(c: dict[str, Any]) -> str:

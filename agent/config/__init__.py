@@ -18,6 +18,7 @@ from agent.config.cloud import (
     MAX_DATABASE_BYTES,
     cloud_bus_errors,
     confine_database,
+    database_name_problem,
     localize_cloud_bus,
 )
 from agent.config.diff import RESTART_ONLY, buses_to_restart, deep_merge, restart_only_changes
@@ -56,6 +57,7 @@ from agent.config.schema import (
     MqttSinkConfig,
     PolicyKind,
     PriorityName,
+    RemoteDatabasesConfig,
     SignalPolicy,
     SinkConfig,
     SinkFaultConfig,
@@ -70,8 +72,8 @@ __all__ = [
     "MAX_DATABASE_BYTES", "MAX_INTERVAL_MS", "MAX_STORE_BYTES", "MAX_TTL_S", "MIN_STORE_BATCHES", "MIN_TTL_S",
     "RESTART_ONLY", "SINK_MODELS", "AgentConfig", "BatchingConfig", "BusConfig", "CollectionConfig", "ConfigError",
     "EncodingConfig", "FileSinkConfig", "IoTHubConfig", "IoTHubSinkConfig", "MqttConfig", "MqttSinkConfig",
-    "PolicyKind", "PriorityName", "SignalPolicy", "SinkConfig", "SinkFaultConfig", "StoreConfig", "build_config",
-    "buses_to_restart", "cloud_bus_errors", "config_path", "confine_database", "deep_merge", "env_sources",
+    "PolicyKind", "PriorityName", "RemoteDatabasesConfig", "SignalPolicy", "SinkConfig", "SinkFaultConfig", "StoreConfig", "build_config",
+    "buses_to_restart", "cloud_bus_errors", "config_path", "confine_database", "database_name_problem", "deep_merge", "env_sources",
     "error_source", "json_schema", "load_config", "load_config_data", "localize_cloud_bus", "read_yaml",
     "restart_only_changes", "sink_type", "validation_errors",
 ]

@@ -29,19 +29,30 @@ _CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _NAME_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+ -]{0,127}$")
 
 
-def confine_database(name: Any, folder: Path) -> Path:
+def database_name_problem(name: Any) -> str | None:
+    """Why `name` cannot name a database file inside a folder (None: it can)."""
+    if not isinstance(name, str) or not name:
+        return "a database is named by a non-empty string"
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or not all(_NAME_PART_RE.match(p) for p in parts):
+        return "only a file name inside databases_dir is allowed (no absolute path, no '..')"
+    if not name.lower().endswith(DATABASE_SUFFIXES):
+        return f"not a database file name (allowed: {', '.join(DATABASE_SUFFIXES)})"
+    return None
+
+
+def confine_database(name: Any, folder: Path, overlay: Path | None = None) -> Path:
     """The file a cloud-given database name means: a regular file inside `folder`, or ValueError.
+    `overlay`: the active remote database version's folder (agent/remotedb), looked in first.
 
     Only names: no absolute path, no `..`, no symlink leading out of the folder, no device or FIFO.
     The reasons name the entry, never anything read from a file.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError("a database is named by a non-empty string")
-    parts = name.split("/")
-    if name.startswith("/") or "\\" in name or not all(_NAME_PART_RE.match(p) for p in parts):
-        raise ValueError("only a file name inside databases_dir is allowed (no absolute path, no '..')")
-    if not name.lower().endswith(DATABASE_SUFFIXES):
-        raise ValueError(f"not a database file name (allowed: {', '.join(DATABASE_SUFFIXES)})")
+    why = database_name_problem(name)
+    if why:
+        raise ValueError(why)
+    if overlay is not None and (overlay / name).is_file():
+        folder = overlay  # the active remote version has a file of that name: it wins
     root = folder.resolve()
     try:
         real = (root / name).resolve(strict=True)
@@ -57,7 +68,8 @@ def confine_database(name: Any, folder: Path) -> Path:
     return real
 
 
-def cloud_bus_errors(index: int, bus: Any, local: Mapping[str, Any] | None, folder: Path) -> list[str]:
+def cloud_bus_errors(index: int, bus: Any, local: Mapping[str, Any] | None, folder: Path,
+                     overlay: Path | None = None) -> list[str]:
     """Why a bus entry written by the cloud is refused (empty: allowed)."""
     where = f"buses[{index}]"
     if not isinstance(bus, Mapping):
@@ -74,19 +86,20 @@ def cloud_bus_errors(index: int, bus: Any, local: Mapping[str, Any] | None, fold
     if isinstance(databases, list):
         for j, name in enumerate(databases[:64]):
             try:
-                confine_database(name, folder)
+                confine_database(name, folder, overlay)
             except ValueError as exc:
                 shown = name if isinstance(name, str) and _NAME_PART_RE.match(name.rsplit("/", 1)[-1]) else "?"
                 errors.append(f"{where}.databases[{j}] ({shown[:64]!r}): {exc}")
     return errors
 
 
-def localize_cloud_bus(bus: Mapping[str, Any], local: Mapping[str, Any] | None, folder: Path) -> dict[str, Any]:
+def localize_cloud_bus(bus: Mapping[str, Any], local: Mapping[str, Any] | None, folder: Path,
+                       overlay: Path | None = None) -> dict[str, Any]:
     """A checked cloud bus entry as a config entry: database names made paths inside `folder`, and the
     local-only keys taken from the local file's bus of the same name."""
     out = {k: v for k, v in bus.items() if k in CLOUD_BUS_KEYS}
     if isinstance(bus.get("databases"), list):
-        out["databases"] = [str(confine_database(name, folder)) for name in bus["databases"]]
+        out["databases"] = [str(confine_database(name, folder, overlay)) for name in bus["databases"]]
     for key in LOCAL_BUS_KEYS:
         if local and key in local:
             out[key] = local[key]

@@ -299,6 +299,27 @@ SinkConfig = Annotated[
 ]
 
 
+class RemoteDatabasesConfig(_Model):
+    """How the agent fetches and watches databases the cloud sends (desired `databases`,
+    docs/remote-databases.md). Local only."""
+
+    ca_file: str | None = Field(None, description="Extra CA certificate (PEM) that the file servers' TLS "
+                                "chains to; default: the system's CAs. Proxies come from HTTPS_PROXY/NO_PROXY.")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Connecting and each read of a download, seconds.")
+    deadline_s: float = Field(600.0, gt=0, le=86400, description="One download attempt at most, seconds.")
+    attempts: int = Field(5, ge=1, le=100, description="Attempts of a file in one round (capped backoff between).")
+    retry_max_s: float = Field(900.0, gt=0, le=86400, description="A round that failed on the network is "
+                               "tried again after a backoff up to this many seconds (the vehicle may be offline).")
+    parse_timeout_s: float = Field(60.0, gt=0, le=3600, description="Parsing a new set at most, seconds "
+                                   "(in a child process, so a hostile file cannot stall collection).")
+    parse_memory_mb: int = Field(1024, ge=64, le=65536, description="Memory of that child process at most, MiB.")
+    watch_frames: int = Field(1000, ge=10, le=10**9, description="After a swap, frames of a bus watched for an "
+                              "unknown-id or decode-error jump before the version counts as known-good.")
+    watch_max_s: float = Field(600.0, gt=0, le=7 * 86400, description="The watch ends after this long at most.")
+    jump: float = Field(0.2, gt=0, le=1, description="Rollback when a bus's share of unknown ids or of decode "
+                        "errors since the swap exceeds the share before it by this much (0.2 = 20 points).")
+
+
 class AgentConfig(_Model):
     """The whole agent configuration (the YAML file, and the twin's desired properties)."""
 
@@ -323,6 +344,7 @@ class AgentConfig(_Model):
     campaign_buffer_max_bytes: int = Field(
         DEFAULT_BUDGET_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024,
         description="Memory of all campaigns' pre-/post-trigger buffers together. Local only.")
+    remote_databases: RemoteDatabasesConfig = Field(default_factory=RemoteDatabasesConfig)
     base_dir: Annotated[str, Field(exclude=True, description="Folder relative paths resolve against.")] = "."
 
     @field_validator("buses")

@@ -146,6 +146,7 @@ class ControlPlane:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve the channel and the reporter until stop; a channel that fails is started again."""
         reporter = asyncio.create_task(self.reporter.run(stop), name="control-reported")
+        acks = asyncio.create_task(self._database_acks(stop), name="control-database-acks")
         try:
             while not stop.is_set():
                 self._task = asyncio.create_task(self.channel.serve(self, stop), name=f"control-{self.channel.name}")
@@ -159,7 +160,28 @@ class ControlPlane:
             if self._task is not None and not self._task.done():
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-            await asyncio.gather(reporter, return_exceptions=True)
+            acks.cancel()
+            await asyncio.gather(reporter, acks, return_exceptions=True)
+
+    async def _database_acks(self, stop: asyncio.Event) -> None:
+        """The `databases` ack whenever the updater changes it (a download or a swap ends long after
+        the document came): published at once, retried every few seconds until the channel takes it."""
+        updater = self.desired.databases
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(updater.acked.wait(), 1.0)
+            if not updater.acked.is_set():
+                continue
+            updater.acked.clear()
+            while not stop.is_set():
+                try:
+                    if self.channel.connected():
+                        await self.channel.publish_reported({"databases": updater.ack, "control": self.state()})
+                        break
+                except Exception as exc:  # noqa: BLE001 - the transport's errors vary; tried again
+                    log.warning("database_ack_not_published", error=str(exc) or type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
 
 
 async def wait_or_stop(stop: asyncio.Event, aw: Any, timeout: float) -> Any:

@@ -27,6 +27,7 @@ import orjson
 import structlog
 
 from agent.campaigns.engine import campaign_errors
+from agent.checks import unmatched_rules
 from agent.config import (
     CLOUD_STORE_KEYS,
     CLOUD_WRITABLE,
@@ -39,14 +40,19 @@ from agent.config import (
 )
 from agent.decode import DatabaseError, load_databases
 from agent.decode.database import NO_STRICT_HINT
+from agent.remotedb.document import PROPERTY as DATABASES
+from agent.remotedb.document import parse_document, redacted_value
+from agent.remotedb.updater import DatabaseUpdater, Refused
 from agent.twin import guard
 
 log = structlog.get_logger()
 
 DESIRED_FILE = "desired.json"
-WRITABLE = CLOUD_WRITABLE
+WRITABLE = (*CLOUD_WRITABLE, DATABASES)   # `databases`: remote database versions (agent/remotedb/)
+DATABASES_DIR = "databases"              # their store under the state dir
 ECHO_MAX_BYTES = 4096   # an ack echoes the value up to this size (the reported section has 32 KB in all)
 _DELETE = object()
+_ACTIVE: Any = object()   # _build's overlay: the active remote database version
 MAX_UNKNOWN_ACKS = 16   # properties that are not writable acked by name; beyond, counted in the document's ack
 PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")  # what may be acked under its own name
 
@@ -55,8 +61,11 @@ def ack(value: Any, code: int, version: int | None, why: str) -> dict[str, Any]:
     return {"value": value, "ac": code, "av": version, "ad": why}
 
 
-def _echo(value: Any) -> Any:
-    """The value an ack repeats: the desired value, unless it is too large for the reported section."""
+def _echo(value: Any, key: str = "") -> Any:
+    """The value an ack repeats: the desired value, unless it is too large for the reported section;
+    `databases` without its URLs' queries (SAS tokens are secrets)."""
+    if key == DATABASES:
+        value = redacted_value(value)
     try:
         return value if len(orjson.dumps(value)) <= ECHO_MAX_BYTES else None
     except (TypeError, orjson.JSONEncodeError):
@@ -96,6 +105,7 @@ class DesiredState:
         self.version_reset: dict[str, Any] | None = None
         self.rejected_documents = 0
         self.rejected_properties = 0
+        self.databases = DatabaseUpdater(state_dir / DATABASES_DIR)
 
     # ----------------------------------------------------------------- persistence
     def load(self) -> AgentConfig | None:
@@ -110,11 +120,11 @@ class DesiredState:
             if not isinstance(version, int):
                 raise TypeError("version is not an integer")
         except FileNotFoundError:
-            return None
+            return self._local_with_databases()
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("desired_state_unreadable", file=str(self.path), error=str(exc),
                       action="starting with the local config file")
-            return None
+            return self._local_with_databases()
         accepted, errors = self._accept({k: v for k, v in desired.items() if k in WRITABLE}, {})
         for key, why in errors.items():
             log.error("desired_state_invalid", file=str(self.path), version=version, property=key, error=why,
@@ -124,10 +134,24 @@ class DesiredState:
         except (ConfigError, DatabaseError) as exc:
             log.error("desired_state_invalid", file=str(self.path), version=version, error=str(exc),
                       action="starting with the local config file")
-            return None
+            return self._local_with_databases()
         self.desired, self.version = accepted, version
         log.info("desired_state_loaded", version=version, keys=sorted(accepted))
+        if DATABASES in accepted:   # a download the last run did not finish goes on
+            self.databases.request(accepted[DATABASES], version)
         return cfg
+
+    def _local_with_databases(self) -> AgentConfig | None:
+        """The local config file with the active remote database version (from disk, no network), or
+        None (no version active: the caller's config is the file's)."""
+        if self.databases.overlay() is None:
+            return None
+        try:
+            return self._build({})
+        except (ConfigError, DatabaseError, ValueError) as exc:
+            self.databases.deactivate(f"the active version does not fit the config file: {exc}")
+            log.error("remote_databases_unusable", error=str(exc), action="using the local database files")
+            return None
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,16 +169,51 @@ class DesiredState:
         folder = Path(os.path.expanduser(str(self.base.get("databases_dir") or ".")))
         return folder if folder.is_absolute() else self.base_dir / folder
 
-    def _build(self, desired: Mapping[str, Any]) -> AgentConfig:
-        merged = deep_merge(self.base, {k: v for k, v in desired.items() if k != "buses"})
+    def _build(self, desired: Mapping[str, Any], overlay: Path | None = _ACTIVE) -> AgentConfig:
+        """The config of `desired` over the local file; bus database names resolve in `overlay` (a remote
+        database version's folder; default: the active one) first, then in databases_dir."""
+        if overlay is _ACTIVE:
+            overlay = self.databases.overlay()
+        merged = deep_merge(self.base, {k: v for k, v in desired.items() if k not in ("buses", DATABASES)})
+        folder = self._databases_folder()
         if "buses" in desired:  # a list replaces the file's list as a whole
             buses = desired["buses"]
             if isinstance(buses, list):
-                folder = self._databases_folder()
-                buses = [localize_cloud_bus(b, self._local_bus(b), folder) if isinstance(b, Mapping) else b
+                buses = [localize_cloud_bus(b, self._local_bus(b), folder, overlay) if isinstance(b, Mapping) else b
                          for b in buses]
             merged["buses"] = buses
+        elif overlay is not None and isinstance(merged.get("buses"), list):
+            merged["buses"] = [_overlay_bus(b, self.base_dir, folder, overlay) for b in merged["buses"]]
         return build_config(merged, base_dir=self.base_dir, source="desired")
+
+    # ----------------------------------------------------------------- remote databases (agent/remotedb)
+    def candidate(self, overlay: Path | None) -> AgentConfig:
+        """The applied desired state's config with `overlay` as the database version (Refused: why not)."""
+        try:
+            return self._build(self.desired, overlay)
+        except ConfigError as exc:
+            raise Refused("; ".join(exc.errors)) from None
+        except ValueError as exc:   # a bus's database name that the version does not have
+            raise Refused(f"buses: {exc}") from None
+
+    def activate(self, overlay: Path | None) -> None:
+        """Swap `overlay` in live (the agent's apply_config), after the checks a new database set must
+        pass: every campaign's signals and every collection rule that matched before still resolve.
+        Raises Refused before changing anything."""
+        cfg = self.candidate(overlay)
+        try:
+            errors = [f"campaigns: {e}" for e in campaign_errors(cfg)]
+            before = set(unmatched_rules(self._build(self.desired)))
+            errors += [f"{w} (it did before)" for w in unmatched_rules(cfg)
+                       if w not in before and w.endswith("matches no signal of the buses' databases")]
+            if errors:
+                raise Refused("; ".join(errors))
+            self.apply(cfg)
+        except DatabaseError as exc:
+            log.warning("remote_databases_unusable", file=str(exc.path), line=exc.line, error=exc.reason)
+            raise Refused(database_reason(exc, overlay or self._databases_folder())) from None
+        except (ConfigError, ValueError) as exc:
+            raise Refused(str(exc)) from None
 
     def _local_bus(self, bus: Any) -> Mapping[str, Any] | None:
         """The local file's bus of the same name as a cloud bus entry (its local-only keys are kept)."""
@@ -188,10 +247,16 @@ class DesiredState:
             if denied:
                 return "; ".join(f"store.{guard.short(k)}: not writable from the cloud" for k in denied)
         if key == "buses" and isinstance(value, list):
-            folder = self._databases_folder()
-            errors = [e for i, bus in enumerate(value) for e in cloud_bus_errors(i, bus, self._local_bus(bus), folder)]
+            folder, overlay = self._databases_folder(), self.databases.overlay()
+            errors = [e for i, bus in enumerate(value)
+                      for e in cloud_bus_errors(i, bus, self._local_bus(bus), folder, overlay)]
             if errors:
                 return "; ".join(errors)
+        if key == DATABASES and value is not None:
+            try:
+                parse_document(value)
+            except ValueError as exc:
+                return str(exc)
         try:
             orjson.dumps(value)
         except (TypeError, orjson.JSONEncodeError):
@@ -200,6 +265,8 @@ class DesiredState:
 
     def _try(self, key: str, trial: Mapping[str, Any]) -> str | None:
         """Build the config of `trial` (and load a changed bus's databases); the reason it fails, or None."""
+        if key == DATABASES:
+            return None   # checked once its files are here (agent/remotedb/updater.py)
         try:
             cfg = self._build(trial)
             if key == "buses":
@@ -285,7 +352,7 @@ class DesiredState:
             log.warning("desired_stale", version=version, applied=self.version, keys=sorted(map(guard.short, body)))
             self._document(400, version, why)
             self.rejected_properties += len(body)
-            return {k: ack(_echo(v), 400, version, why) for k, v in body.items() if PROPERTY_NAME.match(k)}
+            return {k: ack(_echo(v, k), 400, version, why) for k, v in body.items() if PROPERTY_NAME.match(k)}
         if version == self.version and not full:
             log.info("desired_repeated", version=version)  # the same patch delivered twice
             self._document(200, version, "already applied")
@@ -320,8 +387,8 @@ class DesiredState:
         if accepted != self.desired:
             try:
                 orjson.dumps({"version": version, "desired": accepted})
-                cfg = self._build(accepted)
-                self.apply(cfg)
+                if _without_databases(accepted) != _without_databases(self.desired):
+                    self.apply(self._build(accepted))   # `databases` alone swaps nothing now: the updater will
             except (ConfigError, DatabaseError, ValueError, TypeError, OSError, orjson.JSONEncodeError) as exc:
                 log.error("desired_apply_failed", version=version, error=str(exc))
                 code, why = 500, f"valid but could not be applied: {type(exc).__name__}"
@@ -338,9 +405,13 @@ class DesiredState:
             elif key not in WRITABLE and (unknown := unknown + 1) > MAX_UNKNOWN_ACKS:
                 pass  # counted below: thousands of junk keys must not make an ack patch the hub refuses
             elif key in errors:
-                acks[key] = ack(None if key in refused else _echo(value), 400, version, errors[key])
+                acks[key] = ack(None if key in refused else _echo(value, key), 400, version, errors[key])
             else:
-                acks[key] = ack(_echo(value), code, version, why)
+                acks[key] = ack(_echo(value, key), code, version, why)
+        if DATABASES not in errors and (DATABASES in body or DATABASES in changes) and code == 200:
+            db_ack = self.databases.request(accepted.get(DATABASES), version)   # 200, 202 or 400
+            if DATABASES in acks:
+                acks[DATABASES] = db_ack
         self.rejected_properties += len(errors)
         if errors:
             log.warning("desired_rejected", version=version, errors={guard.short(k): v for k, v in errors.items()})
@@ -360,3 +431,25 @@ class DesiredState:
         return {"desired_version": self.version, "last_document": dict(self.document),
                 "rejected_documents": self.rejected_documents, "rejected_properties": self.rejected_properties,
                 "version_reset": self.version_reset}
+
+
+def _without_databases(desired: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in desired.items() if k != DATABASES}
+
+
+def _overlay_bus(bus: Any, base_dir: Path, folder: Path, overlay: Path) -> Any:
+    """A local config file's bus with each database inside `folder` replaced by the file of the same
+    name in `overlay` (the active remote version), where it has one."""
+    if not isinstance(bus, Mapping) or not isinstance(bus.get("databases"), list):
+        return bus
+    root = os.path.normpath(folder)
+    out = []
+    for entry in bus["databases"]:
+        if isinstance(entry, str):
+            path = os.path.normpath(base_dir / os.path.expanduser(entry))
+            name = os.path.relpath(path, root)
+            if not name.startswith("..") and (overlay / name).is_file():
+                entry = str(overlay / name)
+        out.append(entry)
+    return {**bus, "databases": out}
+

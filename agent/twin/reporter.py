@@ -58,6 +58,8 @@ def reported_doc(status: dict[str, Any]) -> dict[str, Any]:
         "control": status.get("control"),
         # not "campaigns": that name carries the acks of the desired property
         "campaign_state": status.get("campaigns") or None,
+        # not "databases" either: the desired property's ack (agent/remotedb)
+        "database_state": status.get("databases"),
     })
 
 
