@@ -178,6 +178,14 @@ async def test_a_version_swaps_in_live_without_losing_a_frame_and_stays_after_a_
         await stopped(task, car)
     assert sum(r["signal"] == "EngineRpm" for r in outbox_rows(tmp_path / "state")) == len(new) + 50
 
+    blob = tmp_path / "state" / "databases" / "blobs" / sha    # the disk damages the active version's file
+    blob.write_bytes(RENAMED.replace(b"EngineRpm", b"EngineRPM"))
+    third = make_agent(tmp_path, base)
+    assert third.cfg.resolve(third.cfg.buses[0].databases[0]) == tmp_path / "dbs" / "edge.dbc", "the local file"
+    state = third.status()["databases"]
+    assert state["active_version"] is None and "files damaged on disk" in state["last_error"]
+    third.store.close()
+
 
 @pytest.mark.parametrize("wrong", ["sha256", "size"])
 async def test_a_wrong_hash_or_size_is_refused_naming_the_file_and_nothing_changes(
