@@ -120,7 +120,7 @@ def redact(url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ headers
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d{1,19})-(\d{1,19})|\*)\s*/\s*(\d{1,19}|\*)\s*$", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:([0-9]{1,19})-([0-9]{1,19})|\*)\s*/\s*([0-9]{1,19}|\*)\s*$", re.IGNORECASE)
 
 
 def parse_content_range(value: str) -> tuple[int | None, int | None, int | None]:
@@ -141,9 +141,17 @@ def parse_content_range(value: str) -> tuple[int | None, int | None, int | None]
 
 def parse_retry_after(value: str | None) -> float | None:
     """`Retry-After` in seconds (capped); an HTTP date or garbage gives None (the backoff decides)."""
-    if value is None or not value.strip().isdigit() or len(value.strip()) > 12:
+    seconds = header_int(value)
+    if seconds is None or seconds >= 10**12:
         return None
-    return min(float(int(value.strip())), RETRY_AFTER_MAX_S)
+    return min(float(seconds), RETRY_AFTER_MAX_S)
+
+
+def header_int(value: str | None) -> int | None:
+    """A header's non-negative decimal number, or None. ASCII digits only: `str.isdigit` is true for
+    '¹' and `int` refuses it, and a header's bytes come from the server (latin-1 decoded)."""
+    text = (value or "").strip()
+    return int(text) if 0 < len(text) <= 19 and text.isascii() and text.isdigit() else None
 
 
 # ------------------------------------------------------------------------------------------ store
@@ -370,9 +378,9 @@ def _position(response: requests.Response, spec: FileSpec, have: int, f: io.Buff
         f.seek(have)
         return have
     if status == 200:
-        length = response.headers.get("Content-Length")
-        if length is not None and length.strip().isdigit() and int(length) != spec.size:
-            raise DownloadError("size", f"size mismatch: the server's file has {int(length)} bytes, "
+        length = header_int(response.headers.get("Content-Length"))
+        if length is not None and length != spec.size:
+            raise DownloadError("size", f"size mismatch: the server's file has {length} bytes, "
                                         f"expected {spec.size}")
         f.seek(0)
         f.truncate(0)

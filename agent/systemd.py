@@ -26,7 +26,7 @@ class Notifier:
         self.address = "\0" + path[1:] if path.startswith("@") else path
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
-        watched = usec.isdigit() and (not pid or pid == str(os.getpid()))
+        watched = usec.isascii() and usec.isdigit() and (not pid or pid == str(os.getpid()))
         self.watchdog_interval_s = int(usec) / 2e6 if watched else None  # ping twice per timeout
         self._last_ping = 0.0
         self._sock: socket.socket | None = None

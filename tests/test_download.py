@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.download import (
@@ -24,6 +24,7 @@ from agent.download import (
     Policy,
     fetch,
     fetch_async,
+    header_int,
     parse_content_range,
     parse_retry_after,
     redact,
@@ -295,9 +296,20 @@ def test_content_range_is_total(value: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.none() | st.text(max_size=30) | st.integers(-10, 10**15).map(str))
+@example("¹")
+@example("٣")
+@example(" 7 ")
 def test_retry_after_is_bounded(value: str | None) -> None:
     got = parse_retry_after(value)
     assert got is None or 0 <= got <= 300
+    if value is not None and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 12:
+        assert got == min(int(value), 300)
+
+
+@pytest.mark.parametrize("value, number", [("12", 12), (" 0 ", 0), ("¹", None), ("٣", None), ("-1", None),
+                                           ("1e3", None), ("", None), (None, None), ("9" * 20, None)])
+def test_header_numbers_are_ascii_decimals(value: str | None, number: int | None) -> None:
+    assert header_int(value) == number
 
 
 @settings(max_examples=300, deadline=None)
