@@ -69,11 +69,12 @@ class Drive:
         """(wheels, brake) step functions of the current engine."""
         if self.via == "engine":
             return self.engine.feed("chassis", 416), self.engine.feed("chassis", 432)
-        batcher = Batcher(BatchingConfig(), ColumnarCodec("us"), vehicle="v", on_batch=self.batches.append)
-        collector = Collector("chassis", DECODERS["chassis"], CollectionConfig.model_validate(POLICIES[self.via]),
-                              batcher, campaigns=self.engine)
-
-        self.collector = collector
+        collector = getattr(self, "collector", None)
+        if collector is None or collector._campaigns is not self.engine:  # noqa: SLF001 - a new engine: a new collector
+            batcher = Batcher(BatchingConfig(), ColumnarCodec("us"), vehicle="v", on_batch=self.batches.append)
+            collector = Collector("chassis", DECODERS["chassis"], CollectionConfig.model_validate(POLICIES[self.via]),
+                                  batcher, campaigns=self.engine)
+            self.collector = collector
 
         def feed(fid: int):
             return lambda t, data: collector.process([Frame(t, fid, data)])
@@ -149,6 +150,32 @@ def test_the_campaigns_work_is_inlined_in_the_collectors_step(via: str) -> None:
     inlined = via == "collector-all"  # every payload decoded: every sample reaches the condition
     assert ("campaign step" not in brake.__code__.co_filename) is inlined
     assert ("_R0" in source_of(brake)) and (("_step(t, data)" in source_of(brake)) is not inlined)
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_short_and_padded_frames(via: str) -> None:
+    """A frame shorter than its message is counted as a decode error once and never reaches a
+    condition or an event; a padded one (CAN FD pads to its DLC) is read for its database length."""
+    d = Drive(via=via, campaigns=[{"id": "c", "signals": [{"match": "BrakePressure"}],
+                                   "trigger": {"expr": "BrakePressure > 60"}, "pre_s": 1, "post_s": 0.5}])
+    d.run(2)
+    frames = [(T0 + 2.0, b"\x01\x02"), (T0 + 2.005, brake_frame(90.0) + bytes(4))]
+    if via == "engine":
+        brake = d.engine.feed("chassis", 432)
+        assert brake is not None
+        for t, data in frames:
+            brake(t, data)
+    else:
+        d.collector.process([Frame(t, 432, data) for t, data in frames])
+    d.run(2)
+    counted = d.engine.decode_errors if via == "engine" else d.collector.counters.decode_errors
+    assert counted == 1
+    (e,) = d.events
+    assert e.trigger_t == T0 + 2.005
+    ts, vs = e.columns[("chassis", "BrakeStatus", "BrakePressure")]
+    at = ts.index(T0 + 2.005)
+    assert T0 + 2.0 not in ts and vs[at] == 90.0 and vs[at + 1] == 0.0
+    assert ts[at - 1] == max(t for t, fid, _ in d.frames if fid == 432 and t < T0 + 2.0)
 
 
 @pytest.mark.parametrize("via", VIAS)
