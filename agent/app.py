@@ -111,6 +111,7 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._running = False
         self._watchdog_withheld: dict[str, float] = {}
+        self.watched_ids: dict[str, set[int]] = {}   # a database watch's extra receive-filter ids
 
     # ---------------------------------------------------------------- sources
     def _make_source(self, bus: BusConfig) -> tuple[FrameSource, bool]:
@@ -163,8 +164,7 @@ class Agent:
         self.sources[bus.name] = source
         self.batcher.simulated_buses = (self.batcher.simulated_buses | {bus.name}) if simulate \
             else self.batcher.simulated_buses - {bus.name}
-        collector = self.pipeline.collectors.get(bus.name)
-        source.set_wanted_ids(collector.wanted_ids if collector else None)
+        source.set_wanted_ids(self._receive_ids(bus.name))
         # A replay is not restarted after a crash (it would send its frames again); a live bus is.
         tasks = [self.supervisor.spawn(f"source:{bus.name}", lambda: self._run_source(source, stop),
                                        stall_s=SOURCE_STALL_S, stop=stop,
@@ -209,9 +209,23 @@ class Agent:
                 self._stop_bus(name)
                 self.counters.pop(name, None)
             for name, source in self.sources.items():
-                source.set_wanted_ids(self.pipeline.collectors[name].wanted_ids)
+                source.set_wanted_ids(self._receive_ids(name))
         self.config_version += 1
         log.info("config_applied", version=self.config_version, buses=[b.name for b in new.buses])
+
+    def _receive_ids(self, bus: str) -> set[int] | None:
+        """The ids a bus's receive filter passes: what the collector wants, and during a remote database
+        watch (agent/remotedb) the ids the previous files knew, so that they count as unknown."""
+        collector = self.pipeline.collectors.get(bus)
+        return collector.wanted_ids | self.watched_ids.get(bus, set()) if collector else None
+
+    def known_ids(self) -> dict[str, set[int]]:
+        return {name: set(c.known_ids) for name, c in self.pipeline.collectors.items()}
+
+    def pass_ids(self, ids: dict[str, set[int]]) -> None:
+        self.watched_ids = ids
+        for name, source in self.sources.items():
+            source.set_wanted_ids(self._receive_ids(name))
 
     # ---------------------------------------------------------------- what the control plane may ask
     def flush_now(self) -> None:
@@ -357,8 +371,8 @@ class Agent:
                         # remote database versions (agent/remotedb): downloads and parses are bounded
                         # by their own limits, so the task's stall limit is not what ends them
                         spawn("databases", lambda: self.desired.databases.run(
-                            self.stop, settings=lambda: self.cfg, activator=self.desired,
-                            counters=lambda: self.counters), stall_s=float("inf"))]
+                            self.stop, settings=lambda: self.cfg, activator=self.desired, buses=self),
+                              stall_s=float("inf"))]
         self.notifier.ready(f"collecting from {len(self.cfg.buses)} bus(es), sink {self.sink.name}")
         try:
             while not self.stop.is_set():

@@ -250,6 +250,29 @@ async def test_an_unknown_id_jump_rolls_back_and_the_version_is_not_tried_again(
     assert len([r for r in rows if r["signal"] == "EngineSpeed"]) >= 100, "the local file decodes again"
 
 
+async def test_during_the_watch_the_kernel_filter_passes_the_ids_the_new_files_dropped(
+        tmp_path: Path, server: HttpsServer) -> None:
+    """On SocketCAN the receive filter passes only wanted ids: without the ids the previous files knew,
+    a DBC for another ECU release would show no unknown ids at all (the interface is missing here, so
+    the raw source's filter set is what is checked; tools/vcan-tests.sh has the kernel)."""
+    base = base_config(tmp_path, server, "rdbmiss0", watch_max_s=1)
+    base["buses"][0]["interface"] = "socketcan"
+    agent = make_agent(tmp_path, base)
+    task = asyncio.create_task(agent.run())
+    try:
+        source = await until(lambda: agent.sources.get("pt"), what="the raw source")
+        assert ENGINE.frame_id in source.wanted and 292 not in source.wanted
+        agent.desired.handle({"$version": 2, "databases": offer(server, "wrong-ecu", WRONG_ECU)}, full=False)
+        await until(lambda: db_ack(agent).get("ac") == 200, what="the version active")
+        assert {ENGINE.frame_id, 292} <= source.wanted, "the dropped id still reaches the collector, as unknown"
+        await until(lambda: agent.status()["databases"]["known_good_version"] == "wrong-ecu",
+                    what="the watch over (no traffic: after watch_max_s)")
+        assert 292 in source.wanted and ENGINE.frame_id not in source.wanted
+    finally:
+        agent.stop.set()
+        await asyncio.wait_for(task, 60)
+
+
 async def test_hostile_files_never_stall_collection(tmp_path: Path, server: HttpsServer) -> None:
     agent = make_agent(tmp_path, base_config(tmp_path, server, "rdb-hostile", parse_timeout_s=5))
     task, car = await running(agent, "rdb-hostile")

@@ -52,6 +52,19 @@ class Refused(Exception):
     """A candidate version that cannot be used; the message names the file or the check, for the cloud."""
 
 
+class Buses(Protocol):
+    """What the updater sees of the running buses (implemented by agent.app.Agent)."""
+
+    counters: dict[str, BusCounters]
+
+    def known_ids(self) -> dict[str, set[int]]:
+        """Per bus, the frame ids its databases define now."""
+
+    def pass_ids(self, ids: dict[str, set[int]]) -> None:
+        """Let these ids through the buses' receive filters besides the wanted ones (SocketCAN filters
+        in the kernel: ids the new files dropped would never be counted as unknown otherwise)."""
+
+
 class Activator(Protocol):
     def candidate(self, overlay: Path | None) -> AgentConfig:
         """The config with `overlay` as the active version (raises Refused)."""
@@ -172,21 +185,21 @@ class DatabaseUpdater:
 
     # ------------------------------------------------------------------ the task
     async def run(self, stop: asyncio.Event, *, settings: Callable[[], AgentConfig], activator: Activator,
-                  counters: Callable[[], Mapping[str, BusCounters]]) -> None:
+                  buses: Buses) -> None:
         """Until stop: fetch and swap the target, watch the version on probation."""
         while not stop.is_set():
             beat()
             now = time.monotonic()
-            snap = _snapshot(counters())
+            snap = _snapshot(buses.counters)
             self.history.append((now, snap))
             while self.history and now - self.history[0][0] > BASELINE_S:
                 self.history.popleft()
             cfg = settings()
             if self.watch is not None:
-                self._judge(cfg.remote_databases, snap, activator)
+                self._judge(cfg.remote_databases, snap, activator, buses)
             target = self.target
             if target is not None and now >= self._retry_at:
-                await self._update(target, cfg, activator, counters)
+                await self._update(target, cfg, activator, buses)
                 continue
             self.wake.clear()
             try:
@@ -210,7 +223,7 @@ class DatabaseUpdater:
         self.versions.save()
 
     async def _update(self, target: tuple[DatabasesDocument | None, int | None], cfg: AgentConfig,
-                      activator: Activator, counters: Callable[[], Mapping[str, BusCounters]]) -> None:
+                      activator: Activator, buses: Buses) -> None:
         doc, av = target
         settings = cfg.remote_databases
         version = Version.of(doc) if doc is not None else None
@@ -236,6 +249,7 @@ class DatabaseUpdater:
             if self.target is not target:
                 self.phase = "idle"
                 return   # the cloud sent another version meanwhile: that one next
+            before = buses.known_ids()
             activator.activate(folder)
         except Refused as exc:
             self._refuse(doc, av, str(exc))
@@ -252,7 +266,9 @@ class DatabaseUpdater:
             self._set_ack(200, av, "local database files", None)
             log.info("remote_databases_local")
         else:
-            snap = _snapshot(counters())
+            after = buses.known_ids()
+            buses.pass_ids({bus: dropped for bus, ids in before.items() if (dropped := ids - after.get(bus, set()))})
+            snap = _snapshot(buses.counters)
             self.watch = Watch(version, time.monotonic(), snap, self._before(snap))
             self._set_ack(200, av, f"version {version.version} active", doc.redacted() if doc else None)
             log.info("remote_databases_active", version=version.version, files=version.files)
@@ -322,7 +338,7 @@ class DatabaseUpdater:
         return out
 
     def _judge(self, settings: RemoteDatabasesConfig, snap: dict[str, tuple[int, int, int]],
-               activator: Activator) -> None:
+               activator: Activator, buses: Buses) -> None:
         watch = self.watch
         assert watch is not None
         if not watch.at_swap:   # on probation after a restart: from now on
@@ -336,6 +352,7 @@ class DatabaseUpdater:
                 for what, after, before in (("unknown ids", unknown, before_unknown),
                                              ("decode errors", errors, before_errors)):
                     if after - before > settings.jump:
+                        buses.pass_ids({})
                         self._roll_back(activator, f"bus {bus}: {what} {after:.0%} of {frames} frames since the "
                                                    f"swap (before: {before:.0%})")
                         return
@@ -345,6 +362,7 @@ class DatabaseUpdater:
                 or time.monotonic() - watch.started > settings.watch_max_s:
             self.state.known_good = watch.version
             self.watch = None
+            buses.pass_ids({})
             log.info("remote_databases_known_good", version=watch.version.version)
             self.versions.save()
 
