@@ -34,6 +34,7 @@ from agent.config import AgentConfig, BusConfig
 from agent.health import RateMeter, losses, write_status
 from agent.liveness import beat
 from agent.logs import set_level
+from agent.ota.updater import Updater
 from agent.pipeline import build, load_bus_databases
 from agent.store import Store
 from agent.store.spill import SpillingStore
@@ -112,6 +113,10 @@ class Agent:
         self._running = False
         self._watchdog_withheld: dict[str, float] = {}
         self.watched_ids: dict[str, set[int]] = {}   # a database watch's extra receive-filter ids
+        # software updates (agent/ota): the guard reads live signals through the campaign engine
+        self.ota = Updater(cfg.ota, cfg.state_path(cfg.ota.download_dir), cfg.resolve, guard=self._update_guard,
+                           healthy=self._healthy, on_change=self.control.reporter.wake.set)
+        self.ota.configure(cfg.ota, cfg.software_update)
 
     # ---------------------------------------------------------------- sources
     def _make_source(self, bus: BusConfig) -> tuple[FrameSource, bool]:
@@ -210,6 +215,7 @@ class Agent:
                 self.counters.pop(name, None)
             for name, source in self.sources.items():
                 source.set_wanted_ids(self._receive_ids(name))
+        self.ota.configure(new.ota, new.software_update)
         self.config_version += 1
         log.info("config_applied", version=self.config_version, buses=[b.name for b in new.buses])
 
@@ -260,6 +266,15 @@ class Agent:
         elif now - since >= 1.0:
             engine.advance(latest + (now - since))
 
+    def _update_guard(self) -> Any:
+        """The software update guard's watch in the running campaign engine (None without a guard)."""
+        engine = self.pipeline.campaigns
+        return engine.watches.get("software_update") if engine is not None else None
+
+    def _healthy(self) -> bool:
+        """What a new software version must show before it is confirmed: no wedged task, a live control plane."""
+        return not self.supervisor.stalled() and self.control.healthy()
+
     def set_log_level(self, level: str, duration_s: float | None = None) -> None:
         log.warning("log_level_set", requested_level=level, duration_s=duration_s)  # `level` is the record's own
         set_level(level)
@@ -289,6 +304,7 @@ class Agent:
             "tasks": self.supervisor.status(),
             "campaigns": self.pipeline.campaigns.status() if self.pipeline.campaigns is not None else {},
             "databases": self.desired.databases.status(),
+            "software_update": self.ota.report(),
         }
         doc["losses"] = losses(doc["store"]["counters"], doc["store"]["spill"], doc["buses"], doc["sink"])
         return doc
@@ -372,7 +388,9 @@ class Agent:
                         # by their own limits, so the task's stall limit is not what ends them
                         spawn("databases", lambda: self.desired.databases.run(
                             self.stop, settings=lambda: self.cfg, activator=self.desired, buses=self),
-                              stall_s=float("inf"))]
+                              stall_s=float("inf")),
+                        # an install may take many minutes inside the installer: not a wedge
+                        spawn("ota", lambda: self.ota.run(self.stop), stall_s=float("inf"))]
         self.notifier.ready(f"collecting from {len(self.cfg.buses)} bus(es), sink {self.sink.name}")
         try:
             while not self.stop.is_set():

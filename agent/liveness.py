@@ -37,6 +37,16 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
             pass
 
 
+async def wait_first(*events: asyncio.Event, timeout: float) -> None:
+    """Wait until one of `events` is set, or `timeout` s (a loop's stop and its wake-up)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
 def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random = random._inst) -> float:
     """Capped exponential backoff with 'equal jitter': between half and all of initial * 2^(n-1)."""
     ceiling = min(cap, initial * (2 ** max(0, failures - 1)))

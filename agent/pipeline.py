@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from cantools.database import Database
 
 from agent.batcher import Batcher
-from agent.campaigns.engine import CampaignEngine, Event
+from agent.campaigns.engine import CampaignEngine, Event, watches_of
 from agent.codec import Codec, codec_for
 from agent.collect.collector import BusCounters, Collector
 from agent.config import AgentConfig, BusConfig
@@ -54,9 +54,10 @@ def collectors_for(cfg: AgentConfig, batcher: Batcher, counters: dict[str, BusCo
     DatabaseError (or CampaignError) before anything is swapped. `previous`: the running engine,
     whose unchanged campaigns keep their buffers, counters and open events."""
     decoders = {bus.name: FrameDecoder(load_bus_databases(cfg, bus)) for bus in cfg.buses}
+    watches = watches_of(cfg)  # the software update's guard reads live signals through the engine
     engine = CampaignEngine(cfg.campaigns, decoders, event_batches(batcher), previous=previous,
                             budget_bytes=cfg.campaign_buffer_max_bytes,
-                            labels=cfg.collection.labels) if cfg.campaigns else None
+                            labels=cfg.collection.labels, watches=watches) if cfg.campaigns or watches else None
     scaling: Scaling = {}
     ambiguous: set[tuple[str, str]] = set()
     for decoder in decoders.values():

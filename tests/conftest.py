@@ -79,12 +79,13 @@ def run_cli(*args: str, input: str | None = None, timeout: float = 120, env: dic
                           timeout=timeout, env=full_env, cwd=cwd or ROOT)
 
 
-def start_logged_agent(config: Path) -> tuple[subprocess.Popen, list[str], threading.Thread]:
-    """`vehicle-agent run --config` as its own process; its JSON log lines are collected into the
-    returned list as they are written by the returned reader thread (join it after the process ended
-    to have every line), for tests that wait on log events."""
+def start_logged_agent(config: Path, env: dict[str, str] | None = None
+                       ) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """`vehicle-agent run --config` as its own process (`env` added to the environment); its JSON log
+    lines are collected into the returned list as they are written by the returned reader thread
+    (join it after the process ended to have every line), for tests that wait on log events."""
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--no-progress"], cwd=ROOT,
-                            env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"},
+                            env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json", **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     assert proc.stderr is not None

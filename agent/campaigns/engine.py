@@ -312,6 +312,52 @@ class _Run:
         return "active"
 
 
+class Watch:
+    """A condition watched, not triggered (the OTA guard): its value now, and how often it turned
+    false, so a watcher polling it knows whether it held in between. It sits in the engine's lists
+    like a campaign's run, so its inputs are decoded and it is evaluated (inline by the generated
+    steps) only when one of them changes."""
+
+    active = True
+    always = False
+    reset: Condition | None = None
+
+    def __init__(self, name: str, text: str, engine: CampaignEngine) -> None:
+        self.id, self.text, self.engine = name, text, engine
+        self.cond: Condition | None = None
+        self.latched = False
+        self.falls = 0                    # true -> false transitions
+        self.inputs: set[int] = set()
+        self.per_sample: set[int] = set()
+        self.eval_errors = 0
+
+    def compute(self) -> bool:
+        eng = self.engine
+        try:
+            return bool(self.cond(eng.values, eng.prevs, eng.windows))  # type: ignore[misc]
+        except TypeError:  # an input not received yet
+            return False
+        except (ArithmeticError, ValueError):
+            return self.error()
+
+    def evaluate(self, t: float) -> None:
+        self.result(t, self.compute())
+
+    def error(self) -> bool:
+        self.eval_errors += 1
+        return False
+
+    def result(self, t: float, truth: bool) -> None:
+        if self.latched and not truth:
+            self.falls += 1
+        self.latched = truth
+
+    def missing(self) -> list[str]:
+        """The signals it reads that no frame has given a value yet."""
+        eng = self.engine
+        return [".".join(eng.keys[i][1:]) for i in sorted(self.inputs) if eng.values[i] is None]
+
+
 _ABSENT = object()
 
 
@@ -389,15 +435,24 @@ def _glob(pattern: str) -> Callable[[str], Any]:
     return match
 
 
+def watches_of(cfg: AgentConfig) -> dict[str, str]:
+    """The conditions the engine watches for other parts: the software update's guard."""
+    update = cfg.software_update
+    return {"software_update": update.guard} if update is not None and update.guard and not update.cancel else {}
+
+
 def campaign_errors(cfg: AgentConfig) -> list[str]:
-    """Why the config's campaigns do not fit its buses' databases (unknown or ambiguous signals,
-    labels, globs matching nothing), one line each naming campaign, field and position; [] if they fit."""
-    if not cfg.campaigns:
+    """Why the config's campaigns (and watched guards) do not fit its buses' databases (unknown or
+    ambiguous signals, labels, globs matching nothing), one line each naming campaign (or
+    `software_update.guard`), field and position; [] if they fit."""
+    watches = watches_of(cfg)
+    if not cfg.campaigns and not watches:
         return []
     decoders = {bus.name: FrameDecoder(load_databases([cfg.resolve(p) for p in bus.databases], strict=bus.strict))
                 for bus in cfg.buses}
     try:
-        CampaignEngine(cfg.campaigns, decoders, lambda event: None, budget_bytes=cfg.campaign_buffer_max_bytes)
+        CampaignEngine(cfg.campaigns, decoders, lambda event: None, budget_bytes=cfg.campaign_buffer_max_bytes,
+                       watches=watches)
     except CampaignError as exc:
         return exc.errors
     return []
@@ -441,9 +496,11 @@ class CampaignEngine:
     def __init__(self, campaigns: Sequence[Campaign], decoders: Mapping[str, FrameDecoder],
                  on_event: Callable[[Event], None], *, budget_bytes: int = DEFAULT_BUDGET_BYTES,
                  settle_s: float = 0.5, previous: CampaignEngine | None = None,
-                 clock: Callable[[], float] = time.time, labels: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, labels: bool = False,
+                 watches: Mapping[str, str] | None = None) -> None:
         """`labels`: events carry enum signals as their labels, as the collector does with
-        `collection.labels` (the conditions compare numbers either way)."""
+        `collection.labels` (the conditions compare numbers either way). `watches`: conditions watched
+        for other parts by name (the software update's guard), see `Watch`."""
         self.on_event, self.settle_s, self.clock = on_event, settle_s, clock
         self.budget_bytes = budget_bytes
         self.labels = labels
@@ -469,6 +526,12 @@ class CampaignEngine:
                 self.runs[campaign.id] = self._build(campaign)
             except CampaignError as exc:
                 errors += exc.errors
+        self.watches: dict[str, Watch] = {}
+        for name, text in (watches or {}).items():
+            try:
+                self.watches[name] = self._watch(name, text)
+            except ExpressionError as exc:
+                errors.append(f"{name}.guard: {exc}")
         if errors:
             raise CampaignError(errors)
         self._plan_rings(previous)
@@ -527,6 +590,11 @@ class CampaignEngine:
                 names.append(key[2])
         run.inputs = inputs
         return run
+
+    def _watch(self, name: str, text: str) -> Watch:
+        watch = Watch(name, text, self)
+        watch.cond, watch.inputs = self._compile(parse(text), watch)  # type: ignore[arg-type]
+        return watch
 
     def _match_or_resolve(self, pattern: str) -> list[Key]:
         if any(ch in pattern for ch in "*?["):
@@ -594,11 +662,12 @@ class CampaignEngine:
         """Every message a campaign reads, with the value slots of its condition inputs."""
         deps: dict[int, list[_Run]] = {}
         every: dict[int, list[_Run]] = {}
-        for run in self.runs.values():
+        watchers: list[_Run | Watch] = [*self.runs.values(), *self.watches.values()]
+        for run in watchers:
             for i in run.inputs:
-                deps.setdefault(i, []).append(run)
+                deps.setdefault(i, []).append(run)  # type: ignore[arg-type]  # a Watch quacks like a _Run
             for i in run.per_sample:
-                every.setdefault(i, []).append(run)
+                every.setdefault(i, []).append(run)  # type: ignore[arg-type]
         self.on_change = [deps.get(i, []) for i in range(len(self.keys))]
         self.on_sample = [every.get(i, []) for i in range(len(self.keys))]
         self.windows_of: list[list[_Window]] = [[] for _ in self.keys]
@@ -676,6 +745,12 @@ class CampaignEngine:
             j = previous.index.get(key)
             if j is not None:
                 self.values[i], self.prevs[i] = previous.values[j], previous.prevs[j]
+        for name, watch in self.watches.items():
+            old_watch = previous.watches.get(name)
+            if old_watch is not None and old_watch.text == watch.text:
+                watch.latched, watch.falls = old_watch.latched, old_watch.falls
+            else:
+                watch.evaluate(previous.now)
 
     # ----------------------------------------------------------------- running
     def step_for(self, bus: str, frame_id: int, step: Step | None) -> Step | None:

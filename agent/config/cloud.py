@@ -18,7 +18,8 @@ from agent.config.schema import BusConfig
 # Identity, state paths, the sink and its credentials stay local. Of a bus the cloud may not set what
 # reads local files (a replay log, python-can options that open paths) nor turn a bus into the
 # simulator; those stay as the local file has them for a bus of the same name.
-CLOUD_WRITABLE = ("buses", "collection", "batching", "encoding", "log_level", "store", "campaigns")
+CLOUD_WRITABLE = ("buses", "collection", "batching", "encoding", "log_level", "store", "campaigns",
+                  "software_update")
 CLOUD_STORE_KEYS = ("max_bytes", "max_batches", "ttl_s")
 LOCAL_BUS_KEYS = ("replay", "replay_rate", "options", "simulate")
 CLOUD_BUS_KEYS = tuple(k for k in BusConfig.model_fields if k not in LOCAL_BUS_KEYS)

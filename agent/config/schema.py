@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from agent.campaigns.buffer import DEFAULT_BUDGET_BYTES
 from agent.campaigns.model import Campaign, check_campaigns
 from agent.model import Priority
+from agent.ota.model import OtaConfig, SoftwareUpdate
 
 IOTHUB_MAX_MESSAGE_BYTES = 256 * 1024
 # Bounds of the numbers the cloud may write (docs/iothub.md, "Limits"): beyond them a value is a typo
@@ -345,6 +346,10 @@ class AgentConfig(_Model):
         DEFAULT_BUDGET_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024,
         description="Memory of all campaigns' pre-/post-trigger buffers together. Local only.")
     remote_databases: RemoteDatabasesConfig = Field(default_factory=RemoteDatabasesConfig)
+    software_update: SoftwareUpdate | None = Field(None, description=(
+        "An over-the-air software update to verify, install when the vehicle allows and confirm "
+        "(docs/ota.md). Cloud-writable."))
+    ota: OtaConfig = Field(default_factory=OtaConfig, description="Software update settings. Local only.")
     base_dir: Annotated[str, Field(exclude=True, description="Folder relative paths resolve against.")] = "."
 
     @field_validator("buses")
@@ -360,6 +365,12 @@ class AgentConfig(_Model):
     @classmethod
     def _campaign_ids(cls, campaigns: list[Campaign]) -> list[Campaign]:
         return check_campaigns(campaigns)
+
+    @model_validator(mode="after")
+    def _updates_enabled(self) -> AgentConfig:
+        if self.software_update is not None and not self.ota.enabled:
+            raise ValueError("software_update: software updates are disabled on this device (ota.enabled: false)")
+        return self
 
     @model_validator(mode="after")
     def _store_holds_several_batches(self) -> AgentConfig:

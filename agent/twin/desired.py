@@ -272,10 +272,10 @@ class DesiredState:
             if key == "buses":
                 for bus in cfg.buses:
                     load_databases([cfg.resolve(p) for p in bus.databases], strict=bus.strict)
-            if key in ("buses", "campaigns"):  # campaigns name signals of the buses' databases
+            if key in ("buses", "campaigns", "software_update"):  # they name signals of the buses' databases
                 errors = campaign_errors(cfg)
                 if errors:
-                    return "; ".join(f"campaigns: {e}" for e in errors)
+                    return "; ".join(e if e.startswith("software_update") else f"campaigns: {e}" for e in errors)
         except ConfigError as exc:
             return "; ".join(exc.errors)
         except DatabaseError as exc:  # (a ValueError too: first)

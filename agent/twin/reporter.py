@@ -60,6 +60,8 @@ def reported_doc(status: dict[str, Any]) -> dict[str, Any]:
         "campaign_state": status.get("campaigns") or None,
         # not "databases" either: the desired property's ack (agent/remotedb)
         "database_state": status.get("databases"),
+        # not "software_update": that name carries the ack of the desired property
+        "software_update_state": status.get("software_update"),
     })
 
 

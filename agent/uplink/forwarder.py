@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.liveness import backoff_delay, beat, pause
+from agent.liveness import backoff_delay, beat, pause, wait_first
 from agent.store import Store
 from agent.uplink.base import Sink, SinkError, UnsendableBatch
 
@@ -66,12 +66,7 @@ class Forwarder:
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         beat()
         self.wake.clear()
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+        await wait_first(stop, self.wake, timeout=seconds)
 
     async def _fail(self, stop: asyncio.Event, error: Exception) -> None:
         st = self.status

@@ -1,0 +1,138 @@
+"""The software update's remote document, install window, signatures and persisted state, alone
+(the agent end to end is tests/test_ota.py)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.hashes import SHA256
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from agent.config import ConfigError, build_config
+from agent.ota.model import SoftwareUpdate
+from agent.ota.state import StateFile
+from agent.ota.updater import in_window
+from agent.ota.verify import VerifyError, check_signature, load_keys, statement, verify_image
+
+pytestmark = pytest.mark.ota
+
+GOOD: dict[str, Any] = {"id": "u-1", "version": "2.0", "url": "https://example.invalid/a.bin", "sha256": "a" * 64,
+                        "size": 10, "signature": base64.b64encode(b"s" * 64).decode()}
+
+
+@pytest.mark.parametrize(("field", "value", "why"), [
+    ("id", "../x", "letters, digits"),
+    ("url", "http://example.invalid/a.bin", "https://"),
+    ("sha256", "A" * 64, "lowercase hex"),
+    ("size", 0, "greater than 0"),
+    ("signature", "not base64!", "not base64"),
+    ("guard", "Speed == ", "syntax error"),
+    ("guard", "__import__('os')", "unknown function '__import__'"),
+    ("install_window", "25:00-03:00", "HH:MM-HH:MM"),
+    ("install_window", "02:00-02:00", "the same time"),
+    ("backend", "apt", "rauc"),
+    ("reboot", "later", "now"),
+])
+def test_a_bad_field_is_refused_with_its_reason(field: str, value: Any, why: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        SoftwareUpdate.model_validate({**GOOD, field: value})
+    assert why in str(err.value)
+
+
+def test_disabled_updates_refuse_the_property(edge_dbc: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"buses": [{"name": "a", "databases": [str(edge_dbc)]}], "ota": {"enabled": False}, "software_update": GOOD})
+    assert "software updates are disabled on this device" in str(err.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from([*GOOD, "guard", "install_window", "backend", "reboot", "cancel", "x"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=80),
+                                 st.floats(allow_nan=True), st.lists(st.integers(), max_size=3))))
+def test_any_document_is_a_valid_update_or_a_validation_error(doc: dict[str, Any]) -> None:
+    """The remote document is total: a model, or pydantic's error (which names the field)."""
+    try:
+        SoftwareUpdate.model_validate({**GOOD, **doc})
+    except ValidationError as exc:
+        assert exc.errors()
+
+
+@pytest.mark.parametrize(("window", "hhmm", "inside"), [
+    ("01:00-05:00", "00:59", False), ("01:00-05:00", "01:00", True), ("01:00-05:00", "04:59", True),
+    ("01:00-05:00", "05:00", False), ("22:00-03:00", "23:30", True), ("22:00-03:00", "02:59", True),
+    ("22:00-03:00", "03:00", False), ("22:00-03:00", "21:59", False), (None, "12:00", True),
+])
+def test_install_window_in_local_time(window: str | None, hhmm: str, inside: bool) -> None:
+    h, m = map(int, hhmm.split(":"))
+    assert in_window(window, datetime(2026, 11, 29, h, m, 30)) is inside
+
+
+def _pem(key: Any) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_ed25519_and_ecdsa_signatures(tmp_path: Path) -> None:
+    ed, ecd = ed25519.Ed25519PrivateKey.generate(), ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "ed.pem").write_bytes(_pem(ed))
+    (tmp_path / "ec.pem").write_bytes(_pem(ecd))
+    keys = load_keys([tmp_path / "ed.pem", tmp_path / "ec.pem"])
+    image = tmp_path / "img"
+    image.write_bytes(b"firmware")
+    digest = hashlib.sha256(b"firmware").hexdigest()
+    msg = statement("2.0", digest, 8)
+    for sig in (ed.sign(msg), ecd.sign(msg, ec.ECDSA(SHA256()))):
+        verify_image(image, version="2.0", sha256=digest, size=8, signature=sig, keys=keys)
+    with pytest.raises(VerifyError, match="signature verification failed"):  # signed for another version
+        check_signature(keys, ed.sign(statement("2.1", digest, 8)), version="2.0", sha256=digest, size=8)
+    image.write_bytes(b"firmwarX")
+    with pytest.raises(VerifyError, match="sha256 mismatch"):
+        verify_image(image, version="2.0", sha256=digest, size=8, signature=ed.sign(msg), keys=keys)
+    image.write_bytes(b"firmware!")
+    with pytest.raises(VerifyError, match="size mismatch"):
+        verify_image(image, version="2.0", sha256=digest, size=8, signature=ed.sign(msg), keys=keys)
+    with pytest.raises(VerifyError, match="no trusted public keys"):
+        check_signature([], ed.sign(msg), version="2.0", sha256=digest, size=8)
+
+
+def test_a_key_of_another_kind_is_refused_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "rsa.pem").write_bytes(_pem(rsa.generate_private_key(65537, 2048)))
+    with pytest.raises(VerifyError, match=r"rsa.pem: .*RSAPublicKey keys are not accepted"):
+        load_keys([tmp_path / "rsa.pem"])
+    (tmp_path / "junk.pem").write_text("-----BEGIN PUBLIC KEY-----\nxx\n")
+    with pytest.raises(VerifyError, match="junk.pem: not a PEM public key"):
+        load_keys([tmp_path / "junk.pem"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+def test_a_damaged_state_file_starts_idle_and_is_set_aside(tmp_path_factory: pytest.TempPathFactory,
+                                                           raw: bytes) -> None:
+    folder = tmp_path_factory.mktemp("ota")
+    (folder / "state.json").write_bytes(raw)
+    state = StateFile(folder, 1.0).load()
+    assert state.state in ("idle", "downloading", "verifying", "waiting_guard", "installing",
+                           "installed_pending_reboot", "rebooting", "succeeded", "failed", "rolled_back")
+
+
+def test_state_survives_a_restart_and_remembers_finished_ids(tmp_path: Path) -> None:
+    f = StateFile(tmp_path, 1.0)
+    f.load()
+    f.state.id = "u-7"
+    f.to("downloading", version="2.0")
+    f.progress(50, 200)
+    f.to("failed", error="cancelled from the cloud")
+    again = StateFile(tmp_path, 1.0).load()
+    assert (again.id, again.state, again.error, again.done) == ("u-7", "failed", "cancelled from the cloud",
+                                                                {"u-7": "failed"})
+    (tmp_path / "state.json").write_text('{"state": "nonsense"}')
+    assert StateFile(tmp_path, 1.0).load().state == "idle"
+    assert (tmp_path / "state.damaged").exists()
