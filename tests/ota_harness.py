@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import os
 import shutil
 import signal
-import ssl
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agent.can.logs import format_candump
 from agent.ota.verify import statement
-from tests.iothub_standin import make_certs
+from tests.https_server import HttpsServer
 
 GUARD_DBC = """VERSION ""
 NS_ :
@@ -63,59 +60,6 @@ class Signer:
         return base64.b64encode(self.key.sign(statement(version, sha256, size))).decode()
 
 
-class ImageServer:
-    """HTTPS on 127.0.0.1 serving files from a folder, with Range; `rate` bytes/s throttles (0: none).
-    `requests` records (path, Range header) of every GET."""
-
-    def __init__(self, folder: Path, certs: dict[str, Path]) -> None:
-        self.folder = folder
-        self.rate = 0
-        self.requests: list[tuple[str, str | None]] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                rng = self.headers.get("Range")
-                server.requests.append((self.path, rng))
-                path = server.folder / self.path.lstrip("/")
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
-                self.send_response(206 if rng else 200)
-                if rng:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                try:
-                    for i in range(start, len(data), 16384):
-                        self.wfile.write(data[i:i + 16384])
-                        if server.rate:
-                            time.sleep(16384 / server.rate)
-                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-                    pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(certs["cert"], certs["key"])
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        return f"https://127.0.0.1:{self.port}/{name}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 class Device:
     """One simulated vehicle: its config, keys, image server and the update it is offered."""
 
@@ -123,10 +67,9 @@ class Device:
         self.tmp = tmp
         self.state = tmp / "state"
         self.signer = Signer(tmp)
-        self.www = tmp / "www"
+        self.www = tmp / "www"   # where a test makes bundles and archives before serving them
         self.www.mkdir()
-        self.certs = make_certs(tmp / "tls")
-        self.server = ImageServer(self.www, self.certs)
+        self.server = HttpsServer(tmp / "tls").__enter__()
         (tmp / "guard.dbc").write_text(GUARD_DBC)
         vehicle_log(tmp / "vehicle.log", moving_s=moving_s, parked_s=600)
         self.boot_id = tmp / "boot_id"
@@ -143,7 +86,7 @@ class Device:
         reboot = tmp / "reboot.sh"
         reboot.write_text(f"#!/bin/sh\necho reboot >> {self.reboots}\n")
         reboot.chmod(0o755)
-        self.ota = {"public_keys": [str(self.signer.public)], "ca_file": str(self.certs["ca"]),
+        self.ota = {"public_keys": [str(self.signer.public)], "ca_file": str(self.server.ca_file),
                     "guard_hold_s": 1.0, "confirm_after_s": 1.0, "boot_id_file": str(self.boot_id),
                     "version_file": str(self.version_file), "report_interval_s": 0.2,
                     "reboot_command": [str(reboot)], "command": {"argv": [str(installer), "{file}"]}, **ota}
@@ -158,18 +101,25 @@ class Device:
                        "replay": str(self.tmp / "vehicle.log"), "replay_rate": 1.0}],
             "sink": {"type": "file"}, "ota": self.ota}))
 
-    def image(self, name: str, data: bytes) -> tuple[str, int]:
-        (self.www / name).write_bytes(data)
-        return hashlib.sha256(data).hexdigest(), len(data)
+    def image(self, name: str, data: bytes) -> None:
+        """Serve `data` as /name."""
+        self.server.put(f"/{name}", data)
+
+    def serve(self, path: Path) -> None:
+        """Serve a file a test made (a bundle, an archive) under its name."""
+        self.image(path.name, path.read_bytes())
 
     def update(self, uid: str, name: str, version: str = "2.0", *, sha256: str | None = None,
                signer: Signer | None = None, **fields: Any) -> dict[str, Any]:
-        """The desired software_update of the image `name` in www/."""
-        data = (self.www / name).read_bytes()
+        """The desired software_update of the served image `name`."""
+        data = self.server.files[f"/{name}"]
         digest = sha256 or hashlib.sha256(data).hexdigest()
         signature = (signer or self.signer).sign(version, digest, len(data))
-        return {"id": uid, "version": version, "url": self.server.url(name), "sha256": digest, "size": len(data),
-                "signature": signature, "backend": self.backend, **fields}
+        return {"id": uid, "version": version, "url": self.server.url(f"/{name}?sv=2026&sig=secret"),
+                "sha256": digest, "size": len(data), "signature": signature, "backend": self.backend, **fields}
+
+    def close(self) -> None:
+        self.server.__exit__()
 
 
 def kill(proc: subprocess.Popen) -> None:

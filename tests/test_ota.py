@@ -75,7 +75,7 @@ def make_device() -> Iterator[Callable[..., Device]]:
         return made[-1]
     yield make
     for dev in made:
-        dev.server.close()
+        dev.close()
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def test_an_image_changed_on_disk_while_waiting_is_refused(tmp_path: Path, make_
 def test_kill_during_download_resumes(device: Device) -> None:
     payload = os.urandom(1_500_000)
     device.image("big.bin", payload)
-    device.server.rate = 300_000   # ~5 s
+    device.server.behave("/big.bin", bytes_per_s=300_000)   # ~5 s
     desire(device, device.update("u-dl", "big.bin", reboot="never"), 1)
     run = Run(device)
     try:
@@ -202,11 +202,11 @@ def test_kill_during_download_resumes(device: Device) -> None:
                  30, what="a download under way")
     finally:
         run.kill()
-    device.server.rate = 0
+    device.server.behave("/big.bin")
     run = Run(device)
     try:
         run.reached("installed_pending_reboot")
-        ranges = [r for _, r in device.server.requests if r]
+        ranges = [r.range for r in device.server.requests if r.range]
         assert ranges and int(ranges[-1].split("=")[1].rstrip("-")) > 200_000   # resumed, not from zero
         assert device.installed.read_bytes() == payload
     finally:
@@ -308,7 +308,7 @@ def test_rauc_install_then_reboot_into_new_or_old_slot(tmp_path: Path, rauc: Rau
     succeeded and B is marked good; a reboot that comes back in A (the bootloader fell back) is rolled_back."""
     dev = rauc_device(make_device, tmp_path, rauc)
     rootfs = os.urandom(1024 * 1024)
-    rauc.bundle(dev.www / "update.raucb", rootfs, "2.0")
+    dev.serve(rauc.bundle(dev.www / "update.raucb", rootfs, "2.0"))
     dev.ota.pop("version_file")   # RAUC's slots tell which software runs
     dev.write_config()
     desire(dev, dev.update("r-1", "update.raucb", reboot="now"), 1)
@@ -344,7 +344,7 @@ def test_rauc_install_then_reboot_into_new_or_old_slot(tmp_path: Path, rauc: Rau
 def test_rauc_refuses_a_bundle_signed_by_another_key(tmp_path: Path, rauc: Rauc, make_device: Callable[..., Device]) -> None:
     """Our signature vouches for the file, RAUC's keyring does not: RAUC's own reason is reported."""
     dev = rauc_device(make_device, tmp_path, rauc)
-    rauc.bundle(dev.www / "evil.raucb", os.urandom(4096), "2.0", evil=True)
+    dev.serve(rauc.bundle(dev.www / "evil.raucb", os.urandom(4096), "2.0", evil=True))
     desire(dev, dev.update("r-evil", "evil.raucb"), 1)
     run = Run(dev)
     try:
@@ -368,7 +368,7 @@ def test_swupdate_streams_the_image(tmp_path: Path, swupdate: Swupdate, corrupt:
     (tmp_path / "dev").mkdir()
     dev = make_device(tmp_path / "dev", backend="swupdate", swupdate={"socket_dir": str(swupdate.dir)})
     payload = os.urandom(512 * 1024)
-    swupdate.swu(dev.www / "app.swu", payload, "2.0", corrupt=corrupt)
+    dev.serve(swupdate.swu(dev.www / "app.swu", payload, "2.0", corrupt=corrupt))
     desire(dev, dev.update("s-1", "app.swu", reboot="never"), 1)
     run = Run(dev)
     try:
