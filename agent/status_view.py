@@ -99,7 +99,22 @@ def render(view: StatusView) -> str:
                                        if t["restarts"] else "")
             for name, t in doc["tasks"].items()))
     lines += _campaign_lines(doc.get("campaigns") or {})
+    lines += _update_lines(doc.get("software_update") or {})
     return "\n".join(lines)
+
+
+def _update_lines(up: dict[str, Any]) -> list[str]:
+    """The software update (docs/ota.md): its state, progress, what it waits for, its error."""
+    if not up.get("id"):
+        return []
+    line = f"software update {up['id']} ({up.get('version')}, {up.get('backend')}): {up['state']}"
+    if up["state"] in ("downloading", "installing"):
+        line += f" {up.get('progress_percent', 0)} %"
+    if up.get("waiting_for"):
+        line += f", waiting for {up['waiting_for']}"
+    if up.get("error"):
+        line += f", error: {up['error']}"
+    return [line]
 
 
 def _campaign_lines(camp: dict[str, Any]) -> list[str]:

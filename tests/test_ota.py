@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.twin.local import read_reported, write_desired
-from tests.conftest import start_logged_agent, wait_for
+from tests.conftest import run_cli, start_logged_agent, wait_for
 from tests.ota_harness import Device, Rauc, Signer, Swupdate, kill, stop
 
 pytestmark = pytest.mark.ota
@@ -107,6 +107,7 @@ def test_command_update_installs_reboots_and_is_confirmed(device: Device) -> Non
         wait_for(lambda: device.reboots.exists(), 20, what="the reboot command")
         assert run.states() == ["downloading", "verifying", "waiting_guard", "installing",
                                 "installed_pending_reboot", "rebooting"]
+        assert not [line for line in run.lines if "sig=secret" in line]   # the URL's SAS query is never logged
     finally:
         run.stop()
     reboot(device, 2, "2.0")
@@ -256,6 +257,9 @@ def test_cancel_from_the_cloud_and_the_same_id_is_never_installed(tmp_path: Path
     run = Run(dev)
     try:
         run.reached("waiting_guard")
+        wanted = "software update u-cancel (2.0, command): waiting_guard, waiting for guard VehicleSpeed == 0: false"
+        wait_for(lambda: wanted in run_cli("status", "--config", str(dev.config)).stdout, 30,
+                 what="vehicle-agent status showing the wait")
         desire(dev, {**update, "cancel": True}, 2)
         failed = run.reached("failed")
         assert failed["error"] == "cancelled from the cloud"
