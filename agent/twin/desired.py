@@ -90,6 +90,12 @@ def database_reason(exc: DatabaseError, folder: Path) -> str:
     return f"{name}{f':{exc.line}' if exc.line else ''}: {why}"
 
 
+def signal_errors(cfg: AgentConfig) -> list[str]:
+    """Campaigns and the software update's guard that name signals the buses' databases lack, each
+    line under the property it belongs to."""
+    return [e if e.startswith("software_update") else f"campaigns: {e}" for e in campaign_errors(cfg)]
+
+
 class DesiredState:
     """Turns desired documents into applied configs and acknowledgements."""
 
@@ -202,7 +208,7 @@ class DesiredState:
         Raises Refused before changing anything."""
         cfg = self.candidate(overlay)
         try:
-            errors = [f"campaigns: {e}" for e in campaign_errors(cfg)]
+            errors = signal_errors(cfg)
             before = set(unmatched_rules(self._build(self.desired)))
             errors += [f"{w} (it did before)" for w in unmatched_rules(cfg)
                        if w not in before and w.endswith("matches no signal of the buses' databases")]
@@ -273,9 +279,9 @@ class DesiredState:
                 for bus in cfg.buses:
                     load_databases([cfg.resolve(p) for p in bus.databases], strict=bus.strict)
             if key in ("buses", "campaigns", "software_update"):  # they name signals of the buses' databases
-                errors = campaign_errors(cfg)
+                errors = signal_errors(cfg)
                 if errors:
-                    return "; ".join(e if e.startswith("software_update") else f"campaigns: {e}" for e in errors)
+                    return "; ".join(errors)
         except ConfigError as exc:
             return "; ".join(exc.errors)
         except DatabaseError as exc:  # (a ValueError too: first)
