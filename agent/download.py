@@ -32,9 +32,10 @@ import io
 import os
 import re
 import shutil
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from urllib.parse import urlsplit
 
 import requests
 import structlog
+import urllib3.exceptions
 from urllib3.exceptions import ReadTimeoutError
 
 from agent.durable import sync_dir
@@ -55,9 +57,11 @@ PARTIAL_DIR = ".partial"
 CHUNK_BYTES = 64 * 1024
 RETRY_AFTER_MAX_S = 300.0
 
-ErrorKind = Literal["refused", "http", "network", "timeout", "size", "sha256", "space", "cancelled", "busy"]
+ErrorKind = Literal["refused", "http", "network", "timeout", "size", "sha256", "space", "disk", "cancelled", "busy"]
 # kinds worth another attempt: the link, the server's temporary state, another process holding the file
 RETRYABLE: frozenset[str] = frozenset({"network", "timeout", "busy"})
+# kinds about this device's disk (full, read-only, failing): not the file's fault, worth a later round
+LOCAL: frozenset[str] = frozenset({"space", "disk"})
 
 Progress = Callable[[int, int], None]   # (bytes present, bytes in all)
 
@@ -218,9 +222,19 @@ def fetch(spec: FileSpec, dest: Path, policy: Policy = Policy(), *, progress: Pr
     """`dest/<spec.sha256>`, downloaded and verified unless it is there already. Blocking.
 
     Raises DownloadError: `refused` (the spec itself), `size` / `sha256` (the server's file is not
-    the one named: final), `http` (a status that will not change), `space`, `cancelled`, or the
-    last `network` / `timeout` / `busy` error once `policy.attempts` are spent.
+    the one named: final), `http` (a status that will not change), `space` / `disk` (this device's
+    disk failed a read or write: full, read-only, EIO), `cancelled`, or the last `network` /
+    `timeout` / `busy` error once `policy.attempts` are spent.
     """
+    try:
+        return _fetch(spec, dest, policy, progress, cancel, session)
+    except OSError as exc:   # our disk, never the server: a DownloadError like every other failure
+        kind: ErrorKind = "space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "disk"
+        raise DownloadError(kind, f"the download store's disk: {exc.strerror or type(exc).__name__}") from None
+
+
+def _fetch(spec: FileSpec, dest: Path, policy: Policy, progress: Progress | None,
+           cancel: threading.Event | None, session: requests.Session | None) -> Path:
     why = spec.problem(policy.max_bytes)
     if why:
         raise DownloadError("refused", why)
@@ -319,29 +333,38 @@ def _transfer(spec: FileSpec, f: io.BufferedRandom, have: int, policy: Policy, s
         raise DownloadError("timeout", f"{redact(spec.url)}: no answer within {policy.timeout_s:g} s") from None
     except requests.exceptions.RequestException as exc:
         raise DownloadError("network", f"{redact(spec.url)}: {type(exc).__name__}") from None
-    with response:
+    with response, _cut_when_stopped(response, cancel, started + policy.deadline_s):
         if urlsplit(response.url).scheme != "https":
             raise DownloadError("refused", f"{redact(spec.url)}: redirected to a URL that is not https")
         have = _position(response, spec, have, f)
         if progress is not None:
             progress(have, spec.size)
+
+        def stopped() -> None:
+            """Cancelled or past the deadline (also why the watchdog may have cut the connection)."""
+            if cancel.is_set():
+                raise DownloadError("cancelled", "cancelled")
+            if time.monotonic() - started > policy.deadline_s:
+                f.flush()
+                raise DownloadError("timeout", f"{redact(spec.url)}: not complete within {policy.deadline_s:g} s "
+                                               f"({have} of {spec.size} bytes)")
         try:
-            for chunk in response.iter_content(CHUNK_BYTES):
-                if cancel.is_set():
-                    raise DownloadError("cancelled", "cancelled")
+            # read1: what one read of the socket brings, so the bytes before a cut are kept for the resume
+            while chunk := response.raw.read1(CHUNK_BYTES, decode_content=False):
                 if have + len(chunk) > spec.size:
                     raise DownloadError("size", f"size mismatch: the server sends more than {spec.size} bytes")
                 f.write(chunk)
                 have += len(chunk)
                 if progress is not None:
                     progress(have, spec.size)
-                if time.monotonic() - started > policy.deadline_s:
-                    f.flush()
-                    raise DownloadError("timeout", f"{redact(spec.url)}: not complete within {policy.deadline_s:g} s "
-                                                   f"({have} of {spec.size} bytes)")
-        except requests.exceptions.RequestException as exc:
+                stopped()
+            if have < spec.size:
+                stopped()
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
             f.flush()
-            timed_out = bool(exc.args) and isinstance(exc.args[0], ReadTimeoutError)
+            stopped()
+            timed_out = isinstance(exc, ReadTimeoutError) or (bool(exc.args) and isinstance(exc.args[0],
+                                                                                           ReadTimeoutError))
             kind: ErrorKind = "timeout" if timed_out else "network"
             raise DownloadError(kind, f"{redact(spec.url)}: interrupted at {have} of {spec.size} bytes "
                                       f"({type(exc).__name__})") from None
@@ -355,10 +378,40 @@ def _transfer(spec: FileSpec, f: io.BufferedRandom, have: int, policy: Policy, s
     return have
 
 
+@contextlib.contextmanager
+def _cut_when_stopped(response: requests.Response, cancel: threading.Event, until: float) -> Iterator[None]:
+    """Shut the response's socket down once `cancel` is set or `until` (monotonic) passes. A read
+    waits for a whole chunk, and a server trickling a byte within every read timeout would hold it
+    (and the thread, and the agent's exit, which joins it) for as long as it likes; cut, it ends."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            if cancel.is_set() or time.monotonic() > until:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)   # the fd, under TLS's back: the read ends
+                return
+
+    threading.Thread(target=watch, name="download-watchdog", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def _position(response: requests.Response, spec: FileSpec, have: int, f: io.BufferedRandom) -> int:
     """Where this response's body starts in the file; truncates `f` when the server sends it whole."""
     status = response.status_code
     where = redact(spec.url)
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if status in (200, 206) and encoding not in ("", "identity"):
+        raise DownloadError("http", f"{where}: the server encoded the body (Content-Encoding: "
+                                    f"{encoding[:40].encode('ascii', 'replace').decode()}) though asked for the "
+                                    "bytes as stored (identity): sizes, ranges and the SHA-256 are about those")
     if status == 416 and have:  # our partial is beyond the server's file: start over
         f.truncate(0)
         raise DownloadError("network", f"{where}: range not satisfiable at {have} bytes; starting over")

@@ -10,6 +10,7 @@ downloader's tests: byte ranges, throttling, cut connections, wrong lengths, fai
 from __future__ import annotations
 
 import datetime
+import gzip
 import http.server
 import ipaddress
 import re
@@ -74,6 +75,7 @@ class Behaviour:
     statuses: list[int] = field(default_factory=list)  # answer these statuses first, one a request
     retry_after: str | None = None
     content_length: int | None = None  # claim this Content-Length
+    gzip: bool = False                 # send the file gzip-compressed (Content-Encoding: gzip), whatever was asked
 
 
 @dataclass
@@ -152,6 +154,8 @@ class HttpsServer:
             h.send_header("Content-Length", "0")
             h.end_headers()
             return
+        if b.gzip:
+            data = gzip.compress(data)
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", req.range or "")
         if m and not b.ignore_range:
@@ -172,6 +176,8 @@ class HttpsServer:
         body = data[start:]
         h.send_header("Content-Length", str(b.content_length if b.content_length is not None else len(body)))
         h.send_header("Accept-Ranges", "bytes")
+        if b.gzip:
+            h.send_header("Content-Encoding", "gzip")
         h.end_headers()
         limit = len(body) if cut is None else min(cut, len(body))
         step = 16 * 1024 if b.bytes_per_s is None else max(1, int(b.bytes_per_s / 20))

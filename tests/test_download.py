@@ -330,3 +330,74 @@ def test_redact_never_shows_the_query_or_credentials(host: str, path: list[str],
 def test_redact_is_total(url: str) -> None:
     assert "?" not in redact(url)
 
+
+
+def _fetch_in_thread(spec: FileSpec, dest: Path, policy: Policy,
+                     cancel: threading.Event | None = None) -> tuple[threading.Thread, list[BaseException]]:
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fetch(spec, dest, policy, cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_trickling_server_meets_the_deadline(server: HttpsServer, tmp_path: Path) -> None:
+    """A byte every few milliseconds never trips the read timeout; a read waits for a whole chunk.
+    The deadline still ends the attempt (it used to wait for 64 KiB at 200 bytes/s: five minutes)."""
+    data = blob(200_000)
+    server.put("/trickle.dbc", data)
+    server.behave("/trickle.dbc", bytes_per_s=200)
+    policy = Policy(ca_file=server.ca_file, timeout_s=5, deadline_s=1, attempts=1)
+    thread, outcome = _fetch_in_thread(spec_of(server, "/trickle.dbc", data), tmp_path / "store", policy)
+    thread.join(60)
+    assert not thread.is_alive(), "the download outlived its deadline by a minute"
+    assert isinstance(outcome[0], DownloadError) and outcome[0].kind == "timeout"
+    assert "not complete within 1 s" in str(outcome[0])
+
+
+def test_cancel_reaches_a_trickling_download(server: HttpsServer, policy: Policy, tmp_path: Path) -> None:
+    data = blob(200_000)
+    server.put("/trickle.dbc", data)
+    server.behave("/trickle.dbc", bytes_per_s=200)
+    cancel = threading.Event()
+    thread, outcome = _fetch_in_thread(spec_of(server, "/trickle.dbc", data), tmp_path / "store", policy, cancel)
+    wait_for(lambda: server.requests and server.requests[0].sent > 0, timeout=20, what="the body to start")
+    cancel.set()
+    thread.join(60)
+    assert not thread.is_alive(), "a cancelled download went on reading"
+    assert isinstance(outcome[0], DownloadError) and outcome[0].kind == "cancelled"
+
+
+def test_a_compressed_body_is_refused_by_name(server: HttpsServer, policy: Policy, tmp_path: Path) -> None:
+    """Asked for identity, a server sends gzip anyway (a blob with Content-Encoding set): its sizes and
+    ranges are of the compressed bytes. Refused saying so, not as a size or hash mismatch."""
+    data = blob(100_000)
+    server.put("/a.dbc", data)
+    server.behave("/a.dbc", gzip=True)
+    with pytest.raises(DownloadError) as err:
+        fetch(spec_of(server, "/a.dbc", data), tmp_path / "store", policy)
+    assert err.value.kind == "http" and "Content-Encoding: gzip" in str(err.value)
+    assert SECRET not in str(err.value)
+    assert not (tmp_path / "store" / hashlib.sha256(data).hexdigest()).exists()
+
+
+def test_a_read_only_disk_is_a_download_error(server: HttpsServer, policy: Policy, small_fs: Path) -> None:
+    """The store's file system is read-only (as the store's own spill handles): a `disk` DownloadError,
+    which the updater retries in a later round, not an OSError out of `fetch` (that ended the task)."""
+    data = blob(10_000)
+    server.put("/a.dbc", data)
+    store = small_fs / "store"
+    store.mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    try:
+        with pytest.raises(DownloadError) as err:
+            fetch(spec_of(server, "/a.dbc", data), store, policy)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+    assert err.value.kind == "disk" and "Read-only file system" in str(err.value)
+    assert server.requests == []

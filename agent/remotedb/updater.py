@@ -34,7 +34,7 @@ import structlog
 from agent.collect.collector import BusCounters
 from agent.config import AgentConfig, RemoteDatabasesConfig
 from agent.decode import load_databases
-from agent.download import DownloadError, Policy, fetch_async, redact
+from agent.download import LOCAL, DownloadError, Policy, fetch_async, redact
 from agent.liveness import backoff_delay, beat
 from agent.remotedb.document import DatabasesDocument, parse_document
 from agent.remotedb.probe import probe
@@ -292,7 +292,7 @@ class DatabaseUpdater:
                     self.counters["downloaded_bytes"] += f.size
             except DownloadError as exc:
                 why = f"{f.name} ({redact(f.url)}): {exc}"
-                if exc.retryable or exc.kind == "space":
+                if exc.retryable or exc.kind in LOCAL:
                     self.counters["download_failures"] += 1
                     self._rounds += 1
                     delay = backoff_delay(self._rounds, RETRY_INITIAL_S, settings.retry_max_s)
