@@ -391,3 +391,22 @@ def test_harness_programs_present() -> None:
     """The OTA suite needs the real installers (.ci/run installs them)."""
     for program in ("rauc", "swupdate", "dbus-daemon", "cpio", "openssl"):
         assert subprocess.run(["which", program], capture_output=True).returncode == 0, f"{program} missing"
+
+
+def test_the_ack_never_repeats_the_image_urls_query(device: Device) -> None:
+    """The ack echoes the desired value; the image URL's query is a SAS token (a secret): the echo has
+    the URL without it, as the databases' ack does, and neither reported.json nor status carries it."""
+    device.image("app.bin", os.urandom(10_000))
+    update = device.update("u-echo", "app.bin", reboot="never")
+    desire(device, update, 1)
+    run = Run(device)
+    try:
+        ack = wait_for(lambda: read_reported(device.state).get("software_update"), 20, what="the ack")
+        assert ack["value"]["url"] == update["url"].split("?")[0] and ack["value"]["id"] == "u-echo"
+        run.reached("installed_pending_reboot")
+        wait_for(lambda: (device.state / "status.json").exists(), 20, what="status")
+        for text in ((device.state / "control" / "reported.json").read_text(),
+                     (device.state / "status.json").read_text()):
+            assert "sig=secret" not in text
+    finally:
+        run.stop()

@@ -40,6 +40,7 @@ from agent.config import (
 )
 from agent.decode import DatabaseError, load_databases
 from agent.decode.database import NO_STRICT_HINT
+from agent.download import redact
 from agent.remotedb.document import PROPERTY as DATABASES
 from agent.remotedb.document import parse_document, redacted_value
 from agent.remotedb.updater import DatabaseUpdater, Refused
@@ -50,6 +51,7 @@ log = structlog.get_logger()
 DESIRED_FILE = "desired.json"
 WRITABLE = (*CLOUD_WRITABLE, DATABASES)   # `databases`: remote database versions (agent/remotedb/)
 DATABASES_DIR = "databases"              # their store under the state dir
+SOFTWARE_UPDATE = "software_update"      # its url's query is a SAS token: never echoed
 ECHO_MAX_BYTES = 4096   # an ack echoes the value up to this size (the reported section has 32 KB in all)
 _DELETE = object()
 _ACTIVE: Any = object()   # _build's overlay: the active remote database version
@@ -63,9 +65,11 @@ def ack(value: Any, code: int, version: int | None, why: str) -> dict[str, Any]:
 
 def _echo(value: Any, key: str = "") -> Any:
     """The value an ack repeats: the desired value, unless it is too large for the reported section;
-    `databases` without its URLs' queries (SAS tokens are secrets)."""
+    `databases` and `software_update` without their URLs' queries (SAS tokens are secrets)."""
     if key == DATABASES:
         value = redacted_value(value)
+    elif key == SOFTWARE_UPDATE and isinstance(value, Mapping) and isinstance(value.get("url"), str):
+        value = {**value, "url": redact(value["url"])}
     try:
         return value if len(orjson.dumps(value)) <= ECHO_MAX_BYTES else None
     except (TypeError, orjson.JSONEncodeError):
