@@ -184,6 +184,10 @@ class Rauc:
         script = boot / "backend.sh"
         script.write_text(CUSTOM_BOOTLOADER)
         script.chmod(0o755)
+        self.slow = folder / "slow"   # while it exists, each install takes 6 s more (a pre-install handler)
+        pre = folder / "pre-install.sh"
+        pre.write_text(f"#!/bin/sh\n[ -f {self.slow} ] && sleep 6\nexit 0\n")
+        pre.chmod(0o755)
         (folder / "system.conf").write_text(f"""[system]
 compatible={self.COMPATIBLE}
 bootloader=custom
@@ -193,6 +197,7 @@ bundle-formats=plain verity
 
 [handlers]
 bootloader-custom-backend={script}
+pre-install={pre}
 
 [keyring]
 path={self.cert}

@@ -54,7 +54,11 @@ class Run:
                 raise AssertionError(f"agent exited {self.proc.returncode}: {''.join(self.lines[-20:])}")
             hits = [e for e in self.events() if e["to"] == state]
             return hits[-1] if hits else None
-        return wait_for(seen, timeout, 0.05, f"ota state {state} (seen {self.states()})")
+        try:
+            return wait_for(seen, timeout, 0.05, f"ota state {state}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; states seen: {self.states()}; the agent's last log lines:\n"
+                                 + "".join(self.lines[-10:])) from None
 
     def stop(self) -> None:
         stop(self.proc)
@@ -280,6 +284,24 @@ def test_cancel_from_the_cloud_and_the_same_id_is_never_installed(tmp_path: Path
         run.stop()
 
 
+def test_cancel_during_the_download(device: Device) -> None:
+    device.image("big.bin", os.urandom(1_500_000))
+    device.server.behave("/big.bin", bytes_per_s=200_000)
+    update = device.update("u-dl-cancel", "big.bin")
+    desire(device, update, 1)
+    run = Run(device)
+    try:
+        wait_for(lambda: run.update().get("state") == "downloading" and run.update().get("bytes", 0) > 0, 30,
+                 what="a download under way")
+        desire(device, None, 2)   # the property removed: the same as cancel before installing
+        failed = run.reached("failed")
+        assert failed["error"] == "cancelled from the cloud"
+        assert not [p for p in (device.state / "ota" / "images").rglob("*") if p.is_file()]  # partial removed
+        assert not device.installs.exists()
+    finally:
+        run.stop()
+
+
 def test_a_guard_naming_an_unknown_signal_is_refused(device: Device) -> None:
     device.image("app.bin", b"x" * 10)
     desire(device, device.update("u-bad", "app.bin", guard="Speed == 0"), 1)
@@ -341,6 +363,28 @@ def test_rauc_install_then_reboot_into_new_or_old_slot(tmp_path: Path, rauc: Rau
             assert "slot A" in back["error"]
             now = wait_for(lambda: (u := run.update()).get("state") == "rolled_back" and u, 10)
             assert now["booted_slot"] == "A" and now["installed_version"] is None
+    finally:
+        run.stop()
+
+
+def test_rauc_kill_during_install(tmp_path: Path, rauc: Rauc, make_device: Callable[..., Device]) -> None:
+    """Killed while RAUC installs (slowed by a pre-install handler): the restarted agent follows RAUC
+    to its end (still installing: Completed; done meanwhile: the slot holds the bundle's version)."""
+    dev = rauc_device(make_device, tmp_path, rauc)
+    rauc.slow.touch()
+    rootfs = os.urandom(3 * 1024 * 1024)
+    dev.serve(rauc.bundle(dev.www / "big.raucb", rootfs, "3.0"))
+    desire(dev, dev.update("r-kill", "big.raucb", "3.0", reboot="never"), 1)
+    run = Run(dev)
+    try:
+        run.reached("installing")
+    finally:
+        run.kill()
+    run = Run(dev)
+    try:
+        run.reached("installed_pending_reboot")
+        assert run.events("ota_install_resumed")
+        assert rauc.slot("B")[:len(rootfs)] == rootfs
     finally:
         run.stop()
 
