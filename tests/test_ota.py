@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,7 @@ def test_guard_not_met_then_met(tmp_path: Path, make_device: Callable[..., Devic
     dev = make_device(tmp_path, moving_s=4.0)
     dev.image("app.bin", os.urandom(50_000))
     desire(dev, dev.update("u-guard", "app.bin", guard="VehicleSpeed == 0 and ParkingBrake == 1",
-                           reboot="never"), 1)
+                           reboot="when_guard"), 1)
     run = Run(dev)
     try:
         waiting = wait_for(lambda: (u := run.update()).get("state") == "waiting_guard" and
@@ -170,11 +171,12 @@ def test_guard_not_met_then_met(tmp_path: Path, make_device: Callable[..., Devic
         assert waiting["waiting_for"] == "guard VehicleSpeed == 0 and ParkingBrake == 1: false"
         assert not dev.installs.exists()
         run.reached("installing", 30)
-        pending = run.reached("installed_pending_reboot")
-        assert pending["waiting_for"] is None
-        assert wait_for(lambda: run.update().get("waiting_for") == "a reboot (reboot: never)", 10)
+        run.reached("installed_pending_reboot")
+        run.reached("rebooting")   # when_guard: once the guard held again
+        wait_for(lambda: dev.reboots.exists(), 20, what="the reboot command")
         waits = [e["waiting_for"] for e in run.events("ota_waiting")]
-        assert any("held" in (w or "") for w in waits)   # it counted the hold time
+        assert any(w.startswith("guard ") and " held " in w for w in waits)   # it counted the hold time
+        # when_guard: the guard held on through the install, so the reboot followed without a new wait
     finally:
         run.stop()
 
@@ -236,6 +238,38 @@ def test_kill_during_install_reports_the_installers_result(device: Device) -> No
         assert run.events("ota_install_resumed")
         assert device.installed.read_bytes() == payload
         assert device.installs.read_text().count("\n") == 1
+        assert wait_for(lambda: run.update().get("waiting_for") == "a reboot (reboot: never)", 10)
+    finally:
+        run.stop()
+
+
+def test_outside_the_install_window_it_waits(device: Device) -> None:
+    later = datetime.now() + timedelta(hours=2)
+    window = f"{later:%H}:00-{(later + timedelta(hours=1)):%H}:00"
+    device.image("app.bin", os.urandom(10_000))
+    desire(device, device.update("u-win", "app.bin", install_window=window), 1)
+    run = Run(device)
+    try:
+        waiting = wait_for(lambda: (u := run.update()).get("state") == "waiting_guard" and u, 30)
+        assert waiting["waiting_for"] == f"install window {window} (local time)"
+        assert not device.installs.exists()
+    finally:
+        run.stop()
+
+
+def test_a_failing_reboot_command_is_reported(device: Device) -> None:
+    device.ota["reboot_command"] = ["/bin/false"]
+    device.write_config()
+    device.image("app.bin", os.urandom(10_000))
+    desire(device, device.update("u-noboot", "app.bin", reboot="now"), 1)
+    run = Run(device)
+    try:
+        run.reached("rebooting")
+        back = wait_for(lambda: [e for e in run.events() if e["from"] == "rebooting"], 20,
+                        what="back from rebooting")   # the command failed: still pending, saying why
+        assert back[-1]["to"] == "installed_pending_reboot"
+        assert back[-1]["error"] == "reboot command failed: exit code 1"
+        assert run.events("ota_reboot_failed")[0]["retry_s"] == 60.0   # tried again later, not at once
     finally:
         run.stop()
 

@@ -30,6 +30,7 @@ from agent.ota.verify import VerifyError, check_signature, load_keys, verify_ima
 log = structlog.get_logger()
 
 TICK_S = 0.25
+REBOOT_RETRY_S = 60.0   # a reboot command that failed is tried again after this
 IMAGES = "images"
 WatchView = Callable[[], Any]   # the engine's Watch of the guard (latched, falls, missing()), or None
 
@@ -347,9 +348,11 @@ class Updater:
                 self.on_change()
                 await self._sleep(stop, TICK_S)
                 return
-        await self.reboot()
+        if not await self.reboot():
+            await self._sleep(stop, REBOOT_RETRY_S)   # not again at once: a broken command must not spin
 
-    async def reboot(self) -> None:
+    async def reboot(self) -> bool:
+        """Run the reboot command; False (back to installed_pending_reboot, saying why) if it failed."""
         self.to("rebooting", boot_id=self.boot_id())
         argv = self.ota.reboot_command
         try:
@@ -362,10 +365,11 @@ class Updater:
         else:
             why = f"exit code {rc}"
         if rc != 0:
-            log.error("ota_reboot_failed", command=argv[:1], error=why)
+            log.error("ota_reboot_failed", command=argv[:1], error=why, retry_s=REBOOT_RETRY_S)
             self.to("installed_pending_reboot", error=f"reboot command failed: {why}")
-        else:
-            log.info("ota_reboot_requested", update_id=self.st.id)
+            return False
+        log.info("ota_reboot_requested", update_id=self.st.id)
+        return True
 
     async def confirm(self, stop: asyncio.Event) -> None:
         """A new boot after the install: the new software runs (healthy: succeeded) or the old one (rolled_back)."""
