@@ -36,6 +36,7 @@ from agent.liveness import beat
 from agent.logs import set_level
 from agent.ota.updater import Updater
 from agent.pipeline import build, load_bus_databases
+from agent.startup import process_age_s
 from agent.store import Store
 from agent.store.spill import SpillingStore
 from agent.summary import SummaryLog
@@ -117,6 +118,7 @@ class Agent:
         self.ota = Updater(cfg.ota, cfg.state_path(cfg.ota.download_dir), cfg.resolve, guard=self._update_guard,
                            healthy=self._healthy, on_change=self.control.reporter.wake.set)
         self.ota.configure(cfg.ota, cfg.software_update)
+        self._decoding: set[str] = set()  # buses whose first decoded frame was logged (first_frame_decoded)
 
     # ---------------------------------------------------------------- sources
     def _make_source(self, bus: BusConfig) -> tuple[FrameSource, bool]:
@@ -138,12 +140,17 @@ class Agent:
         """Feed a bus's frames to its collector. A source that raises is marked down and the error goes
         to the supervisor (logged, counted, restarted): a bug must not stop collection on every other
         bus, nor on this one for good."""
+        first = source.bus not in self._decoding
         try:
             async for frames in source.frames(stop):
                 beat()
                 collector = self.pipeline.collectors.get(source.bus)
                 if collector is not None:
                     collector.process(frames)
+                    if first and collector.counters.samples:
+                        first = False
+                        self._decoding.add(source.bus)
+                        log.info("first_frame_decoded", bus=source.bus, since_process_start_s=process_age_s())
         except Exception as exc:
             source.state, source.last_error = "down", f"{type(exc).__name__}: {exc}"
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 import structlog
@@ -163,3 +164,15 @@ def agent_writes(cfg: AgentConfig) -> list[Path]:
     if cfg.sink.type == "file":
         paths.append(cfg.state_path(cfg.sink.path))
     return paths
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux: /proc/self/stat's start time against the boot
+    clock, 10 ms resolution; None where that is not available): the start-up figure the agent logs
+    with its first decoded frame, which imports and database parsing dominate."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
+        return round(time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None

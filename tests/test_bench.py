@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agent.bench.production import format_production
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,3 +56,29 @@ def test_bench_reports_a_broken_dbc(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "agent", "bench", "--seconds", "2", "--dbc", str(bad)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "bad.dbc" in res.stderr
+
+
+def test_bench_production_profile_prints_the_production_figures() -> None:
+    """`bench --profile production` (issue 19): the default figures on the production databases, plus
+    start-up time of a real agent process, live swap, RSS of a replay-fed agent and an eight-bus car
+    at 8,000 frames/s a bus. Structure and consistency only."""
+    res = subprocess.run([sys.executable, "-m", "agent", "bench", "--profile", "production", "--seconds", "2", "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(res.stdout)
+    assert r["profile"] == "production" and r["buses"] == ["powertrain", "chassis", "body"]
+    dbs = r["databases"]
+    assert sum(d["messages"] for d in dbs.values()) == 1000 and all(d["signals"] > 1500 for d in dbs.values())
+    assert r["pipeline"]["frames_per_s"] > 0 and r["pipeline"]["ratio_to_cantools"] > 0
+    assert r["wire"]["columnar"]["bytes_per_sample"] < r["wire"]["named_json+zlib"]["bytes_per_sample"]
+    assert r["startup_s"] > 0 and r["startup"]["runs"] and r["startup"]["agent_reported_s"] > 0
+    assert r["swap_ms"] == r["config_swap_ms"] > 0 and r["frames_dropped_during_swap"] == 0
+    assert 10 < r["rss_mb"] < 1000 and r["soak"]["fed_by"].startswith("replay")
+    assert 10 < r["rss_mb_simulated"] < 1000
+    sat = r["saturation"]
+    assert sat["buses"] == 8 and sat["rate_per_bus"] == 8000 and sat["frames"] > 0
+    assert r["cpu_percent"] == sat["cpu_percent"] > 0
+    text = format_production(r)  # the table of the same figures
+    assert "production profile: powertrain 340 messages" in text and "pipeline (after the read)" in text
+    assert f"startup_s: {r['startup_s']} s" in text and f"cpu_percent: {r['cpu_percent']} % of one core, 8 buses" in text
+

@@ -112,3 +112,23 @@ def test_a_second_agent_on_the_same_state_directory_exits_2_naming_the_first(tmp
                                             "replay": str(DATA / "edge.log")}]}))
     again = run_cli("run", "--config", str(tmp_path / "replay.yaml"), "--no-progress", timeout=60)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_the_first_decoded_frame_of_each_bus_is_logged_with_the_time_since_process_start(tmp_path: Path) -> None:
+    """Start-up time as an operator reads it (issue 19): one `first_frame_decoded` line per bus, after
+    agent_start, with the seconds since the process started; none for a bus that decoded nothing."""
+    cfg = {"vehicle_id": "startup", "state_dir": str(tmp_path / "state"), "log_level": "info",
+           "buses": [{"name": "pt", "replay": str(DATA / "edge.log"), "databases": [str(DATA / "edge.dbc")]},
+                     {"name": "empty", "replay": str(tmp_path / "empty.log"), "databases": [str(DATA / "edge.dbc")]}]}
+    (tmp_path / "empty.log").write_text("")
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = _start(path)
+    _, err = proc.communicate(timeout=120)  # the agent exits once every replay has ended
+    assert proc.returncode == 0, err[-2000:]
+    events = _events(err)
+    names = [e["event"] for e in events]
+    first = [e for e in events if e["event"] == "first_frame_decoded"]
+    assert [e["bus"] for e in first] == ["pt"]
+    assert names.index("agent_start") < names.index("first_frame_decoded")
+    assert 0 < first[0]["since_process_start_s"] < 120

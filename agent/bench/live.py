@@ -86,8 +86,14 @@ def agent_rss(cfg: AgentConfig, directory: Path, *, seconds: float) -> dict[str,
     """RSS of a real `vehicle-agent run` on the config's buses (simulated), sampled over `seconds`."""
     path = directory / "soak.yaml"
     path.write_text(yaml.safe_dump(config_data(cfg, directory / "soak-state", simulate=True)))
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    command = [sys.executable, "-m", "agent", "run", "--config", str(path), "--no-progress"]
+    return {**rss_over(command, seconds=seconds), "buses": len(cfg.buses)}
+
+
+def rss_over(command: list[str], *, seconds: float) -> dict[str, float]:
+    """Run an agent command for `seconds`, its RSS sampled from /proc every 0.25 s after the first
+    two seconds (start-up): peak, and the means of the first and second half (flat = no growth)."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"})
     samples: list[tuple[float, float]] = []
     start = time.monotonic()
@@ -110,8 +116,7 @@ def agent_rss(cfg: AgentConfig, directory: Path, *, seconds: float) -> dict[str,
     early = settled[:half] or settled
     late = settled[half:]
     return {"rss_mb": round(max(settled), 1), "rss_first_half_mb": round(sum(early) / len(early), 1),
-            "rss_second_half_mb": round(sum(late) / len(late), 1), "seconds": round(samples[-1][0], 1),
-            "buses": len(cfg.buses)}
+            "rss_second_half_mb": round(sum(late) / len(late), 1), "seconds": round(samples[-1][0], 1)}
 
 
 def config_swap(trace: Trace, directory: Path, *, swaps: int = 5, rate: float = 4000) -> dict[str, float]:

@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config whose buses and collection policy to measure (default config/agent.yaml)")
     p.add_argument("--dbc", action="append", help="measure one bus with this database instead (repeat for several)")
     p.add_argument("--seconds", type=float, default=20.0, help="about how long the benchmark runs (default 20)")
+    p.add_argument("--profile", choices=["car", "production"], default="car",
+                   help="car: the config's buses (default); production: three production-size databases, "
+                        "start-up time and an eight-bus car at saturation (docs/performance.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -39,9 +42,22 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"bench: {msg}\n")
 
     try:
-        result = run_bench(cfg, seconds=args.seconds, progress=show)
+        if args.profile == "production":
+            from agent.bench.production import format_production, run_production
+
+            if args.dbc:
+                sys.stderr.write("error: --profile production brings its own databases; leave out --dbc\n")
+                return EXIT_USAGE
+            result = run_production(cfg, seconds=args.seconds, progress=show)
+            report = format_production
+        else:
+            result = run_bench(cfg, seconds=args.seconds, progress=show)
+            report = format_report
+    except ConfigError as exc:
+        print_config_error(exc)
+        return EXIT_USAGE
     except DatabaseError as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_USAGE
-    out(orjson.dumps(result) if args.json else format_report(result))
+    out(orjson.dumps(result) if args.json else report(result))
     return EXIT_OK
