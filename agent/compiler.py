@@ -22,7 +22,7 @@ decision this module writes out. Names in the generated code:
     _E, _R{j}, c{k}... a StepHook's own names (agent.campaigns.feedgen: the campaign engine, its runs,
                        the condition inputs), inlined in a step by `compile_step(hook=...)`
 
-Every source is compiled once per (name, source) and registered with `linecache` under its name
+Every source is compiled once per (name, source) and registered with `linecache` (compressed until read) under its name
 (`<vehicle-agent step pt:EngineData>`), so tracebacks show its lines and `vehicle-agent debug
 codegen` prints it (`source_of`).
 """
@@ -30,12 +30,15 @@ codegen` prints it (`source_of`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import linecache
 import math
 import types
-from collections.abc import Callable, Sequence
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
     from agent.collect.codegen import HeldFrames, Slot
@@ -250,17 +253,59 @@ def define(name: str, function: str, args: str, body: list[str], env: dict[str, 
     filename, source = f"<vehicle-agent {name}>", "\n".join([f"def {function}({args}):", *_indent(body)])
     # every time, not only when compiled: another source of the same name (another config's policy
     # for this message) may have replaced the lines tracebacks and `debug codegen` show since
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    linecache.cache[filename] = (len(source), None, PackedLines(source), filename)  # type: ignore[assignment]  # read by len and index
     exec(_compiled(filename, source), env)  # noqa: S102
     return env[function]  # type: ignore[return-value]  # names and numbers only; signal names go in as repr()
 
 
-@functools.lru_cache(maxsize=1024)
+class PackedLines(Sequence[str]):
+    """A generated source's lines for `linecache`, kept compressed until a traceback, `inspect` or
+    `debug codegen` reads them: a production car compiles thousands of functions (three for many
+    messages) and their sources as lists of lines took 5.8 MB of its memory, compressed 1 MB."""
+
+    __slots__ = ("_packed", "_count")
+
+    def __init__(self, source: str) -> None:
+        self._packed = zlib.compress(source.encode(), 1)
+        self._count = source.count("\n") + 1
+
+    def _lines(self) -> list[str]:
+        return zlib.decompress(self._packed).decode().splitlines(True)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lines())
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return self._lines()[index]
+
+
+_CODE: OrderedDict[tuple[str, bytes], types.CodeType] = OrderedDict()
+_CODE_MAX = 4096  # about four production-size buses' worth of messages, each with its own code
+
+
 def _compiled(filename: str, source: str) -> types.CodeType:
     """Compiling is most of what building a message's step costs (~0.6 ms); a config swap that keeps
-    a message's policies generates the same source, bound to the new filters only when run. The
+    a message's policies generates the same source, bound to the new filters only when run. Kept by a
+    digest of the source, not the source itself (the sources of a production car are megabytes); the
     source's lines are registered by `define` (linecache) for tracebacks."""
-    return compile(source, filename, "exec")
+    key = (filename, hashlib.blake2b(source.encode(), digest_size=16).digest())
+    code = _CODE.get(key)
+    if code is None:
+        code = _CODE[key] = compile(source, filename, "exec")
+        while len(_CODE) > _CODE_MAX:
+            _CODE.popitem(last=False)
+    else:
+        _CODE.move_to_end(key)
+    return code
 
 
 def source_of(function: Callable) -> str:

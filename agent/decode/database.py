@@ -220,9 +220,17 @@ def _merge(files: list[Path], strict: bool) -> Database:
     # The DBC attribute tables (BA_DEF_ and BA_ of every message and signal) are read out at load:
     # cycle times, frame formats, choices. Nothing uses them afterwards, and they are half of a
     # parsed database's memory (11 of 22 MB for a 1,500-message J1939 DBC).
+    # Comments (most signals of an OEM file have one), receivers and senders are documentation the
+    # agent never reads either: another 2 MB of the three production databases (issue 19).
     merged.dbc = None
     for msg in merged.messages:
         msg.dbc = None
+        msg.comment = None
+        if msg.senders:
+            msg.senders.clear()
         for sig in msg.signals:
             sig.dbc = None  # type: ignore[assignment]  # cantools keeps None for "no DBC specifics"; its hint omits it
+            sig.comment = None
+            if sig.receivers:
+                sig.receivers.clear()
     return merged
