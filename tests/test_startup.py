@@ -132,3 +132,4 @@ def test_the_first_decoded_frame_of_each_bus_is_logged_with_the_time_since_proce
     assert [e["bus"] for e in first] == ["pt"]
     assert names.index("agent_start") < names.index("first_frame_decoded")
     assert 0 < first[0]["since_process_start_s"] < 120
+    assert list((tmp_path / "state" / "cache").glob("*.pickle")), "the parse is kept for the next start"

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(cfg.log_level)
     from agent.app import Agent
     from agent.campaigns.engine import CampaignError
+    from agent.decode.database import PARSE_CACHE_DIR, use_parse_cache
     from agent.pipeline import preload
     from agent.reload import reload_from_file
     from agent.startup import StartupError, agent_writes, prepare_state_dir
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     except StartupError as exc:
         log.error(exc.event, **exc.fields)
         return EXIT_USAGE
+
+    use_parse_cache(cfg.resolve(cfg.state_dir) / PARSE_CACHE_DIR)  # parses kept between starts
 
     async def main() -> None:
         try:

@@ -12,6 +12,8 @@ import structlog
 from cantools.database import Database
 from cantools.database.diagnostics import Database as DiagnosticsDatabase
 
+from agent.decode.cache import ParseCache
+
 log = structlog.get_logger()
 
 _LINE_RE = re.compile(r"line (\d+), column (\d+)")
@@ -80,11 +82,16 @@ def load_database(path: Path, strict: bool = True) -> Database:
         raise DatabaseError(path, "a diagnostics database (CDD) has no CAN messages to decode; "
                                   "give a DBC, KCD, SYM or ARXML file")
     if not strict:
-        _WARNINGS[str(path.absolute())] = complaints = repairs + _strict_complaints(db)
-        for complaint in complaints:
-            log.warning("database_not_strict", file=str(path), complaint=complaint,
-                        action="loaded anyway (strict: false); values are cantools' for this layout")
+        _not_strict(path, repairs + _strict_complaints(db))
     return db
+
+
+def _not_strict(path: Path, complaints: list[str]) -> None:
+    """Keep (for `database_warnings`) and log what cantools' strict checks say about a lenient load."""
+    _WARNINGS[str(path.absolute())] = complaints
+    for complaint in complaints:
+        log.warning("database_not_strict", file=str(path), complaint=complaint,
+                    action="loaded anyway (strict: false); values are cantools' for this layout")
 
 
 _STANDARD_ID_RE = re.compile(r"Standard frame id 0x[0-9a-fA-F]+ is more than 11 bits")
@@ -194,7 +201,7 @@ def load_databases(paths: Iterable[str | Path], strict: bool = True) -> Database
     if kept is not None and kept[0] == digests and None not in digests:
         _LOADED[names] = _LOADED.pop(names)  # most recently used last
         return kept[1]
-    merged = _merge(files, strict)  # raises DatabaseError naming the file it cannot use
+    merged = _merge(files, strict, digests)  # raises DatabaseError naming the file it cannot use
     if None not in digests and tuple(_digest(path) for path in files) == digests:  # not replaced while parsing
         _LOADED.pop(names, None)
         _LOADED[names] = (digests, merged)
@@ -203,27 +210,44 @@ def load_databases(paths: Iterable[str | Path], strict: bool = True) -> Database
     return merged
 
 
-def _merge(files: list[Path], strict: bool) -> Database:
-    merged = Database(strict=strict)
-    owner: dict[int, Path] = {}
-    for path in files:
-        db = load_database(path, strict)
-        for msg in db.messages:
-            if msg.frame_id in owner:
-                raise DatabaseError(
-                    path, f"frame id 0x{msg.frame_id:X} ({msg.name}) is already defined in {owner[msg.frame_id]}",
-                    _line_of_message(path, f"message {msg.name}"))
-            owner[msg.frame_id] = path
-            merged.messages.append(msg)
-        merged.nodes.extend(db.nodes)
-    merged.refresh()
-    # The DBC attribute tables (BA_DEF_ and BA_ of every message and signal) are read out at load:
-    # cycle times, frame formats, choices. Nothing uses them afterwards, and they are half of a
-    # parsed database's memory (11 of 22 MB for a 1,500-message J1939 DBC).
-    # Comments (most signals of an OEM file have one), receivers and senders are documentation the
-    # agent never reads either: another 2 MB of the three production databases (issue 19).
-    merged.dbc = None
-    for msg in merged.messages:
+_PARSE_CACHE: ParseCache | None = None
+PARSE_CACHE_DIR = "cache"  # under the state directory
+
+
+def use_parse_cache(directory: Path | None) -> ParseCache | None:
+    """Keep each file's parse in `directory` between starts (`vehicle-agent run`: `<state_dir>/cache`,
+    agent/decode/cache.py); None: parse every time (the default)."""
+    global _PARSE_CACHE
+    _PARSE_CACHE = ParseCache(directory) if directory is not None else None
+    return _PARSE_CACHE
+
+
+def _load_kept(path: Path, strict: bool, digest: str | None) -> Database:
+    """One file, from the parse cache when it holds this content, else parsed (and kept there)."""
+    cache = _PARSE_CACHE if digest is not None else None
+    kept = cache.get(digest, strict) if cache is not None and digest is not None else None
+    if kept is not None:
+        db, complaints = kept
+        if not strict:
+            _not_strict(path, complaints)
+        return db
+    db = load_database(path, strict)
+    _prune(db)
+    if cache is not None and digest is not None and _digest(path) == digest:  # not replaced while parsing
+        cache.put(digest, strict, db, database_warnings(path) if not strict else [])
+    return db
+
+
+def _prune(db: Database) -> None:
+    """Drop what the agent never reads from a parsed database.
+
+    The DBC attribute tables (BA_DEF_ and BA_ of every message and signal) are read out at load:
+    cycle times, frame formats, choices. Nothing uses them afterwards, and they are half of a
+    parsed database's memory (11 of 22 MB for a 1,500-message J1939 DBC). Comments (most signals
+    of an OEM file have one), receivers and senders are documentation the agent never reads either:
+    another 2.5 MB of the three production databases (issue 19)."""
+    db.dbc = None
+    for msg in db.messages:
         msg.dbc = None
         msg.comment = None
         if msg.senders:
@@ -233,4 +257,21 @@ def _merge(files: list[Path], strict: bool) -> Database:
             sig.comment = None
             if sig.receivers:
                 sig.receivers.clear()
+
+
+def _merge(files: list[Path], strict: bool, digests: tuple[str | None, ...]) -> Database:
+    merged = Database(strict=strict)
+    owner: dict[int, Path] = {}
+    for path, digest in zip(files, digests, strict=True):
+        db = _load_kept(path, strict, digest)
+        for msg in db.messages:
+            if msg.frame_id in owner:
+                raise DatabaseError(
+                    path, f"frame id 0x{msg.frame_id:X} ({msg.name}) is already defined in {owner[msg.frame_id]}",
+                    _line_of_message(path, f"message {msg.name}"))
+            owner[msg.frame_id] = path
+            merged.messages.append(msg)
+        merged.nodes.extend(db.nodes)
+    merged.refresh()
+    merged.dbc = None
     return merged
