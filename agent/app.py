@@ -30,6 +30,7 @@ from agent.can.source import (
     bus_kwargs,
     choose_source,
 )
+from agent.collect.collector import Collector
 from agent.config import AgentConfig, BusConfig
 from agent.health import RateMeter, losses, write_status
 from agent.liveness import beat
@@ -150,12 +151,21 @@ class Agent:
                     if first and collector.counters.samples:
                         first = False
                         self._decoding.add(source.bus)
-                        log.info("first_frame_decoded", bus=source.bus, since_process_start_s=process_age_s())
+                        self._log_first_frame(source.bus, collector)
         except Exception as exc:
             source.state, source.last_error = "down", f"{type(exc).__name__}: {exc}"
             raise
         finally:
             source.close()
+
+    def _log_first_frame(self, bus: str, collector: Collector) -> None:
+        """Start-up as an operator reads it: when the bus's first frame was decoded, in seconds since
+        the process started and CPU seconds spent by then (`first_drain_s`: when the drain it came in
+        was done, which includes compiling the other ids of that drain)."""
+        now, age = time.monotonic(), process_age_s()
+        at, cpu = collector.first_sample or (now, time.process_time())
+        log.info("first_frame_decoded", bus=bus, since_process_start_s=None if age is None else round(age - (now - at), 3),
+                 cpu_s=round(cpu, 3), first_drain_s=age)
 
     async def _run_simulator(self, bus: BusConfig, stop: asyncio.Event) -> None:
         import can

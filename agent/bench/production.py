@@ -101,13 +101,15 @@ def _lines(stream: Any, out: queue.Queue[bytes]) -> None:
 
 def startup(cfg: AgentConfig, trace: Trace, directory: Path, *, runs: int = 4) -> dict[str, Any]:
     """Process start to first decoded frame of real `python -m agent run` processes on one state
-    directory: the first start parses the databases (cold), the others read the parses it kept
+    directory, as the agent reports it (`first_frame_decoded`: seconds since the process started, CPU
+    seconds by then): the first start parses the databases (cold), the others read the parses it kept
     (warm, agent/decode/cache.py), as a car's agent does at every start after its databases changed.
-    `startup_s` is the median of the warm starts."""
+    `startup_s` is the median of the warm starts; `first_drain_s` when the log line came (the first
+    drain done, with every id in it compiled)."""
     logs = write_logs(trace, directory)
     path = replay_config(cfg, directory / "startup", logs, log_level="info")
+    events: list[dict[str, Any]] = []
     walls: list[float] = []
-    reported: list[float] = []
     for _ in range(runs):
         lines: queue.Queue[bytes] = queue.Queue()
         start = time.monotonic()
@@ -125,7 +127,7 @@ def startup(cfg: AgentConfig, trace: Trace, directory: Path, *, runs: int = 4) -
                     event = orjson.loads(line)
                     if isinstance(event, dict) and event.get("event") == "first_frame_decoded":
                         walls.append(time.monotonic() - start)
-                        reported.append(event.get("since_process_start_s") or 0.0)
+                        events.append(event)
                         break
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -134,9 +136,15 @@ def startup(cfg: AgentConfig, trace: Trace, directory: Path, *, runs: int = 4) -
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    warm = walls[1:] or walls
-    return {"startup_s": round(statistics.median(warm), 3), "cold_s": round(walls[0], 3),
-            "runs": [round(w, 3) for w in walls], "agent_reported_s": round(statistics.median(reported[1:] or reported), 3)}
+    warm = events[1:] or events
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    return {"startup_s": median([e["since_process_start_s"] or 0.0 for e in warm]),
+            "cpu_s": median([e["cpu_s"] for e in warm]), "first_drain_s": median(walls[1:] or walls),
+            "cold_s": events[0]["since_process_start_s"], "cold_cpu_s": events[0]["cpu_s"],
+            "runs": [e["since_process_start_s"] for e in events]}
 
 
 def soak(cfg: AgentConfig, trace: Trace, directory: Path, *, seconds: float) -> dict[str, Any]:
@@ -267,9 +275,9 @@ def format_production(r: dict[str, Any]) -> str:
     st, sk, sat = r["startup"], r["soak"], r["saturation"]
     return "\n".join([
         f"production profile: {dbs}", "", format_report(r), "",
-        f"startup_s: {r['startup_s']} s from process start to first decoded frame, parses kept (median of "
-        f"{st['runs'][1:] or st['runs']}; the agent's own figure {st['agent_reported_s']} s); "
-        f"{st['cold_s']} s the first time (parsing the databases)",
+        f"startup_s: {r['startup_s']} s from process start to first decoded frame, parses kept ({st['cpu_s']} s "
+        f"of CPU; median of {st['runs'][1:] or st['runs']}; first drain done after {st['first_drain_s']} s); "
+        f"{st['cold_s']} s ({st['cold_cpu_s']} s CPU) the first time, parsing the databases",
         f"rss_mb: {r['rss_mb']} MB replaying the drive (first half {sk['rss_first_half_mb']}, second half "
         f"{sk['rss_second_half_mb']} over {sk['seconds']} s); {r['rss_mb_simulated']} MB with the simulator in the process",
         f"swap_ms: {r['swap_ms']} ms worst live config swap",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -98,6 +99,9 @@ class Collector:
         self._generation = -1
         self._labels, self._scaling = cfg.labels, scaling
         self._names = Counter(dec.name for dec in decoder.by_id.values())
+        # (monotonic clock, process CPU seconds) when a first frame of an id kept a sample: the
+        # agent's start-up figure (first_frame_decoded); set only on a first frame, not per frame
+        self.first_sample: tuple[float, float] | None = None
         self._wanted: dict[int, tuple[MessageDecoder, dict[str, Slot]]] = {}
         resolve = policy_resolver(cfg)
         for fid, dec in decoder.by_id.items():
@@ -131,7 +135,10 @@ class Collector:
             log.error("compile_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid][0].name,
                       error=repr(exc), action="decoding this message with cantools")
             step = self._build(fid, compiled=False)
-        return step(t, data)
+        kept = step(t, data)
+        if kept and self.first_sample is None:
+            self.first_sample = (time.monotonic(), time.process_time())
+        return kept
 
     def _build(self, fid: int, compiled: bool = True) -> Step:
         """Resolve what to do with frames of `fid` (`compiled`: the fast path, else cantools); installs

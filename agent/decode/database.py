@@ -272,6 +272,10 @@ def _merge(files: list[Path], strict: bool, digests: tuple[str | None, ...]) -> 
             owner[msg.frame_id] = path
             merged.messages.append(msg)
         merged.nodes.extend(db.nodes)
-    merged.refresh()
+    # The lookup tables only: `Database.refresh` would also rebuild every message's codecs, which its
+    # own file's load built with the same strictness (0.15 s of a production car's start).
+    merged._name_to_message, merged._frame_id_to_message = {}, {}  # noqa: SLF001 - cantools 45's refresh, minus the messages'
+    for msg in merged.messages:
+        merged._add_message(msg)  # noqa: SLF001
     merged.dbc = None
     return merged
