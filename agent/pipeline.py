@@ -125,5 +125,5 @@ def build(cfg: AgentConfig, *, on_batch: Callable[[Batch], None],
     batcher = Batcher(cfg.batching, codec or codec_of(cfg), vehicle=cfg.vehicle_id, on_batch=on_batch,
                       on_refused=on_refused)
     collectors, scaling, campaigns = collectors_for(cfg, batcher, counters)
-    batcher.scaling = dict(scaling)
+    batcher.scaling = scaling
     return Pipeline(cfg, batcher, collectors, scaling, counters, campaigns)

@@ -90,9 +90,9 @@ def agent_rss(cfg: AgentConfig, directory: Path, *, seconds: float) -> dict[str,
     return {**rss_over(command, seconds=seconds), "buses": len(cfg.buses)}
 
 
-def rss_over(command: list[str], *, seconds: float) -> dict[str, float]:
+def rss_over(command: list[str], *, seconds: float, settle_s: float = 2.0) -> dict[str, float]:
     """Run an agent command for `seconds`, its RSS sampled from /proc every 0.25 s after the first
-    two seconds (start-up): peak, and the means of the first and second half (flat = no growth)."""
+    `settle_s` (start-up): peak, and the means of the first and second half (flat = no growth)."""
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"})
     samples: list[tuple[float, float]] = []
@@ -111,7 +111,7 @@ def rss_over(command: list[str], *, seconds: float) -> dict[str, float]:
             proc.kill()
     if proc.returncode not in (0, -signal.SIGTERM) or not samples:
         raise RuntimeError(f"the agent exited with {proc.returncode} during the memory soak")
-    settled = [rss for t, rss in samples if t >= min(2.0, seconds / 2)] or [samples[-1][1]]
+    settled = [rss for t, rss in samples if t >= min(settle_s, seconds / 2)] or [samples[-1][1]]
     half = len(settled) // 2
     early = settled[:half] or settled
     late = settled[half:]

@@ -49,6 +49,7 @@ PRODUCTION_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "produ
 DATABASES = (("powertrain", False), ("chassis", True), ("body", False))  # (file stem, CAN FD)
 CAR_BUSES = 8
 SATURATION_RATE = 8000.0  # frames a second a bus: a saturated 1 Mbit/s bus
+SOAK_SETTLE_S = 6.0  # a production car's agent reaches its steady size after about 5 s here
 
 
 def production_config(base: AgentConfig, buses: int = len(DATABASES)) -> AgentConfig:
@@ -149,11 +150,13 @@ def startup(cfg: AgentConfig, trace: Trace, directory: Path, *, runs: int = 4) -
 
 def soak(cfg: AgentConfig, trace: Trace, directory: Path, *, seconds: float) -> dict[str, Any]:
     """RSS of a real `vehicle-agent run` replaying the drive in real time on every bus (no simulator
-    in the process), sampled over `seconds`: peak, and the means of the first and second half."""
+    in the process), sampled over `seconds` after its first SOAK_SETTLE_S (1,000 ids compiled at their
+    first frames, the first batches filled): peak, and the means of the first and second half."""
     logs = write_logs(trace, directory, repeat=max(1, int(seconds / trace.seconds) + 2))
     path = replay_config(cfg, directory / "soak-replay", logs, log_level="warning")
-    return {**rss_over([sys.executable, "-m", "agent", "run", "--config", str(path), "--no-progress"],
-                       seconds=seconds), "buses": len(cfg.buses), "fed_by": "replay of the drive, real time"}
+    command = [sys.executable, "-m", "agent", "run", "--config", str(path), "--no-progress"]
+    return {**rss_over(command, seconds=seconds, settle_s=SOAK_SETTLE_S), "buses": len(cfg.buses),
+            "fed_by": "replay of the drive, real time"}
 
 
 @contextlib.contextmanager
@@ -251,7 +254,7 @@ def run_production(base: AgentConfig, *, seconds: float = 20.0,
         result["startup"] = startup(cfg, trace, directory, runs=runs)
         result["startup_s"] = result["startup"]["startup_s"]
         progress("memory of a running agent replaying the drive (no simulator)")
-        result["soak"] = soak(cfg, trace, directory, seconds=max(4.0, 0.4 * seconds))
+        result["soak"] = soak(cfg, trace, directory, seconds=max(10.0, 0.75 * seconds))
         result["rss_mb"] = result["soak"].pop("rss_mb")
         progress(f"{CAR_BUSES} buses at {SATURATION_RATE:,.0f} frames/s each in real time")
         result["saturation"] = saturation(production_config(base, CAR_BUSES), directory,
