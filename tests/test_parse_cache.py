@@ -81,3 +81,20 @@ def test_a_damaged_or_foreign_kept_file_is_parsed_instead(tmp_path: Path, cache:
     assert kept.stat().st_mode & 0o022 == 0, "the parse wrote a private file again"
     load_databases([_copy(DATA / "edge.dbc", tmp_path / "d")])
     assert cache.hits == 1
+
+
+def test_a_kept_file_with_one_flipped_bit_is_parsed_again(tmp_path: Path, cache: ParseCache) -> None:
+    """A bit flipped on the flash may still unpickle (a float in place): the digest catches it."""
+    fresh = load_databases([_copy(DATA / "edge.dbc", tmp_path / "a")])
+    (kept,) = (tmp_path / "cache").glob("*.pickle")
+    good = kept.read_bytes()
+    frames = [(m.frame_id, bytes(random.Random(m.frame_id).randrange(256) for _ in range(m.length)))
+              for m in fresh.messages]
+    for position in range(40, len(good), max(1, len(good) // 60)):  # bits flipped all over the pickle
+        damaged = bytearray(good)
+        damaged[position] ^= 0x10
+        kept.write_bytes(bytes(damaged))
+        hits = cache.hits
+        db = load_databases([_copy(DATA / "edge.dbc", tmp_path / f"p{position}")])
+        assert cache.hits == hits, f"a damaged kept parse was used (bit flipped at byte {position})"
+        assert _decodes(db, frames) == _decodes(fresh, frames)

@@ -9,7 +9,10 @@ upgrade or another mode is parsed again; reading it back takes about a twentieth
 The files are pickles, which run code when read; so a file is read only when this process's user
 owns it and the folder, and neither is writable by anyone else: whoever could plant one could
 already act as the agent (same user). Anything wrong with a cached file (damaged, foreign, another
-version) only means a parse, never an error.
+version) only means a parse, never an error. Each file starts with a BLAKE2b digest of the pickle
+after it: a flipped bit that still unpickles (a scale factor changed in place) would decode wrong
+values silently, and a file cut short by a power loss before the page cache reached the flash is
+caught the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from agent import __version__
 
 log = structlog.get_logger()
 
+_DIGEST_BYTES = 32
 _VERSIONS = f"agent {__version__} cantools {cantools.__version__} python {platform.python_version()} pickle 5"
 
 
@@ -52,7 +56,10 @@ class ParseCache:
                 if not (_private(os.fstat(fh.fileno())) and _private(os.stat(self.directory))):
                     log.warning("parse_cache_ignored", file=str(path), reason="not owned by this user or writable by others")
                     return None
-                kept = pickle.load(fh)  # noqa: S301 - our own file, checked above
+                digest, body = fh.read(_DIGEST_BYTES), fh.read()
+                if hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest() != digest:
+                    raise ValueError("digest mismatch: the file is damaged")
+                kept = pickle.loads(body)  # noqa: S301 - our own file, checked above
         except FileNotFoundError:
             self.misses += 1
             return None
@@ -73,8 +80,10 @@ class ParseCache:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".parse-")
             try:
+                body = pickle.dumps((_VERSIONS, db, complaints), protocol=5)
                 with os.fdopen(fd, "wb") as fh:
-                    pickle.dump((_VERSIONS, db, complaints), fh, protocol=5)
+                    fh.write(hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest())
+                    fh.write(body)
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
