@@ -1,8 +1,9 @@
-"""Start-up checks of `vehicle-agent run`: a usable state directory, and one agent per state directory.
+"""Start-up checks of `vehicle-agent run`: a usable state directory, the cloud sink's secret where the config
+says it is, and one agent per state directory.
 
-A deployment mistake (a Docker bind mount created by root, a second agent on the same store) must
-stop the agent at once with exit code 2, which systemd (`RestartPreventExitStatus=2`) and a reader
-of the log take for "fix the deployment", not for a fault worth a restart loop. A fault of the disk
+A deployment mistake (a Docker bind mount created by root, a secret file not mounted, a second agent on
+the same store) must stop the agent at once with exit code 2, which systemd (`RestartPreventExitStatus=2`)
+and a reader of the log take for "fix the deployment", not for a fault worth a restart loop. A fault of the disk
 itself (read-only after I/O errors, full) is not a deployment mistake: the agent starts and keeps
 its batches in memory until the store can be written (docs/durability.md).
 """
@@ -19,6 +20,7 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.health import STATUS_FILE
+from agent.uplink.base import SinkError
 
 log = structlog.get_logger()
 
@@ -154,6 +156,26 @@ def prepare_state_dir(state_dir: Path, writes: list[Path]) -> StateLock:
     lock = StateLock(state_dir)
     lock.acquire()
     return lock
+
+
+def check_secrets(cfg: AgentConfig) -> None:
+    """The cloud sink's secret is where the config says (agent/uplink/secrets.py): a `*_FILE` variable
+    naming a file that is missing, unreadable or empty, or an IoT Hub connection-string identity with no
+    secret at all, is a deployment mistake, not a link fault to retry forever. The error names the
+    variable and the file, never the secret."""
+    try:
+        if cfg.sink.type == "iothub" and cfg.sink.iothub.identity.endswith("_connection_string"):
+            from agent.uplink.iothub import read_connection_string  # the SDK is imported only when used
+
+            read_connection_string(cfg.sink.iothub, cfg.resolve("."))
+        elif cfg.sink.type == "mqtt" and cfg.sink.mqtt.username:
+            from agent.uplink.mqtt import read_password
+
+            read_password(cfg.sink.mqtt, cfg.resolve("."))
+    except SinkError as exc:
+        raise StartupError("sink_secret_unusable", sink=cfg.sink.type, problem=str(exc),
+                           fix="mount the secret's file where the variable says, or set the variable "
+                           "(docs/deployment.md)") from None
 
 
 def agent_writes(cfg: AgentConfig) -> list[Path]:

@@ -21,11 +21,12 @@ import can
 import cantools
 import pytest
 import structlog
+import yaml
 
 from agent.app import Agent
 from agent.codec import codec_by_content
 from agent.config import build_config
-from tests.conftest import DATA, until
+from tests.conftest import CONFIG_DIR, DATA, run_cli, until
 from tests.iothub_standin import (
     DEVICE_KEY,
     HUB,
@@ -201,6 +202,39 @@ async def test_a_batch_over_the_hubs_256_kb_limit_is_split_and_arrives_whole(sta
     assert len(sizes) >= 2 and sum(sizes) > HUB_MAX_PACKET, f"the batch was over the limit and split: {sizes}"
     assert sizes[-1] <= 256 * 1024 - 4096, "each part within batching.max_bytes"
     assert sum(len(s) for s in received_samples(standin).values()) == 3200
+
+
+def test_the_connection_string_from_the_file_a_FILE_variable_names(standin: Hub, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent as its own process with only $VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE set (as a
+    container secret is mounted), a whole drive replayed at debug level: the SDK connects with the
+    file's connection string and every sample arrives; the key is in no log line, in neither the
+    status file nor `vehicle-agent status`, and in no reported property."""
+    conn = device_connection_string()
+    secret = tmp_path / "iothub-connection-string"
+    secret.write_text(conn + "\n")  # as `echo ... > file` writes it
+    monkeypatch.delenv("VEHICLE_AGENT_IOTHUB_CONNECTION_STRING")
+    dbc = CONFIG_DIR / "dbc" / "powertrain.dbc"
+    cfg = {**_config(tmp_path, standin, "unused"), "log_level": "debug", "batching": {"max_samples": 5000},
+           "buses": [{"name": "pt", "databases": [str(dbc)], "replay": str(CONFIG_DIR / "sample-drive.log")}]}
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = run_cli("run", "--config", str(path), "--no-progress", timeout=180,
+                  env={"VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE": str(secret)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert any(json.loads(x)["event"] == "iothub_connected" for x in res.stderr.splitlines() if x.startswith("{"))
+
+    decoded = [json.loads(x) for x in run_cli("decode", "--dbc", str(dbc), str(CONFIG_DIR / "sample-drive.log")).stdout.splitlines()]
+    want = sorted((m["message"], sig, round(v, 6)) for m in decoded for sig, v in m["signals"].items())
+    got = sorted((s.message, s.signal, round(s.value, 6)) for ss in received_samples(standin).values() for s in ss)
+    assert want and got == want, "every sample of the drive arrived once"
+    status_cli = run_cli("status", "--config", str(path))
+    assert status_cli.returncode == 0, status_cli.stderr[-2000:]
+    reported = json.dumps(standin.responder.reported_patches)
+    assert "store" in reported and "agent" in reported
+    for where, text in {"log": res.stdout + res.stderr, "status file": (tmp_path / "state" / "status.json").read_text(),
+                        "vehicle-agent status": status_cli.stdout + status_cli.stderr, "reported": reported}.items():
+        assert DEVICE_KEY not in text and "SharedAccessKey" not in text, f"the secret is in the {where}"
 
 
 async def test_desired_patch_live_and_invalid_patch_rejected(standin: Hub, tmp_path: Path) -> None:

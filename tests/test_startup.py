@@ -133,3 +133,43 @@ def test_the_first_decoded_frame_of_each_bus_is_logged_with_the_time_since_proce
     assert names.index("agent_start") < names.index("first_frame_decoded")
     assert 0 < first[0]["since_process_start_s"] <= first[0]["first_drain_s"] < 120 and first[0]["cpu_s"] > 0
     assert list((tmp_path / "state" / "cache").glob("*.pickle")), "the parse is kept for the next start"
+
+
+@pytest.mark.parametrize(("sink", "file", "expected"), [
+    ("iothub", "missing", "$VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE names {path}: cannot read it: No such file"),
+    ("iothub", "directory", "$VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE names {path}: cannot read it: Is a directory"),
+    ("iothub", "empty", "$VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE names {path}: the file is empty"),
+    ("iothub", "binary", "$VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE names {path}: not UTF-8 text"),
+    ("iothub", "in config, empty", "sink.iothub.connection_string_file names {path}: the file is empty"),
+    ("iothub", "missing, and the config names another", "$VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE names {path}: "
+     "cannot read it: No such file"),  # the variable wins over the config
+    ("iothub", "none", "set $VEHICLE_AGENT_IOTHUB_CONNECTION_STRING, or $VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE"),
+    ("mqtt", "missing", "$VEHICLE_AGENT_MQTT_PASSWORD_FILE names {path}: cannot read it: No such file"),
+])
+def test_a_secret_file_that_cannot_be_used_exits_2_naming_the_variable_and_file(tmp_path: Path, sink: str, file: str,
+                                                                              expected: str) -> None:
+    """A `*_FILE` variable (or the config) naming a secret file that is not there, not readable, not text
+    or empty is a deployment mistake: `vehicle-agent run` stops at once, before connecting or writing
+    anything, with one error naming the variable and the file (and never a retry loop that looks alive)."""
+    path = tmp_path / "secret"
+    if file == "directory":
+        path.mkdir()
+    elif file.endswith("empty"):
+        path.write_text("\n")
+    elif file == "binary":
+        path.write_bytes(b"\xff\xfe HostName=x")
+    kind = "MQTT_PASSWORD" if sink == "mqtt" else "IOTHUB_CONNECTION_STRING"
+    env = {f"VEHICLE_AGENT_{kind}": "", f"VEHICLE_AGENT_{kind}_FILE": "" if file.startswith(("in config", "none"))
+           else str(path)}
+    (tmp_path / "other").write_text("HostName=h;DeviceId=d;SharedAccessKey=a2V5")
+    in_config = {"in config, empty": str(path), "missing, and the config names another": str(tmp_path / "other")}
+    section = {"mqtt": {"username": "car", "port": 1}} if sink == "mqtt" else {
+        "iothub": {"connection_string_file": in_config[file]} if file in in_config else {}}
+    state = tmp_path / "state"
+    res = run_cli("run", "--config", str(_config(tmp_path, state, sink={"type": sink, **section})), "--no-progress",
+                  timeout=60, env=env)
+    assert res.returncode == 2, res.stderr[-2000:]
+    (event,) = [e for e in _events(res.stderr) if e["level"] == "error"]
+    assert event["event"] == "sink_secret_unusable" and event["sink"] == sink
+    assert expected.format(path=path) in event["problem"], event["problem"]
+    assert "Traceback" not in res.stderr and not state.exists(), "stopped before anything ran"

@@ -32,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from agent.decode.database import PARSE_CACHE_DIR, use_parse_cache
     from agent.pipeline import preload
     from agent.reload import reload_from_file
-    from agent.startup import StartupError, agent_writes, prepare_state_dir
+    from agent.startup import StartupError, agent_writes, check_secrets, prepare_state_dir
 
     try:
+        check_secrets(cfg)
         lock = prepare_state_dir(cfg.resolve(cfg.state_dir), agent_writes(cfg))
     except StartupError as exc:
         log.error(exc.event, **exc.fields)

@@ -29,6 +29,7 @@ from azure.iot.device.aio import IoTHubDeviceClient, IoTHubModuleClient
 from agent.config import IoTHubConfig
 from agent.model import Batch
 from agent.uplink.base import Sink, SinkError
+from agent.uplink.secrets import read_secret
 
 log = structlog.get_logger()
 
@@ -88,22 +89,15 @@ class IoTHubCredentialsMissing(SinkError):
     """The configured identity has no secret where the config says it is."""
 
 
-def read_connection_string(cfg: IoTHubConfig, base_dir: Path, env: dict[str, str] | None = None) -> str:
+def read_connection_string(cfg: IoTHubConfig, base_dir: Path, env: Mapping[str, str] | None = None) -> str:
     """The connection string from its env var, else the file named by env or config. Never logged."""
-    env = dict(os.environ) if env is None else env
-    value = env.get(cfg.connection_string_env, "").strip()
-    if value:
-        return value
-    file = env.get(cfg.connection_string_file_env) or cfg.connection_string_file
-    if not file:
+    value = read_secret(cfg.connection_string_env, cfg.connection_string_file_env, cfg.connection_string_file,
+                        "sink.iothub.connection_string_file", base_dir, os.environ if env is None else env)
+    if value is None:
         raise IoTHubCredentialsMissing(
             f"iothub identity {cfg.identity}: set ${cfg.connection_string_env}, or "
             f"${cfg.connection_string_file_env} / sink.iothub.connection_string_file to a file holding it")
-    path = Path(file) if Path(file).is_absolute() else base_dir / file
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise IoTHubCredentialsMissing(f"iothub connection string file {path}: {exc.strerror}") from None
+    return value
 
 
 def make_client(cfg: IoTHubConfig, base_dir: Path) -> Any:

@@ -19,7 +19,7 @@ import os
 import ssl
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from agent.config import MqttConfig
 from agent.liveness import backoff_delay
 from agent.model import Batch
 from agent.uplink.base import Sink, SinkError
+from agent.uplink.secrets import read_secret
 
 logging.getLogger("mqtt").addFilter(lambda r: "renamed asyncio-mqtt" not in r.getMessage())
 from asyncio_mqtt import Client, MqttError, Will  # noqa: E402 - after the filter that silences its banner
@@ -105,19 +106,10 @@ class Topics:
         return None
 
 
-def read_password(cfg: MqttConfig, base_dir: Path, env: dict[str, str] | None = None) -> str | None:
+def read_password(cfg: MqttConfig, base_dir: Path, env: Mapping[str, str] | None = None) -> str | None:
     """The password from its env var, else the file named by env or config; None without one. Never logged."""
-    env = dict(os.environ) if env is None else env
-    if env.get(cfg.password_env):
-        return env[cfg.password_env]
-    file = env.get(cfg.password_file_env) or cfg.password_file
-    if not file:
-        return None
-    path = Path(file) if Path(file).is_absolute() else base_dir / file
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise SinkError(f"mqtt password file {path}: {exc.strerror}") from None
+    return read_secret(cfg.password_env, cfg.password_file_env, cfg.password_file, "sink.mqtt.password_file",
+                       base_dir, os.environ if env is None else env)
 
 
 # ------------------------------------------------------------------------------ the sink
