@@ -224,7 +224,8 @@ def test_the_connection_string_from_the_file_a_FILE_variable_names(standin: Hub,
     assert res.returncode == 0, res.stderr[-3000:]
     assert any(json.loads(x)["event"] == "iothub_connected" for x in res.stderr.splitlines() if x.startswith("{"))
 
-    decoded = [json.loads(x) for x in run_cli("decode", "--dbc", str(dbc), str(CONFIG_DIR / "sample-drive.log")).stdout.splitlines()]
+    drive = run_cli("decode", "--dbc", str(dbc), str(CONFIG_DIR / "sample-drive.log")).stdout
+    decoded = [json.loads(x) for x in drive.splitlines()]
     want = sorted((m["message"], sig, round(v, 6)) for m in decoded for sig, v in m["signals"].items())
     got = sorted((s.message, s.signal, round(s.value, 6)) for ss in received_samples(standin).values() for s in ss)
     assert want and got == want, "every sample of the drive arrived once"

@@ -1,0 +1,142 @@
+"""Databases and logs as agent/decode/ reads them, in-process: every error says which file, which line
+and why; a strict-only failure says how to load anyway; a log decodes with every line accounted for.
+Fast (the mutation run of agent/decode/ uses them); the CLI's own tests run the same through processes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.decode import DatabaseError, FrameDecoder, database_warnings, load_databases
+from agent.decode.database import NO_STRICT_HINT, load_database
+from agent.decode.logfile import DecodeStats, decode_log
+
+HEAD = 'VERSION ""\nNS_ :\nBS_:\nBU_: ECU\n'
+ENGINE = HEAD + '''BO_ 256 Engine: 8 ECU
+ SG_ Speed : 0|16@1+ (0.25,0) [0|16383.75] "rpm" ECU
+ SG_ Gear : 16|8@1+ (1,0) [0|8] "" ECU
+BO_ 512 Mux: 8 ECU
+ SG_ Sel M : 0|8@1+ (1,0) [0|0] "" ECU
+ SG_ A m1 : 8|8@1+ (1,0) [0|0] "" ECU
+VAL_ 256 Gear 0 "N" 1 "First" ;
+'''
+# Strict cantools refuses signals that overlap; strict=False loads them.
+OVERLAP = HEAD + 'BO_ 300 Overlap: 8 ECU\n SG_ A : 0|16@1+ (1,0) [0|0] "" ECU\n SG_ B : 8|8@1+ (1,0) [0|0] "" ECU\n'
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_missing_file_and_a_syntax_error_name_the_file_and_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.dbc"
+    with pytest.raises(DatabaseError) as info:
+        load_databases([missing])
+    assert (info.value.path, info.value.line, info.value.reason) == (missing, 0, "file not found")
+    assert str(info.value) == f"{missing}: file not found"
+    broken = write(tmp_path, "broken.dbc", ENGINE + "BO_ 300 Broken 8 ECU\n")
+    with pytest.raises(DatabaseError) as info:
+        load_databases([broken])
+    assert info.value.path == broken and info.value.line == 12
+    assert str(info.value).startswith(f"{broken}:12: ") and "Invalid syntax" in info.value.reason
+    assert NO_STRICT_HINT not in info.value.reason, "broken either way: no hint to load leniently"
+
+
+def test_a_strict_only_failure_says_how_to_load_anyway_and_lenient_loads_list_the_complaint(tmp_path: Path) -> None:
+    path = write(tmp_path, "overlap.dbc", OVERLAP)
+    with pytest.raises(DatabaseError) as info:
+        load_database(path)
+    assert info.value.reason.endswith(f"({NO_STRICT_HINT})") and "overlap" in info.value.reason.lower()
+    assert info.value.line == 5, "the line of the message the error names"
+    with capture_logs() as logs:
+        db = load_databases([path], strict=False)
+    assert [m.name for m in db.messages] == ["Overlap"]
+    (complaint,) = database_warnings(path)
+    assert "overlap" in complaint.lower()
+    (event,) = [e for e in logs if e["event"] == "database_not_strict"]
+    assert event["file"] == str(path) and event["complaint"] == complaint and event["log_level"] == "warning"
+    assert database_warnings(tmp_path / "never-loaded.dbc") == []
+
+
+def test_an_id_defined_in_two_files_names_both_and_the_line(tmp_path: Path) -> None:
+    first = write(tmp_path, "a.dbc", ENGINE)
+    second = write(tmp_path, "b.dbc", HEAD + "\n\nBO_ 256 Engine2: 8 ECU\n SG_ X : 0|8@1+ (1,0) [0|0] \"\" ECU\n")
+    with pytest.raises(DatabaseError) as info:
+        load_databases([first, second])
+    assert info.value.path == second and info.value.line == 7
+    assert info.value.reason == f"frame id 0x100 (Engine2) is already defined in {first}"
+
+
+def test_the_dbc_repairs_cantools_needs_even_leniently(tmp_path: Path) -> None:
+    """A standard id above 11 bits is read as the extended id of that number; a VAL_ of a signal no
+    message has is dropped. Strictly, the file is refused with the hint; each repair is listed."""
+    path = write(tmp_path, "repairs.dbc", HEAD + '''BO_ 4660 Wide: 8 ECU
+ SG_ W : 0|8@1+ (1,0) [0|0] "" ECU
+VAL_ 4660 Ghost 0 "Off" 1 "On" ;
+''')
+    with pytest.raises(DatabaseError) as info:
+        load_database(path)
+    assert NO_STRICT_HINT in info.value.reason
+    db = load_databases([path], strict=False)
+    (msg,) = db.messages
+    assert msg.frame_id == 0x1234 and msg.is_extended_frame
+    assert FrameDecoder(db).get(0x1234).decode(bytes([9, 0, 0, 0, 0, 0, 0, 0])) == {"W": 9}
+    assert database_warnings(path)[:2] == [  # the VAL_ named by the DBC id of 0x1234 extended (bit 31 set)
+        "standard frame id 0x1234 is more than 11 bits: read as extended id 0x1234",
+        "VAL_ 2147488308 Ghost: no such signal, entry ignored"]
+
+
+def test_parsed_databases_are_reused_until_a_file_changes(tmp_path: Path) -> None:
+    path = write(tmp_path, "engine.dbc", ENGINE)
+    first = load_databases([path])
+    assert load_databases([str(path)]) is first, "an unchanged file is not parsed again"
+    assert load_databases([path], strict=False) is not first, "strictness is part of the key"
+    path.write_text(ENGINE.replace("Engine", "Motor"))
+    assert [m.name for m in load_databases([path]).messages] == ["Motor", "Mux"]
+
+
+def test_labels_are_the_choice_names_and_numbers_without_one() -> None:
+    import cantools
+
+    dec = FrameDecoder(cantools.database.load_string(ENGINE, "dbc")).get(256)
+    assert [dec.label("Gear", v) for v in (0, 1, 1.0, 7)] == ["N", "First", "First", 7]
+    assert dec.label("Speed", 3.5) == 3.5 and math.isnan(dec.label("Gear", math.nan))
+    assert dec.label("Gear", math.inf) == math.inf
+
+
+def test_a_log_decodes_with_every_line_accounted_for(tmp_path: Path) -> None:
+    import cantools
+
+    decoder = FrameDecoder(cantools.database.load_string(ENGINE, "dbc"))
+    log_text = "\n".join([
+        "(1700000000.100000) can0 100#A00F010000000000",  # Engine: 1000 rpm, gear 1
+        "(1700000000.200000) can0 7FF#00",                # unknown id
+        "(1700000000.250000) can0 7FF#00",
+        "(1700000000.260000) can0 123#00",
+        "(1700000000.300000) can0 100#A00F",              # short
+        "(1700000000.400000) can0 200#0500000000000000",  # no page for selector 5
+        "this is not a frame",
+        "(1700000000.500000) can1 200#0107000000000000",
+    ]) + "\n"
+    stats = DecodeStats()
+    with capture_logs() as logs:
+        records = list(decode_log(decoder, io.StringIO(log_text), stats, labels=True))
+    assert records == [
+        {"t": 1700000000.1, "bus": "can0", "id": 256, "message": "Engine", "signals": {"Speed": 1000.0, "Gear": "First"}},
+        {"t": 1700000000.5, "bus": "can1", "id": 512, "message": "Mux", "signals": {"Sel": 1, "A": 7}}]
+    assert stats.as_log() == {"decoded": 2, "unknown_frames": 3, "unknown_ids": 2, "short_frames": 1, "bad_lines": 2,
+                              "unknown_id_list": ["0x7FF", "0x123"]}
+    events = {e["event"]: e for e in logs}
+    assert events["short_frame"]["line"] == 5 and events["short_frame"]["id"] == "0x100"
+    assert events["short_frame"]["reason"] == "Engine needs 8 bytes, frame has 2"
+    assert events["undecodable_frame"]["line"] == 6 and events["undecodable_frame"]["id"] == "0x200"
+    assert events["bad_line"]["line"] == 7 and events["bad_line"]["text"] == "this is not a frame"
+    numbers = list(decode_log(decoder, io.StringIO(log_text), DecodeStats()))
+    assert numbers[0]["signals"] == {"Speed": 1000.0, "Gear": 1}, "numbers unless labels are asked for"
