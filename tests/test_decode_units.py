@@ -26,7 +26,8 @@ BO_ 512 Mux: 8 ECU
 VAL_ 256 Gear 0 "N" 1 "First" ;
 '''
 # Strict cantools refuses signals that overlap; strict=False loads them.
-OVERLAP = HEAD + 'BO_ 300 Overlap: 8 ECU\n SG_ A : 0|16@1+ (1,0) [0|0] "" ECU\n SG_ B : 8|8@1+ (1,0) [0|0] "" ECU\n'
+OVERLAPPING = 'BO_ 300 Overlap: 8 ECU\n SG_ A : 0|16@1+ (1,0) [0|0] "" ECU\n SG_ B : 8|8@1+ (1,0) [0|0] "" ECU\n'
+OVERLAP = HEAD + 'BO_ 299 Fine: 8 ECU\n SG_ F : 0|8@1+ (1,0) [0|0] "" ECU\n' + OVERLAPPING
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -54,10 +55,10 @@ def test_a_strict_only_failure_says_how_to_load_anyway_and_lenient_loads_list_th
     with pytest.raises(DatabaseError) as info:
         load_database(path)
     assert info.value.reason.endswith(f"({NO_STRICT_HINT})") and "overlap" in info.value.reason.lower()
-    assert info.value.line == 5, "the line of the message the error names"
+    assert info.value.line == 7, "the line of the message the error names"
     with capture_logs() as logs:
         db = load_databases([path], strict=False)
-    assert [m.name for m in db.messages] == ["Overlap"]
+    assert [m.name for m in db.messages] == ["Fine", "Overlap"]
     (complaint,) = database_warnings(path)
     assert "overlap" in complaint.lower()
     (event,) = [e for e in logs if e["event"] == "database_not_strict"]
@@ -79,18 +80,26 @@ def test_the_dbc_repairs_cantools_needs_even_leniently(tmp_path: Path) -> None:
     message has is dropped. Strictly, the file is refused with the hint; each repair is listed."""
     path = write(tmp_path, "repairs.dbc", HEAD + '''BO_ 4660 Wide: 8 ECU
  SG_ W : 0|8@1+ (1,0) [0|0] "" ECU
+BO_ 2047 Top: 8 ECU
+ SG_ T : 0|8@1+ (1,0) [0|0] "" ECU
+BO_ 2147483648 ExtendedZero: 8 ECU
+ SG_ Z : 0|8@1+ (1,0) [0|0] "" ECU
 VAL_ 4660 Ghost 0 "Off" 1 "On" ;
-''')
+VAL_ 2047 Phantom 0 "Off" ;
+''' + OVERLAPPING)
     with pytest.raises(DatabaseError) as info:
         load_database(path)
     assert NO_STRICT_HINT in info.value.reason
     db = load_databases([path], strict=False)
-    (msg,) = db.messages
-    assert msg.frame_id == 0x1234 and msg.is_extended_frame
+    ids = {m.name: (m.frame_id, m.is_extended_frame) for m in db.messages}
+    assert ids == {"Wide": (0x1234, True), "Top": (0x7FF, False), "ExtendedZero": (0, True), "Overlap": (300, False)}
     assert FrameDecoder(db).get(0x1234).decode(bytes([9, 0, 0, 0, 0, 0, 0, 0])) == {"W": 9}
-    assert database_warnings(path)[:2] == [  # the VAL_ named by the DBC id of 0x1234 extended (bit 31 set)
+    assert database_warnings(path)[:3] == [  # the VAL_ named by the DBC id of 0x1234 extended (bit 31 set)
         "standard frame id 0x1234 is more than 11 bits: read as extended id 0x1234",
-        "VAL_ 2147488308 Ghost: no such signal, entry ignored"]
+        "VAL_ 2147488308 Ghost: no such signal, entry ignored", "VAL_ 2047 Phantom: no such signal, entry ignored"]
+    only_ghosts = write(tmp_path, "ghosts.dbc", ENGINE + 'VAL_ 256 Ghost 0 "Off" ;\n')
+    assert [m.name for m in load_databases([only_ghosts], strict=False).messages] == ["Engine", "Mux"]
+    assert database_warnings(only_ghosts) == ["VAL_ 256 Ghost: no such signal, entry ignored"]
 
 
 def test_parsed_databases_are_reused_until_a_file_changes(tmp_path: Path) -> None:
@@ -123,6 +132,11 @@ def test_a_log_decodes_with_every_line_accounted_for(tmp_path: Path) -> None:
         "(1700000000.300000) can0 100#A00F",              # short
         "(1700000000.400000) can0 200#0500000000000000",  # no page for selector 5
         "this is not a frame",
+        "(1700000000.410000) can0 20000100#0000000000000000",  # an error frame (ERR flag) and a remote
+        "(1700000000.420000) can0 100#R",                      # request of Engine's id: neither decoded
+        "(1700000000.430000) can0 100#00",                     # short again
+        "(1700000000.440000) can0 200#0600000000000000",       # undecodable again
+        *(f"(1700000000.45{i}000) can0 {0x300 + i:X}#00" for i in range(11)),  # 11 more unknown ids
         "(1700000000.500000) can1 200#0107000000000000",
     ]) + "\n"
     stats = DecodeStats()
@@ -131,12 +145,16 @@ def test_a_log_decodes_with_every_line_accounted_for(tmp_path: Path) -> None:
     assert records == [
         {"t": 1700000000.1, "bus": "can0", "id": 256, "message": "Engine", "signals": {"Speed": 1000.0, "Gear": "First"}},
         {"t": 1700000000.5, "bus": "can1", "id": 512, "message": "Mux", "signals": {"Sel": 1, "A": 7}}]
-    assert stats.as_log() == {"decoded": 2, "unknown_frames": 3, "unknown_ids": 2, "short_frames": 1, "bad_lines": 2,
-                              "unknown_id_list": ["0x7FF", "0x123"]}
-    events = {e["event"]: e for e in logs}
-    assert events["short_frame"]["line"] == 5 and events["short_frame"]["id"] == "0x100"
-    assert events["short_frame"]["reason"] == "Engine needs 8 bytes, frame has 2"
+    assert stats.as_log() == {"decoded": 2, "unknown_frames": 14, "unknown_ids": 13, "short_frames": 2, "bad_lines": 3,
+                              "unknown_id_list": ["0x7FF", "0x123", *(f"0x{0x300 + i:X}" for i in range(8))]}
+    events: dict[str, dict] = {}
+    for e in logs:
+        events.setdefault(e["event"], e)  # the first of each
+    assert events["short_frame"] == {"event": "short_frame", "log_level": "warning", "line": 5, "id": "0x100",
+                                     "reason": "Engine needs 8 bytes, frame has 2"}
     assert events["undecodable_frame"]["line"] == 6 and events["undecodable_frame"]["id"] == "0x200"
-    assert events["bad_line"]["line"] == 7 and events["bad_line"]["text"] == "this is not a frame"
+    assert events["undecodable_frame"]["reason"] == "expected multiplexer id 1, but got 5"
+    assert events["bad_line"] == {"event": "bad_line", "log_level": "warning", "line": 7, "text": "this is not a frame",
+                                  "reason": "not a candump -L line: expected '(time) channel id#data'"}
     numbers = list(decode_log(decoder, io.StringIO(log_text), DecodeStats()))
     assert numbers[0]["signals"] == {"Speed": 1000.0, "Gear": 1}, "numbers unless labels are asked for"

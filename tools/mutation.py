@@ -11,8 +11,9 @@ only its fast tests (no broker, no subprocess agent): a mutant only a slow integ
 counts as surviving. The score is killed / (all mutants - accepted equivalents); mutants no test
 reaches count against it. Exit 1 when a module scores below its floor (FLOORS, raised as tests
 improve, never lowered) or mutmut fails. docs/testing.md has the scores and the equivalent mutants;
-tools/mutation-equivalent.txt lists the accepted ones by name with the reason; a mutant that only
-changes the letter case of SQL text is accepted by rule (SQLite ignores it).
+tools/mutation-equivalent.txt lists the accepted ones by what they change (function, line before and
+after: `mutant_key`), with the reason; a mutant that only changes the letter case of SQL text is
+accepted by rule (SQLite ignores it).
 """
 
 from __future__ import annotations
@@ -88,15 +89,28 @@ also_copy = ["config/"]
 
 
 def equivalents() -> dict[str, str]:
-    """Accepted equivalent mutants: name -> reason."""
+    """Accepted equivalent mutants: key (`mutant_key`) -> reason. A line is `FUNCTION || OLD || NEW || REASON`."""
     if not EQUIVALENT.exists():
         return {}
     out = {}
-    for line in EQUIVALENT.read_text().splitlines():
+    for number, line in enumerate(EQUIVALENT.read_text().splitlines(), 1):
         if line.strip() and not line.startswith("#"):
-            name, _, reason = line.partition(" ")
-            out[name] = reason.strip()
+            parts = [" ".join(part.split()) for part in line.split(" || ")]
+            if len(parts) != 4 or not all(parts[i] for i in (0, 3)):
+                raise SystemExit(f"{EQUIVALENT.relative_to(ROOT)}:{number}: expected FUNCTION || OLD LINE || NEW LINE"
+                                 f" || REASON (a survivor's line printed by this tool is its first three)")
+            out[" || ".join(parts[:3])] = parts[3]
     return out
+
+
+def mutant_key(name: str, diff: str) -> str:
+    """A mutant by what it changes, not by its number: its function (mutmut's name without
+    `__mutmut_N`) and its first changed line before and after, whitespace collapsed. mutmut numbers
+    a function's mutants in order, so any edit of the function renumbers them; this key stays until
+    the mutated line itself changes. (The same line twice in one function, mutated alike, is one key.)"""
+    old, new = diff_lines(diff)
+    return " || ".join([name.split("__mutmut_")[0], " ".join(old[0].split()) if old else "",
+                        " ".join(new[0].split()) if new else ""])
 
 
 SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|PRAGMA|FROM|WHERE|VALUES)\b", re.I)
@@ -116,6 +130,7 @@ def sql_case_only(diff: str) -> bool:
 
 def run_module(module: str, mutmut: list[str], children: int, show: bool) -> tuple[float, str]:
     work = scratch_copy(module)
+    globs = MODULES[module][0]
     started = time.monotonic()
     env = {k: v for k, v in os.environ.items() if k != "CI"}  # a test skipped by mutmut's selection is no CI skip
     run = subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env,
@@ -133,7 +148,9 @@ def run_module(module: str, mutmut: list[str], children: int, show: bool) -> tup
 
     with ThreadPoolExecutor(4) as pool:
         diffs = dict(zip(alive, pool.map(show_diff, alive), strict=True))
-    accepted = {n for n in alive if n in equivalents() or sql_case_only(diffs[n])}
+    keys = {n: mutant_key(n, diffs[n]) for n in alive}
+    listed = equivalents()
+    accepted = {n for n in alive if keys[n] in listed or sql_case_only(diffs[n])}
     killed = sum(s in KILLED for s in status.values())
     survivors = sorted(n for n in alive if n not in accepted)
     counted = len(status) - len(accepted)
@@ -142,10 +159,14 @@ def run_module(module: str, mutmut: list[str], children: int, show: bool) -> tup
     line = (f"mutation {module}: {score:.1f}% ({killed} killed of {counted}; {len(survivors) - no_tests} survived, "
             f"{no_tests} reached by no fast test, {len(accepted)} accepted equivalent) in {time.monotonic() - started:.0f} s")
     for name in survivors:
-        old, new = diff_lines(diffs[name])
-        change = f"{old[0].strip()}  ->  {new[0].strip()}" if old and new else ""
         print(f"--- {name}: {status[name]}\n{diffs[name].strip()}\n" if show else
-              f"  {status[name]}: {name}: {change[:160]}")
+              f"  {status[name]}: {keys[name][:200]}")
+    prefixes = tuple(f"{g.removesuffix('*').removesuffix('.py').replace('/', '.')}" for g in globs)
+    matched = set(keys.values())
+    for key in listed:
+        if key.startswith(prefixes) and key not in matched:
+            print(f"  stale entry in {EQUIVALENT.relative_to(ROOT)} (no surviving mutant changes that line now; "
+                  f"killed, or the code changed): {key[:200]}")
     return score, line
 
 
