@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cantools
 import pytest
+from structlog.testing import capture_logs
 
 from agent.batcher import Batcher
 from agent.can.simulator import VehicleSimulator
@@ -204,8 +205,16 @@ def test_a_message_the_compiler_fails_on_is_decoded_with_cantools(monkeypatch: p
     frames = _frames(db, rng)
     scaling = {(m.name, s.name): scaling_of(s) for m in db.messages for s in m.signals}
     monkeypatch.setattr(collector_module, "compile_step", broken)
-    got = _collected(db, decoder, cfg, frames, len(frames) // 2, scaling)
+    with capture_logs() as logs:
+        got = _collected(db, decoder, cfg, frames, len(frames) // 2, scaling)
     expected = _reference(db, decoder, cfg, frames, len(frames) // 2)
     assert got.keys() == expected.keys() and sum(map(len, expected.values())) > 500
+    failed = [e for e in logs if e["event"] == "compile_failed"]
+    names = {m.frame_id: m.name for m in db.messages if not m.is_multiplexed()}  # compile_step: plain messages
+    logged = {e["frame_id"]: e["message"] for e in failed}
+    assert len(logged) == len(failed) and logged.items() <= names.items(), "once per id, named"
+    assert {name for name, _ in expected} & set(names.values()) <= set(logged.values())
+    assert all(e["bus"] == "bus" and e["error"] == "RuntimeError('compiler bug')" and e["log_level"] == "error"
+               and e["action"] == "decoding this message with cantools" for e in failed)
     for key, points in expected.items():
         assert _comparable(got[key]) == _comparable(points), key

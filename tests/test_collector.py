@@ -147,6 +147,41 @@ def test_a_step_that_raises_costs_only_its_frame_and_the_id_goes_on_with_cantool
     assert s.samples() == {"Plain.Speed": [(2.0, 2), (3.0, 3)], "Plain.Mode": [(2.0, 0), (3.0, 1)]}
 
 
+class _AlwaysExplodes(Filter):
+    """A filter whose every value raises (a bug the cantools path meets too, not a decode error)."""
+
+    __slots__ = ()
+
+    def offer(self, t: float, v: float) -> None:
+        raise RuntimeError("exploded")
+
+
+def test_a_step_that_keeps_raising_on_cantools_too_is_a_counted_decode_error_logged_sparingly() -> None:
+    s = Setup()
+    s.collector._wanted[100][1]["Speed"].filt = _AlwaysExplodes()
+    with capture_logs() as logs:
+        s.collector.process([plain(T0 + i / 1000, i % 256) for i in range(1001)] + [Frame(T0 + 2, 0x700, bytes(8))])
+    (failed,) = [e for e in logs if e["event"] == "step_failed"]  # the compiled step, once
+    assert isinstance(failed["exc_info"], RuntimeError) and failed["log_level"] == "error"
+    errors = [e for e in logs if e["event"] == "decode_error"]  # then the cantools step, every frame
+    assert [e["count"] for e in errors] == [*range(2, 11), 1000]
+    assert errors[0] == {"event": "decode_error", "log_level": "warning", "bus": "can0", "frame_id": 100,
+                         "reason": "RuntimeError('exploded')", "count": 2}
+    counts = s.collector.counters.as_dict()
+    assert counts["decode_errors"] == 1001 and counts["unknown_ids"] == 1 and counts["samples"] == 0
+
+
+def test_debug_codegen_of_a_message_cantools_decodes_says_so() -> None:
+    s = Setup()
+    assert s.collector.generated("Nested") == [
+        ("can0:Nested", "# decoded with cantools (nested multiplexing, or a layout cantools cannot unpack): "
+                        "nothing generated\n")]
+    assert s.collector.generated("Other") == [], "no signal of it is wanted"
+    generated = s.collector.generated("Plain")
+    assert [name for name, _source in generated] == ["<vehicle-agent step can0:Plain>", "<vehicle-agent values Plain>"]
+    assert all(source.startswith("def ") for _name, source in generated)
+
+
 def test_the_cantools_path_keeps_every_page_with_labels() -> None:
     """Nested multiplexing is decoded with cantools: each frame's active page is kept, as labels when asked."""
     s = Setup(labels=True)
@@ -161,10 +196,11 @@ def test_the_cantools_path_keeps_every_page_with_labels() -> None:
 
 
 def test_flush_emits_what_periods_hold_and_counts_it() -> None:
-    s = Setup(labels=True, default={"policy": "period", "period_ms": 1000})
+    s = Setup(labels=True, default={"policy": "period", "period_ms": 1000},
+              signals=[{"match": "Other.*", "policy": "exclude"}, {"match": "Mux", "policy": "all"}])
     s.collector.process([plain(T0 + 0.1, 1, 0), plain(T0 + 0.2, 2, 1),
                          Frame(T0 + 0.3, 102, bytes([1, 2, 0, 1, 0, 0, 0, 0]))])
-    assert s.collector.counters.samples == 0, "each period still open"
+    assert s.collector.counters.samples == 1, "Mux kept; each period still open"
     s.collector.flush()
     assert s.collector.counters.samples == 5
     assert s.samples() == {"Plain.Speed": [(0.2, 2)], "Plain.Mode": [(0.2, "On")], "Nested.Mux": [(0.3, 1)],
