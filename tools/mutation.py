@@ -5,6 +5,7 @@
     python3 tools/mutation.py store codec         # some of them
     python3 tools/mutation.py --changed main      # the core modules whose files differ from `main`
     python3 tools/mutation.py codec --survivors   # and print each surviving mutant's diff
+    python3 tools/mutation.py codec --report      # score the last run again (e.g. after listing equivalents)
 
 Each module is mutated in a scratch copy of the tree (.mutation/<module>/, git-ignored), against
 only its fast tests (no broker, no subprocess agent): a mutant only a slow integration test catches
@@ -128,14 +129,17 @@ def sql_case_only(diff: str) -> bool:
         a != b and a.lower() == b.lower() and SQL.search(a) for a, b in zip(old, new, strict=True))
 
 
-def run_module(module: str, mutmut: list[str], children: int, show: bool) -> tuple[float, str]:
-    work = scratch_copy(module)
+def run_module(module: str, mutmut: list[str], children: int, show: bool, report: bool = False) -> tuple[float, str]:
+    """Mutate and test one module in a fresh scratch copy (`report`: only score the last run there again)."""
+    work = SCRATCH / module if report else scratch_copy(module)
+    if report and not (work / "mutants").is_dir():
+        raise SystemExit(f"mutation {module}: no earlier run in {work.relative_to(ROOT)} to report")
     globs = MODULES[module][0]
     started = time.monotonic()
     env = {k: v for k, v in os.environ.items() if k != "CI"}  # a test skipped by mutmut's selection is no CI skip
-    run = subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env,
-                         capture_output=True, text=True)
-    if run.returncode != 0:
+    run = None if report else subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env,
+                                             capture_output=True, text=True)
+    if run is not None and run.returncode != 0:
         sys.stderr.write(run.stdout[-3000:] + run.stderr[-3000:])
         raise SystemExit(f"mutation {module}: mutmut run failed (rc {run.returncode})")
     listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True,
@@ -176,6 +180,9 @@ def main() -> int:
                         help=f"of {', '.join(MODULES)} (default: all)")
     parser.add_argument("--changed", metavar="BASE", help="only the core modules changed since this git revision")
     parser.add_argument("--survivors", action="store_true", help="print each surviving mutant's diff")
+    parser.add_argument("--report", action="store_true",
+                        help="score the last run in .mutation/<module>/ again without running mutmut (after listing "
+                             "equivalents, or after `mutmut run NAME...` there)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no further module once this many seconds have passed (said loudly)")
@@ -198,7 +205,7 @@ def main() -> int:
                          f"run: python3 tools/mutation.py {module}")
             print(lines[-1], flush=True)
             continue
-        score, line = run_module(module, mutmut, args.max_children, args.survivors)
+        score, line = run_module(module, mutmut, args.max_children, args.survivors, args.report)
         lines.append(line)
         print(line, flush=True)
         if score < FLOORS[module]:
