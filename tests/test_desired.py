@@ -117,3 +117,80 @@ def test_a_swap_reuses_parsed_databases_and_compiles_ids_as_they_appear(tmp_path
     collector.process([(1_700_000_000.0, 256 + 7, bytes([4, 0, 0, 0, 0, 0, 0, 0]), False, False)])
     assert set(collector.plans) == {256 + 7}
     assert batcher.open[Priority.normal].columns[("pt", "Msg7", "Sig7")][1] == [4]  # the raw integer column
+
+
+def test_a_database_error_as_the_cloud_sees_it(tmp_path: Path) -> None:
+    """The file's name within databases_dir (or its bare name outside), its line when known, a fixed reason."""
+    from agent.decode import DatabaseError
+    from agent.decode.database import NO_STRICT_HINT
+    from agent.twin.desired import database_reason
+
+    folder = tmp_path / "dbs"
+    (folder / "sub").mkdir(parents=True)
+    cases = [
+        (DatabaseError(folder / "sub" / "a.dbc", "file not found"), "sub/a.dbc: file not found"),
+        (DatabaseError(tmp_path / "elsewhere" / "b.dbc", "frame id 0x1 (X) is already defined in /x/a.dbc", 7),
+         "b.dbc:7: a frame id defined in two of the bus's databases"),
+        (DatabaseError(folder / "c.dbc", f"The signals A and B are overlapping ({NO_STRICT_HINT})", 3),
+         "c.dbc:3: refused by cantools' strict checks; it loads with `strict: false` on the bus"),
+        (DatabaseError(folder / "d.dbc", "Invalid syntax at line 2, column 1: 'SECRET text'", 0),
+         "d.dbc: not a database cantools can read"),
+    ]
+    assert [database_reason(exc, folder) for exc, _ in cases] == [why for _, why in cases]
+
+
+def test_documents_refused_whole_are_counted_and_logged(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    agent, _ = _agent(tmp_path, "desired-refused")
+    with capture_logs() as logs:
+        assert agent.desired.handle([1, 2], full=False) == {}
+        acks = agent.desired.handle({"$version": "7", "log_level": "debug"}, full=False)
+    assert acks == {"log_level": {"value": None, "ac": 400, "av": None,
+                                  "ad": 'refused: "$version" must be a non-negative 64-bit integer'}}
+    assert agent.desired.report()["rejected_documents"] == 2 and agent.cfg.log_level == "info"
+    refused = [(e["error"], e["version"], e["log_level"]) for e in logs if e["event"] == "desired_rejected"]
+    assert refused == [("not an object", None, "warning"), ("no usable $version", None, "warning")]
+    agent.store.close()
+
+
+def test_a_cloud_bus_keeps_the_local_only_keys_of_the_local_bus_of_its_name(tmp_path: Path) -> None:
+    """Local-only keys (replay, options, simulate) come from the file's bus of the same name; database names
+    resolve in databases_dir relative to the config's folder."""
+    (tmp_path / "dbs").mkdir()
+    (tmp_path / "dbs" / "edge.dbc").write_bytes((DATA / "edge.dbc").read_bytes())
+    base = {"vehicle_id": "car", "state_dir": str(tmp_path / "state"), "databases_dir": "dbs",
+            "buses": [{"name": "pt", "interface": "virtual", "channel": "desired-local", "simulate": True,
+                       "databases": [str(DATA / "edge.dbc")]}]}
+    agent = Agent(build_config(base, base_dir=tmp_path), base=base)
+    acks = agent.desired.handle({"$version": 2, "buses": [
+        {"name": "pt", "interface": "virtual", "channel": "desired-local", "databases": ["edge.dbc"]},
+        {"name": "body", "interface": "virtual", "channel": "desired-body", "databases": ["edge.dbc"]}]}, full=False)
+    assert acks["buses"]["ac"] == 200, acks
+    pt, body = agent.cfg.buses
+    assert pt.simulate is True and body.simulate is None, "only the bus of the same name"
+    assert pt.databases == [str((tmp_path / "dbs" / "edge.dbc").resolve())]
+    agent.store.close()
+
+
+def test_a_new_config_file_is_laid_under_the_applied_desired_state_or_refused_whole(tmp_path: Path) -> None:
+    """SIGHUP's path: the new file with the applied desired state over it; an invalid file changes nothing."""
+    from structlog.testing import capture_logs
+
+    from agent.config import ConfigError
+
+    agent, base = _agent(tmp_path, "desired-rebase")
+    assert agent.desired.handle({"$version": 4, "log_level": "debug"}, full=False)["log_level"]["ac"] == 200
+    with capture_logs() as logs:
+        cfg = agent.desired.rebase({**base, "batching": {"max_age_s": 0.5}, "log_level": "error"})
+    assert cfg.batching.max_age_s == 0.5 and cfg.log_level == "debug", "the desired state still wins"
+    assert agent.cfg.batching.max_age_s == 0.5
+    assert [e["desired_version"] for e in logs if e["event"] == "config_file_reloaded"] == [4]
+    try:
+        agent.desired.rebase({**base, "batching": {"max_age_s": -1}})
+    except ConfigError as exc:
+        assert "batching.max_age_s" in str(exc)
+    else:
+        raise AssertionError("an invalid file must be refused")
+    assert agent.desired.base["batching"] == {"max_age_s": 0.5} and agent.cfg.batching.max_age_s == 0.5
+    agent.store.close()

@@ -3,7 +3,7 @@
 
     python3 tools/mutation.py                     # every core module
     python3 tools/mutation.py store codec         # some of them
-    python3 tools/mutation.py --changed main      # the core modules whose files differ from `main`
+    python3 tools/mutation.py --changed main      # the functions of core modules that differ from `main`
     python3 tools/mutation.py codec --survivors   # and print each surviving mutant's diff
     python3 tools/mutation.py codec --report      # score the last run again (e.g. after listing equivalents)
 
@@ -20,6 +20,7 @@ accepted by rule (SQLite ignores it).
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import importlib.util
 import os
@@ -65,6 +66,39 @@ def changed_modules(base: str) -> list[str]:
     out = subprocess.run(["git", "diff", "--name-only", base], cwd=ROOT, capture_output=True, text=True, check=True)
     files = out.stdout.split()
     return [m for m, (globs, _) in MODULES.items() if any(fnmatch.fnmatch(f, g) for f in files for g in globs)]
+
+
+HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@", re.M)
+
+
+def changed_functions(module: str, base: str) -> list[str]:
+    """mutmut name patterns (`<module>.x_<function>__mutmut_*`, `<module>.xǁ<Class>ǁ<method>__mutmut_*`)
+    of the module's functions and methods with a line that differs between `base` and the working tree
+    (a removed line counts for the function it was removed from): a change is mutation-tested where it
+    is, so a small change to a large module costs a few functions' mutants, not the module's."""
+    globs = MODULES[module][0]
+    names = subprocess.run(["git", "diff", "--name-only", base], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    patterns = []
+    for file in sorted(f for f in names if f.endswith(".py") and any(fnmatch.fnmatch(f, g) for g in globs)):
+        if not (ROOT / file).exists():
+            continue
+        diff = subprocess.run(["git", "diff", "-U0", base, "--", file], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout
+        lines = {n for start, count in HUNK.findall(diff)
+                 for n in range(int(start), int(start) + max(int(count or 1), 1))}
+        dotted = file.removesuffix(".py").replace("/", ".")
+        tree = ast.parse((ROOT / file).read_text())
+        for node in tree.body:
+            members = [(None, node)] if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) else \
+                [(node.name, m) for m in node.body if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)] \
+                if isinstance(node, ast.ClassDef) else []
+            for cls, fn in members:
+                first = min([fn.lineno, *(d.lineno for d in fn.decorator_list)])
+                if lines & set(range(first, (fn.end_lineno or fn.lineno) + 1)):
+                    patterns.append(f"{dotted}.x_{fn.name}__mutmut_*" if cls is None else
+                                    f"{dotted}.xǁ{cls}ǁ{fn.name}__mutmut_*")
+    return patterns
 
 
 def scratch_copy(module: str) -> Path:
@@ -129,22 +163,31 @@ def sql_case_only(diff: str) -> bool:
         a != b and a.lower() == b.lower() and SQL.search(a) for a, b in zip(old, new, strict=True))
 
 
-def run_module(module: str, mutmut: list[str], children: int, show: bool, report: bool = False) -> tuple[float, str]:
-    """Mutate and test one module in a fresh scratch copy (`report`: only score the last run there again)."""
+def run_module(module: str, mutmut: list[str], children: int, show: bool, report: bool = False,
+               only: list[str] | None = None) -> tuple[float, str]:
+    """Mutate and test one module in a fresh scratch copy (`report`: only score the last run there again;
+    `only`: only the mutants of these name patterns, `changed_functions`)."""
     work = SCRATCH / module if report else scratch_copy(module)
     if report and not (work / "mutants").is_dir():
         raise SystemExit(f"mutation {module}: no earlier run in {work.relative_to(ROOT)} to report")
     globs = MODULES[module][0]
     started = time.monotonic()
     env = {k: v for k, v in os.environ.items() if k != "CI"}  # a test skipped by mutmut's selection is no CI skip
-    run = None if report else subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env,
-                                             capture_output=True, text=True)
+    run = None if report else subprocess.run([*mutmut, "run", "--max-children", str(children), *(only or [])],
+                                             cwd=work, env=env, capture_output=True, text=True)
+    if run is not None and run.returncode != 0 and only and "nothing matches" in run.stdout + run.stderr:
+        line = f"mutation {module} ({len(only)} changed functions): mutmut makes no mutant of them"
+        return 100.0, line
     if run is not None and run.returncode != 0:
         sys.stderr.write(run.stdout[-3000:] + run.stderr[-3000:])
         raise SystemExit(f"mutation {module}: mutmut run failed (rc {run.returncode})")
     listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True,
                              check=True, env=env).stdout
-    status = dict(re.findall(r"^\s*(\S+): (.+?)\s*$", listing, re.M))
+    status = {name: state for name, state in re.findall(r"^\s*(\S+): (.+?)\s*$", listing, re.M)
+              if not only or any(fnmatch.fnmatch(name, pattern) for pattern in only)}
+    unchecked = [n for n, s in status.items() if s == "not checked"]  # an interrupted run (--report)
+    for name in unchecked:
+        del status[name]
     alive = [n for n, s in status.items() if s not in KILLED]
 
     def show_diff(name: str) -> str:
@@ -160,15 +203,22 @@ def run_module(module: str, mutmut: list[str], children: int, show: bool, report
     counted = len(status) - len(accepted)
     score = 100.0 * killed / counted if counted else 100.0
     no_tests = sum(status[n] == "no tests" for n in survivors)
-    line = (f"mutation {module}: {score:.1f}% ({killed} killed of {counted}; {len(survivors) - no_tests} survived, "
-            f"{no_tests} reached by no fast test, {len(accepted)} accepted equivalent) in {time.monotonic() - started:.0f} s")
+    scope = f" ({len(only)} changed functions)" if only else ""
+    line = (f"mutation {module}{scope}: {score:.1f}% ({killed} killed of {counted}; {len(survivors) - no_tests} survived, "
+            f"{no_tests} reached by no fast test, {len(accepted)} accepted equivalent"
+            f"{f'; {len(unchecked)} NOT RUN (an interrupted run)' if unchecked else ''}) in {time.monotonic() - started:.0f} s")
     for name in survivors:
         print(f"--- {name}: {status[name]}\n{diffs[name].strip()}\n" if show else
               f"  {status[name]}: {keys[name][:200]}")
     prefixes = tuple(f"{g.removesuffix('*').removesuffix('.py').replace('/', '.')}" for g in globs)
     matched = set(keys.values())
+    def in_scope(key: str) -> bool:  # an entry for a function this run mutated in full
+        function = key.split(" || ")[0]
+        return function.startswith(prefixes) and not unchecked and (
+            not only or any(fnmatch.fnmatch(f"{function}__mutmut_1", pattern) for pattern in only))
+
     for key in listed:
-        if key.startswith(prefixes) and key not in matched:
+        if in_scope(key) and key not in matched:
             print(f"  stale entry in {EQUIVALENT.relative_to(ROOT)} (no surviving mutant changes that line now; "
                   f"killed, or the code changed): {key[:200]}")
     return score, line
@@ -178,7 +228,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", choices=[[], *MODULES], metavar="MODULE",
                         help=f"of {', '.join(MODULES)} (default: all)")
-    parser.add_argument("--changed", metavar="BASE", help="only the core modules changed since this git revision")
+    parser.add_argument("--changed", metavar="BASE",
+                        help="only the functions of core modules changed since this git revision")
     parser.add_argument("--survivors", action="store_true", help="print each surviving mutant's diff")
     parser.add_argument("--report", action="store_true",
                         help="score the last run in .mutation/<module>/ again without running mutmut (after listing "
@@ -188,10 +239,15 @@ def main() -> int:
                         help="start no further module once this many seconds have passed (said loudly)")
     args = parser.parse_args()
     modules = args.modules or list(MODULES)
+    only: dict[str, list[str] | None] = {m: None for m in modules}
     if args.changed:
-        modules = [m for m in modules if m in changed_modules(args.changed)]
+        only = {m: changed_functions(m, args.changed) for m in modules if m in changed_modules(args.changed)}
+        for m in [m for m, patterns in only.items() if not patterns]:
+            print(f"mutation {m}: changed since {args.changed}, but no function of it: nothing to mutate")
+            del only[m]
+        modules = list(only)
         if not modules:
-            print(f"mutation: no core module changed since {args.changed}")
+            print(f"mutation: no function of a core module changed since {args.changed}")
             return 0
     mutmut = [sys.executable, "-m", "mutmut"]
     if importlib.util.find_spec("mutmut") is None:  # (`mutmut --version` fails outside a configured tree)
@@ -205,7 +261,7 @@ def main() -> int:
                          f"run: python3 tools/mutation.py {module}")
             print(lines[-1], flush=True)
             continue
-        score, line = run_module(module, mutmut, args.max_children, args.survivors, args.report)
+        score, line = run_module(module, mutmut, args.max_children, args.survivors, args.report, only[module])
         lines.append(line)
         print(line, flush=True)
         if score < FLOORS[module]:
