@@ -158,3 +158,46 @@ def test_a_log_decodes_with_every_line_accounted_for(tmp_path: Path) -> None:
                                   "reason": "not a candump -L line: expected '(time) channel id#data'"}
     numbers = list(decode_log(decoder, io.StringIO(log_text), DecodeStats()))
     assert numbers[0]["signals"] == {"Speed": 1000.0, "Gear": 1}, "numbers unless labels are asked for"
+
+
+def test_which_scalings_let_raws_compare_like_values() -> None:
+    """one_to_one: raws stand in for values in on-change comparisons only where distinct raws give distinct
+    values: never for IEEE floats (NaN), always for integer arithmetic, for a float factor up to 48 bits of
+    range and an offset of at most 2**48 factors."""
+    import cantools
+
+    from agent.decode.fast import one_to_one
+
+    db = cantools.database.load_string(HEAD + '''BO_ 1 M: 8 ECU
+ SG_ Raw : 0|8@1+ (1,0) [0|0] "" ECU
+ SG_ Ints : 0|8@1+ (3,-7) [0|0] "" ECU
+ SG_ Zero : 0|8@1+ (0,5) [0|0] "" ECU
+ SG_ F48 : 0|48@1+ (0.5,0) [0|0] "" ECU
+ SG_ F49 : 0|49@1+ (0.5,0) [0|0] "" ECU
+ SG_ EdgeOffset : 0|8@1+ (0.5,140737488355328) [0|0] "" ECU
+ SG_ FarOffset : 0|8@1+ (0.5,140737488355329) [0|0] "" ECU
+ SG_ Huge : 0|8@1+ (1e308,0.5) [0|0] "" ECU
+BO_ 2 F: 8 ECU
+ SG_ Ieee : 0|32@1- (1,0) [0|0] "" ECU
+SIG_VALTYPE_ 2 Ieee : 1;
+''', "dbc", strict=False)
+    sig = {s.name: s for m in db.messages for s in m.signals}
+    assert {name: one_to_one(s) for name, s in sig.items()} == {
+        "Raw": True, "Ints": True, "Zero": False, "F48": True, "F49": False, "EdgeOffset": True, "FarOffset": False,
+        "Huge": False, "Ieee": False}
+
+
+def test_the_fast_decoder_pages_padding_and_undefined_multiplexer_values() -> None:
+    import cantools
+
+    from agent.decode.fast import FastDecoder, UnknownPageError
+
+    db = cantools.database.load_string(ENGINE, "dbc")
+    mux = FastDecoder(db.get_message_by_name("Mux"), ["Sel", "A"])
+    assert mux.decode(bytes([1, 7, 0, 0, 0, 0, 0, 0])) == (1, (1, 7))
+    assert mux.decode(bytes([1, 9, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF])) == (1, (1, 9)), "padding ignored"
+    with pytest.raises(UnknownPageError, match="^Mux: multiplexer value 5 is not defined$"):
+        mux.decode(bytes([5, 0, 0, 0, 0, 0, 0, 0]))
+    engine = FastDecoder(db.get_message_by_name("Engine"), ["Speed"])
+    assert engine.decode(bytes([0xA0, 0x0F, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])) == (None, (1000.0,))
+    assert FastDecoder(db.get_message_by_name("Engine"), []).decode(bytes(8)) is None, "no wanted signal"
