@@ -148,7 +148,11 @@ def test_documents_refused_whole_are_counted_and_logged(tmp_path: Path) -> None:
         acks = agent.desired.handle({"$version": "7", "log_level": "debug"}, full=False)
     assert acks == {"log_level": {"value": None, "ac": 400, "av": None,
                                   "ad": 'refused: "$version" must be a non-negative 64-bit integer'}}
-    assert agent.desired.report()["rejected_documents"] == 2 and agent.cfg.log_level == "info"
+    assert agent.desired.report() == {
+        "desired_version": 0, "rejected_documents": 2, "rejected_properties": 0, "version_reset": None,
+        "last_document": {"ac": 400, "av": None,
+                          "ad": 'desired document refused: "$version" must be a non-negative 64-bit integer'}}
+    assert agent.cfg.log_level == "info"
     refused = [(e["error"], e["version"], e["log_level"]) for e in logs if e["event"] == "desired_rejected"]
     assert refused == [("not an object", None, "warning"), ("no usable $version", None, "warning")]
     agent.store.close()
@@ -194,3 +198,35 @@ def test_a_new_config_file_is_laid_under_the_applied_desired_state_or_refused_wh
         raise AssertionError("an invalid file must be refused")
     assert agent.desired.base["batching"] == {"max_age_s": 0.5} and agent.cfg.batching.max_age_s == 0.5
     agent.store.close()
+
+
+def test_a_saved_desired_state_is_checked_again_at_start(tmp_path: Path) -> None:
+    """The saved state came from the cloud: at start each property passes the checks again; one that fails
+    falls back to the local file (logged with the file, version and property); a damaged file is ignored."""
+    import json
+
+    from structlog.testing import capture_logs
+
+    from agent.twin.desired import DesiredState
+
+    _, base = _agent(tmp_path, "desired-reload")
+    state = tmp_path / "state"
+    path = state / "desired.json"
+
+    def start(text: str) -> tuple[DesiredState, object, list[dict]]:
+        path.write_text(text)
+        desired = DesiredState(base, tmp_path, state, lambda cfg: None)
+        with capture_logs() as logs:
+            cfg = desired.load()
+        return desired, cfg, [e for e in logs if e["event"].startswith("desired_state")]
+
+    d, cfg, logs = start(json.dumps({"version": 7, "desired": {"log_level": "debug", "batching": {"max_age_s": -1}}}))
+    assert cfg.log_level == "debug" and cfg.batching.max_age_s == 0.2
+    assert d.version == 7 and d.desired == {"log_level": "debug"}
+    assert "batching.max_age_s" in logs[0].pop("error")
+    assert logs == [{"event": "desired_state_invalid", "log_level": "error", "file": str(path), "version": 7,
+                     "property": "batching", "action": "this property falls back to the local config file"},
+                    {"event": "desired_state_loaded", "log_level": "info", "version": 7, "keys": ["log_level"]}]
+    d, cfg, logs = start("{not json")
+    assert cfg is None and d.version == 0 and [(e["event"], e["file"], e["action"]) for e in logs] == [
+        ("desired_state_unreadable", str(path), "starting with the local config file")]
