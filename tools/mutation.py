@@ -23,9 +23,11 @@ import argparse
 import ast
 import fnmatch
 import importlib.util
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -163,8 +165,23 @@ def sql_case_only(diff: str) -> bool:
         a != b and a.lower() == b.lower() and SQL.search(a) for a, b in zip(old, new, strict=True))
 
 
+def run_mutmut(command: list[str], work: Path, env: dict[str, str], cap_s: float | None) -> subprocess.CompletedProcess:
+    """`mutmut run`, stopped with its workers after `cap_s` seconds: what it checked by then is scored,
+    the rest reported as NOT RUN (mutmut runs the cheapest mutants first)."""
+    with subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=cap_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            out, err = proc.communicate()
+            print(f"mutation: stopped `mutmut run` in {work.relative_to(ROOT)} after --cap-s {cap_s:.0f}", flush=True)
+            return subprocess.CompletedProcess(command, 0, out, err)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 def run_module(module: str, mutmut: list[str], children: int, show: bool, report: bool = False,
-               only: list[str] | None = None) -> tuple[float, str]:
+               only: list[str] | None = None, cap_s: float | None = None) -> tuple[float, str]:
     """Mutate and test one module in a fresh scratch copy (`report`: only score the last run there again;
     `only`: only the mutants of these name patterns, `changed_functions`)."""
     work = SCRATCH / module if report else scratch_copy(module)
@@ -173,8 +190,8 @@ def run_module(module: str, mutmut: list[str], children: int, show: bool, report
     globs = MODULES[module][0]
     started = time.monotonic()
     env = {k: v for k, v in os.environ.items() if k != "CI"}  # a test skipped by mutmut's selection is no CI skip
-    run = None if report else subprocess.run([*mutmut, "run", "--max-children", str(children), *(only or [])],
-                                             cwd=work, env=env, capture_output=True, text=True)
+    run = None if report else run_mutmut([*mutmut, "run", "--max-children", str(children), *(only or [])],
+                                         work, env, cap_s)
     if run is not None and run.returncode != 0 and only and "nothing matches" in run.stdout + run.stderr:
         line = f"mutation {module} ({len(only)} changed functions): mutmut makes no mutant of them"
         return 100.0, line
@@ -201,10 +218,11 @@ def run_module(module: str, mutmut: list[str], children: int, show: bool, report
     killed = sum(s in KILLED for s in status.values())
     survivors = sorted(n for n in alive if n not in accepted)
     counted = len(status) - len(accepted)
-    score = 100.0 * killed / counted if counted else 100.0
+    score = 100.0 * killed / counted if counted else math.nan if unchecked else 100.0
     no_tests = sum(status[n] == "no tests" for n in survivors)
     scope = f" ({len(only)} changed functions)" if only else ""
-    line = (f"mutation {module}{scope}: {score:.1f}% ({killed} killed of {counted}; {len(survivors) - no_tests} survived, "
+    shown = "NOT MEASURED" if math.isnan(score) else f"{score:.1f}%"
+    line = (f"mutation {module}{scope}: {shown} ({killed} killed of {counted}; {len(survivors) - no_tests} survived, "
             f"{no_tests} reached by no fast test, {len(accepted)} accepted equivalent"
             f"{f'; {len(unchecked)} NOT RUN (an interrupted run)' if unchecked else ''}) in {time.monotonic() - started:.0f} s")
     for name in survivors:
@@ -235,6 +253,8 @@ def main() -> int:
                         help="score the last run in .mutation/<module>/ again without running mutmut (after listing "
                              "equivalents, or after `mutmut run NAME...` there)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--cap-s", type=float, default=None,
+                        help="stop a module's mutmut run after this many seconds and score what it checked")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no further module once this many seconds have passed (said loudly)")
     args = parser.parse_args()
@@ -261,7 +281,8 @@ def main() -> int:
                          f"run: python3 tools/mutation.py {module}")
             print(lines[-1], flush=True)
             continue
-        score, line = run_module(module, mutmut, args.max_children, args.survivors, args.report, only[module])
+        score, line = run_module(module, mutmut, args.max_children, args.survivors, args.report, only[module],
+                                 args.cap_s)
         lines.append(line)
         print(line, flush=True)
         if score < FLOORS[module]:
