@@ -23,6 +23,7 @@ import argparse
 import ast
 import fnmatch
 import importlib.util
+import json
 import math
 import os
 import re
@@ -31,7 +32,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +180,22 @@ def run_mutmut(command: list[str], work: Path, env: dict[str, str], cap_s: float
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
+# `mutmut show` for many mutants in one process (one `mutmut show` each costs an interpreter and a config).
+DIFFS = """import json, sys
+from mutmut.__main__ import find_mutant, get_diff_for_mutant
+json.dump({n: get_diff_for_mutant(n, path=find_mutant(n).path) for n in json.load(sys.stdin)}, sys.stdout)"""
+
+
+def all_diffs(names: list[str], work: Path, env: dict[str, str]) -> dict[str, str]:
+    """Each mutant's diff, as `mutmut show` prints it."""
+    run = subprocess.run([sys.executable, "-c", DIFFS], input=json.dumps(names), cwd=work, env=env,
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"mutation: reading the mutants' diffs in {work.relative_to(ROOT)} failed: {run.stderr[-2000:]}")
+    diffs: dict[str, str] = json.loads(run.stdout)
+    return diffs
+
+
 def run_module(module: str, mutmut: list[str], children: int, show: bool, report: bool = False,
                only: list[str] | None = None, cap_s: float | None = None) -> tuple[float, str]:
     """Mutate and test one module in a fresh scratch copy (`report`: only score the last run there again;
@@ -207,11 +223,7 @@ def run_module(module: str, mutmut: list[str], children: int, show: bool, report
         del status[name]
     alive = [n for n, s in status.items() if s not in KILLED]
 
-    def show_diff(name: str) -> str:
-        return subprocess.run([*mutmut, "show", name], cwd=work, capture_output=True, text=True, env=env).stdout
-
-    with ThreadPoolExecutor(4) as pool:
-        diffs = dict(zip(alive, pool.map(show_diff, alive), strict=True))
+    diffs = all_diffs(alive, work, env)
     keys = {n: mutant_key(n, diffs[n]) for n in alive}
     listed = equivalents()
     accepted = {n for n in alive if keys[n] in listed or sql_case_only(diffs[n])}
