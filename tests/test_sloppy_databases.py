@@ -23,7 +23,8 @@ from tests.dbcgen import FD_LENGTHS
 
 SLOPPY = DATA / "oem_sloppy.dbc"
 REPAIRS = DATA / "oem_repairs.dbc"
-HUGE_TIMES = ["100000000000000000000.0", "9" * 400 + ".0", "12.5"]  # 1e20 s, inf, 1970
+HUGE_TIMES = ["100000000000000000000.0", "12.5"]  # 1e20 s, 1970: frames no clock gives, refused by the collector
+OVERFLOWING_TIME = "9" * 400 + ".0"  # not even a double (inf): a bad line of the log, as for every reader
 
 
 def _same(a: object, b: object) -> bool:
@@ -35,7 +36,8 @@ def _same(a: object, b: object) -> bool:
 
 def _log_of_every_message(db: cantools.database.Database, path: Path, seed: int = 3) -> tuple[list, int]:
     """Random payloads (exact, padded, short; every multiplexer value) of every message, and lines with
-    timestamps no clock gives; returns the frames with sane times and the number of insane lines."""
+    timestamps no clock gives (and one that overflows a double: a bad line); returns the frames with sane
+    times and the number of lines at insane times."""
     rng = random.Random(seed)
     lines, frames = [], []
     t_us = 1_700_000_000_000_000
@@ -54,6 +56,7 @@ def _log_of_every_message(db: cantools.database.Database, path: Path, seed: int 
         sep = "##1" if m.length > 8 else "#"
         lines.insert(rng.randrange(len(lines)), f"({text}) can0 {m.frame_id:08X}{sep}" + "FF" * m.length)
         huge += 1
+    lines.insert(rng.randrange(len(lines)), f"({OVERFLOWING_TIME}) can0 {m.frame_id:08X}{sep}" + "FF" * m.length)
     path.write_text("\n".join(lines) + "\n")
     return frames, huge
 
@@ -158,7 +161,7 @@ def test_run_with_a_sloppy_database_huge_timestamps_and_64_bit_signals(tmp_path:
             g[0] == w[0] and _same(g[1], w[1]) for g, w in zip(got[key], points, strict=True)), key
     status = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
     bus = status["buses"]["pt"]
-    assert bus["refused_timestamps"] == huge and bus["refused_values"] == 0
+    assert bus["refused_timestamps"] == huge and bus["refused_values"] == 0 and bus["bad_lines"] == 1
     assert bus["decode_errors"] == undecodable
     assert bus["samples"] == sum(len(p) for p in want.values()) == status["store"]["counters"]["sent_samples"]
     text = run_cli("status", "--config", str(cfg)).stdout

@@ -6,6 +6,7 @@ must learn which line was bad; python-can's reader stops at the first error.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,18 @@ class LogProblem:
     text: str = ""
 
 
+def timestamp_problem(t: float, text: str = "") -> str | None:
+    """Why a log's timestamp cannot be a frame's time (None: it can). Every reader (decode, replay,
+    run) refuses such a line the same way, with its line number: a time of hundreds of digits
+    overflows a double to infinity, which no JSON reader, pacing or batch could carry. A finite
+    time no clock gives (1e20 s, 1970) is still a frame here: the collector refuses and counts it."""
+    if math.isfinite(t):
+        return None
+    if text:
+        return f"timestamp of {len(text.split('.')[0])} digits overflows a double: not a time"
+    return f"timestamp is not a finite number ({t}): not a time"
+
+
 def parse_candump_line(text: str, line: int = 0) -> LogFrame | LogProblem | None:
     """One `candump -L` line; None for blank lines and comments."""
     stripped = text.strip()
@@ -53,6 +66,9 @@ def parse_candump_line(text: str, line: int = 0) -> LogFrame | LogProblem | None
     if not m:
         return LogProblem(line, "not a candump -L line: expected '(time) channel id#data'", stripped[:80])
     ts, channel, ident, sep, payload = m.groups()
+    t = float(ts)
+    if why := timestamp_problem(t, ts):
+        return LogProblem(line, why, stripped[:80])
     can_id = int(ident, 16)
     extended = len(ident) == 8
     is_error = bool(can_id & CAN_ERR_FLAG) if extended else False
@@ -76,7 +92,7 @@ def parse_candump_line(text: str, line: int = 0) -> LogFrame | LogProblem | None
         return LogProblem(line, "payload is not hexadecimal", stripped[:80])
     if (is_fd and len(data) not in _FD_LENGTHS) or (not is_fd and len(data) > 8):
         return LogProblem(line, f"invalid {'CAN FD' if is_fd else 'CAN'} payload length {len(data)}", stripped[:80])
-    return LogFrame(float(ts), channel, can_id, data, is_fd, extended, is_error, remote, line)
+    return LogFrame(t, channel, can_id, data, is_fd, extended, is_error, remote, line)
 
 
 def read_candump(lines: Iterable[str]) -> Iterator[LogFrame | LogProblem]:
@@ -92,6 +108,9 @@ def read_python_can(path: Path) -> Iterator[LogFrame | LogProblem]:
     try:
         for msg in can.LogReader(str(path)):
             count += 1
+            if why := timestamp_problem(msg.timestamp):  # python-can gives no line numbers: the frame's
+                yield LogProblem(count, f"frame {count}: {why}")
+                continue
             yield LogFrame(msg.timestamp, str(msg.channel) if msg.channel is not None else "can0",
                            msg.arbitration_id, bytes(msg.data), msg.is_fd, msg.is_extended_id,
                            msg.is_error_frame, msg.is_remote_frame, count)

@@ -39,10 +39,11 @@ class DecodeStats:
 def decode_log(decoder: FrameDecoder, source: Path | IO[str], stats: DecodeStats, *,
                labels: bool = False) -> Iterator[dict[str, Any]]:
     """One record per decoded frame, `{"t", "bus", "id", "message", "signals"}`; the rest counted in `stats`."""
+    name = str(source) if isinstance(source, Path) else "<stdin>"
     for item in read_log(source):
         if isinstance(item, LogProblem):
             stats.bad += 1
-            log.warning("bad_line", line=item.line, reason=item.reason, text=item.text)
+            log.warning("bad_line", file=name, line=item.line, reason=item.reason, text=item.text)
             continue
         if item.is_error or item.is_remote:
             continue
@@ -54,11 +55,11 @@ def decode_log(decoder: FrameDecoder, source: Path | IO[str], stats: DecodeStats
             values = dec.decode(item.data)
         except ShortFrameError as exc:
             stats.short += 1
-            log.warning("short_frame", line=item.line, id=f"0x{item.id:X}", reason=str(exc))
+            log.warning("short_frame", file=name, line=item.line, id=f"0x{item.id:X}", reason=str(exc))
             continue
         except Exception as exc:  # a payload cantools refuses (e.g. unknown multiplexer value)
             stats.bad += 1
-            log.warning("undecodable_frame", line=item.line, id=f"0x{item.id:X}", reason=str(exc))
+            log.warning("undecodable_frame", file=name, line=item.line, id=f"0x{item.id:X}", reason=str(exc))
             continue
         shown: Mapping[str, Value] = {k: dec.label(k, v) for k, v in values.items()} if labels else values
         stats.decoded += 1
