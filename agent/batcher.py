@@ -1,8 +1,11 @@
 """Batching: kept samples in, encoded immutable batches out, one open batch per priority.
 
-A batch closes when it holds `max_samples`, when it is `max_age_s` old, or on flush. Its encoded
-size never exceeds `max_bytes` (IoT Hub's 256 KB message limit): an oversized encoding is split in
-halves and encoded again. The open batches are the in-memory window that a power loss can lose.
+A batch closes when it holds `max_samples`, when it is `max_age_s` old, or on flush. It never holds
+more than `max_samples`: the collector appends a whole drain (up to 20,000 frames of a replay) before
+the count is checked, so a batch over the cap is cut at it, each signal's oldest samples first, and
+what is left over stays open. Its encoded size never exceeds `max_bytes` (IoT Hub's 256 KB message
+limit): an oversized encoding is split in halves and encoded again. The open batches are the
+in-memory window that a power loss can lose.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class Batcher:
         for prio, ob in list(self.open.items()):
             ob.count = sum(len(ts) for ts, _ in ob.columns.values())
             if ob.count >= self.cfg.max_samples:
-                self._close(prio)
+                self._close(prio, keep_rest=True)
         self._unsettled = 0
         self._headroom = self.cfg.max_samples - max((ob.count for ob in self.open.values()), default=0)
 
@@ -124,14 +127,50 @@ class Batcher:
         for prio in list(self.open):
             self._close(prio)
 
-    def _close(self, priority: Priority) -> None:
+    def _close(self, priority: Priority, keep_rest: bool = False) -> None:
+        """Close a priority's open batch: batches of at most max_samples each. `keep_rest`: what does not
+        fill a whole batch stays open (keeping its opening time, so max_age_s still bounds its age)."""
         ob = self.open.pop(priority)
         self.generation += 1
         columns = {key: col for key, col in ob.columns.items() if col[0] or col[1]}
-        if columns:
-            for part, payload in self._fit(columns):
+        while columns:
+            head, columns = self._cut(columns)
+            if keep_rest and not columns and sum(len(ts) for ts, _ in head.values()) < self.cfg.max_samples:
+                rest = self.open[priority] = _OpenBatch(ob.opened)
+                rest.columns, rest.count = head, sum(len(ts) for ts, _ in head.values())
+                return
+            for part, payload in self._fit(head):
                 if part:
                     self._emit(priority, part, payload)
+
+    def _cut(self, columns: dict[ColumnKey, tuple[list[float], list]]
+             ) -> tuple[dict[ColumnKey, tuple[list[float], list]], dict[ColumnKey, tuple[list[float], list]]]:
+        """(at most max_samples samples, the rest): each signal gives its oldest samples, in proportion to
+        how many it holds, so the rest is each signal's newest. Nothing is lost or reordered."""
+        cap = self.cfg.max_samples
+        total = sum(len(ts) for ts, _ in columns.values())
+        if total <= cap:
+            return columns, {}
+        take = {key: len(ts) * cap // total for key, (ts, _) in columns.items()}
+        short = cap - sum(take.values())  # the floors leave less than one sample a column
+        for key, (ts, _) in columns.items():
+            if not short:
+                break
+            extra = min(short, len(ts) - take[key])
+            take[key] += extra
+            short -= extra
+        head: dict[ColumnKey, tuple[list[float], list]] = {}
+        rest: dict[ColumnKey, tuple[list[float], list]] = {}
+        for key, (ts, vs) in columns.items():
+            n, kind = take[key], type(vs)  # a RawValues column stays one when cut
+            if n >= len(ts):
+                head[key] = (ts, vs)
+            elif n == 0:
+                rest[key] = (ts, vs)
+            else:
+                head[key] = (ts[:n], kind(vs[:n]))
+                rest[key] = (ts[n:], kind(vs[n:]))
+        return head, rest
 
     def _encode(self, columns: dict[ColumnKey, tuple[list[float], list]],
                 event: Mapping[str, Any] | None = None) -> tuple[dict, bytes]:
@@ -157,11 +196,13 @@ class Batcher:
     def emit_event(self, priority: Priority, columns: dict[ColumnKey, tuple[list[float], list]],
                    event: Mapping[str, Any]) -> int:
         """A campaign event's samples as batches of their own, now (not mixed with open batches);
-        split like any batch above max_bytes, each part saying `part`/`parts`. Returns the batches."""
+        cut at max_samples and split above max_bytes like any batch, each part saying `part`/`parts`.
+        Returns the batches."""
         columns = {key: col for key, col in columns.items() if col[0]}
-        if not columns:
-            return 0
-        parts = [(part, payload) for part, payload in self._fit(columns, event) if part]
+        parts: list[tuple[dict, bytes]] = []
+        while columns:  # at most max_samples a batch, like any batch
+            head, columns = self._cut(columns)
+            parts += [(part, payload) for part, payload in self._fit(head, event) if part]
         for n, (part, payload) in enumerate(parts):
             meta = {**event, "part": n + 1, "parts": len(parts)} if len(parts) > 1 else dict(event)
             if len(parts) > 1:

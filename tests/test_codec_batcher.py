@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.batcher import Batcher
 from agent.codec import ColumnarCodec, JsonCodec, codec_by_content
@@ -329,3 +331,62 @@ def test_a_payload_of_exactly_max_bytes_is_not_split() -> None:
         b.add(Priority.normal, ("pt", "Eng", "Rpm"), t, v)
     b.flush()
     assert [x.size for x in out] == [size]
+
+
+@settings(max_examples=150, deadline=None)
+@given(cap=st.integers(1, 60), drains=st.lists(st.lists(st.integers(0, 90), min_size=1, max_size=6), min_size=1,
+                                               max_size=5))
+def test_max_samples_is_hard_through_column_and_settle(cap: int, drains: list[list[int]]) -> None:
+    """Drains of any size between two counts (a fast replay appends thousands of samples at once): no
+    batch holds more than max_samples, a batch closed by count holds exactly that, each signal's
+    samples come out once and in order, what does not fill a batch stays open and keeps its age."""
+    from agent.codec import RawValues
+
+    out: list[Batch] = []
+    clock = [0.0]
+    b = Batcher(BatchingConfig(max_samples=cap, max_age_s=5), ColumnarCodec(), vehicle="v", on_batch=out.append,
+                scaling={("Eng", "S0"): (1, 0)}, clock=lambda: clock[0])
+    sent: dict[str, list[float]] = {}
+    t = 1000.0
+    for drain in drains:
+        for n, count in enumerate(drain):
+            ts, vs = b.column(Priority.normal, ("pt", "Eng", f"S{n}"), raw=n == 0)
+            assert type(vs) is (RawValues if n == 0 else list)
+            for _ in range(count):
+                t += 0.001
+                ts.append(t)
+                vs.append(len(sent.setdefault(f"S{n}", [])))
+                sent[f"S{n}"].append(t)
+        b.settle(sum(drain))
+        assert all(x.sample_count == cap for x in out), "closed by count: exactly max_samples"
+        assert b.pending_samples < cap
+    clock[0] = 5.0
+    b.tick()  # what stayed open closes at the age of its first sample's batch
+    assert b.pending_samples == 0 and all(x.sample_count <= cap for x in out)
+    got: dict[str, list[tuple[float, float]]] = {}
+    for x in out:
+        for s in ColumnarCodec().decode(x.payload)[1]:
+            got.setdefault(s.signal, []).append((s.t, s.value))
+    assert {k: [v for _, v in pts] for k, pts in got.items()} == {k: list(range(len(v))) for k, v in sent.items() if v}
+    assert {k: [round(t, 3) for t, _ in pts] for k, pts in got.items()} == \
+        {k: [round(t, 3) for t in v] for k, v in sent.items() if v}
+    assert len({x.id for x in out}) == len(out)
+
+
+def test_what_a_cut_leaves_open_keeps_the_age_of_its_batch() -> None:
+    """max_age_s bounds the in-memory window: the samples left open after a cut at max_samples close
+    when the batch they arrived in is max_age_s old, not max_age_s after the cut."""
+    out: list[Batch] = []
+    clock = [0.0]
+    b = Batcher(BatchingConfig(max_samples=10, max_age_s=5), ColumnarCodec(), vehicle="v", on_batch=out.append,
+                clock=lambda: clock[0])
+    ts, vs = b.column(Priority.normal, ("pt", "Eng", "Rpm"))
+    ts += [1000 + i * 0.01 for i in range(25)]
+    vs += list(range(25))
+    clock[0] = 3.0
+    b.settle(25)
+    assert [x.sample_count for x in out] == [10, 10] and b.pending_samples == 5
+    clock[0] = 5.0
+    b.tick()
+    assert [x.sample_count for x in out] == [10, 10, 5]
+    assert [s.value for x in out for s in ColumnarCodec().decode(x.payload)[1]] == list(range(25))

@@ -134,3 +134,23 @@ def test_invalid_config_exit_code(tmp_path: Path) -> None:
     res = run_cli("run", "--config", str(path))
     assert res.returncode == 2
     assert "buses: List should have at least 1 item" in res.stderr
+
+
+def test_max_samples_is_a_hard_cap_on_a_fast_replay(tmp_path: Path) -> None:
+    """A fast replay hands the collector drains of 2,000 frames (12,000 samples here) between two
+    counts: every batch still holds at most batching.max_samples, and every sample arrives once."""
+    log = _replay_log(tmp_path, 3000)
+    cfg = _config(tmp_path, {"replay": str(log)}, collection={"default": {"policy": "all"}},
+                  batching={"max_samples": 137, "max_age_s": 3600})
+    res = run_cli("run", "--config", str(cfg), timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    outbox = tmp_path / "state" / "outbox"
+    batches = {f.name: f.read_text().splitlines() for f in outbox.glob("*.jsonl")}
+    sizes = sorted(len(rows) for rows in batches.values())
+    assert sizes[-1] == 137 and sizes[-2] == 137  # closed at the cap, not at the drain
+    assert sum(1 for n in sizes if n < 137) <= 1  # only what the end of the log flushed
+    rows = _outbox_samples(outbox)
+    assert [r["value"] for r in rows if r["signal"] == "EngineSpeed"] == [800 + i for i in range(3000)]
+    doc = json.loads(run_cli("status", "--config", str(cfg), "--json").stdout)
+    assert len(rows) == sum(sizes) == doc["buses"]["pt"]["samples"] == doc["store"]["counters"]["sent_samples"]
+    assert doc["store"]["counters"]["sent_batches"] == len(batches)

@@ -124,7 +124,7 @@ class CollectionConfig(_Model):
 class BatchingConfig(_Model):
     """When a batch is closed. max_age_s also bounds what a power loss can lose (the in-memory window)."""
 
-    max_samples: int = Field(20000, gt=0, le=10_000_000, description="Close a batch at this many samples.")
+    max_samples: int = Field(20000, gt=0, le=10_000_000, description="A batch holds at most this many samples: it closes at this count, and a larger drain is cut there (the rest stays open).")
     max_age_s: float = Field(10.0, ge=0.05, le=3600,
                              description="Close a batch at this age (s); also the most a power loss can lose.")
     max_bytes: int = Field(
