@@ -32,7 +32,7 @@ from agent.can.source import (
 )
 from agent.collect.collector import Collector
 from agent.config import AgentConfig, BusConfig
-from agent.health import RateMeter, losses, write_status
+from agent.health import STATUS_FILE, RateMeter, losses, write_status
 from agent.liveness import beat
 from agent.logs import set_level
 from agent.ota.updater import Updater
@@ -94,7 +94,8 @@ class Agent:
         self.notifier = Notifier()
         self.store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
                            max_batches=cfg.store.max_batches, synchronous=cfg.store.synchronous,
-                           ttl_s=dict(cfg.store.ttl_s.items()), quarantine_max_bytes=cfg.store.quarantine_max_bytes)
+                           ttl_s=dict(cfg.store.ttl_s.items()), quarantine_max_bytes=cfg.store.quarantine_max_bytes,
+                           wal_max_bytes=cfg.store.wal_max_bytes)
         self.sink = sink or make_sink(cfg)
         self.control = make_plane(self, self.desired, cfg, self.sink)  # remote control: agent/twin/
         self.forwarder = Forwarder(self.store, self.sink, retry_initial_s=cfg.sink.retry_initial_s,
@@ -120,6 +121,7 @@ class Agent:
                            healthy=self._healthy, on_change=self.control.reporter.wake.set)
         self.ota.configure(cfg.ota, cfg.software_update)
         self._decoding: set[str] = set()  # buses whose first decoded frame was logged (first_frame_decoded)
+        self.status_file: dict[str, Any] = {"write_failures": 0, "last_error": None}  # in status and reported
 
     # ---------------------------------------------------------------- sources
     def _make_source(self, bus: BusConfig) -> tuple[FrameSource, bool]:
@@ -217,6 +219,7 @@ class Agent:
         self.store.max_bytes, self.store.max_batches = new.store.max_bytes, new.store.max_batches
         self.store.ttl_s = dict(new.store.ttl_s.items())
         self.store.quarantine_max_bytes = new.store.quarantine_max_bytes
+        self.store.wal.max_bytes = new.store.wal_max_bytes
         old_buses = {b.name: b for b in self.cfg.buses}
         self.cfg = new
         set_level(new.log_level)
@@ -314,7 +317,7 @@ class Agent:
             "pending_samples": self.batcher.pending_samples,
             "batches_closed": self.batcher.batches_closed,
             "store": {**self._store_stats(), "path": str(self.store.path), "error": self.durable.error,
-                      "spill": self.durable.status(),
+                      "spill": self.durable.status(), "wal": self.store.wal.status(),
                       "corrupt_moved_aside": [str(p) for p in self.store.quarantined]},
             "sink": {"type": self.sink.name, **self.forwarder.status.as_dict(), **self.sink.state()},
             "control": self.control.state(),
@@ -322,6 +325,7 @@ class Agent:
             "campaigns": self.pipeline.campaigns.status() if self.pipeline.campaigns is not None else {},
             "databases": self.desired.databases.status(),
             "software_update": self.ota.report(),
+            "status_file": dict(self.status_file),
         }
         doc["losses"] = losses(doc["store"]["counters"], doc["store"]["spill"], doc["buses"], doc["sink"])
         return doc
@@ -378,15 +382,32 @@ class Agent:
         while not self.stop.is_set():
             beat()
             doc = self.status()
-            try:
-                write_status(self.state_dir, doc)
-            except OSError as exc:
-                log.warning("status_write_failed", error=str(exc))
+            self._write_status(doc, "running")
             self.summary.observe(doc)
             if self.progress:
                 logs.progress.show(self._progress_line(doc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=1.0)
+
+    def _write_status(self, doc: dict[str, Any], when: str) -> None:
+        """Write the status file; a failure is counted (`status_file.write_failures`, shown by the next
+        status that gets written and by the reported properties) and logged once per distinct error,
+        and always at the stop, whose status no later write can carry."""
+        try:
+            write_status(self.state_dir, doc)
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self.status_file["write_failures"] += 1
+            if error != self.status_file["last_error"] or when == "stop":
+                log.error("status_write_failed", path=str(self.state_dir / STATUS_FILE), error=error, when=when,
+                          failures=self.status_file["write_failures"],
+                          action="vehicle-agent status shows the last status written"
+                                 + ("" if when == "stop" else "; retrying every second"))
+            self.status_file["last_error"] = error
+            return
+        if self.status_file["last_error"] is not None:
+            log.info("status_write_recovered", path=str(self.state_dir / STATUS_FILE))
+            self.status_file["last_error"] = None
 
     # ---------------------------------------------------------------- run
     async def run(self) -> None:
@@ -438,8 +459,7 @@ class Agent:
         spilled_lost = len(self.durable.spill)
         self.durable.drop_all()  # the store never became writable: what memory holds is lost now, counted
         doc = self.status()
-        with contextlib.suppress(OSError):
-            write_status(self.state_dir, doc)
+        self._write_status(doc, "stop")
         if self.progress:
             logs.progress.show(self._progress_line(doc))
             logs.progress.done()

@@ -52,24 +52,47 @@ def losses(store_counters: dict[str, int], spill: dict[str, Any], buses: dict[st
     return out
 
 
+def _reserved(size: int) -> int:
+    """The bytes a status file of `size` takes on disk: half again (at least a page), in whole pages.
+    A document grows exactly when the disk is full (the error, the spill), and must still fit."""
+    return -(-(size + max(4096, size // 2)) // 4096) * 4096
+
+
 def write_status(state_dir: Path, doc: dict[str, Any]) -> None:
-    """Replace the status file atomically (readers never see half a document)."""
+    """Replace the status file atomically (readers never see half a document); on a full disk,
+    overwrite it in place within the space it already holds.
+
+    The file is padded with spaces (JSON whitespace) to more than the document needs, so the blocks
+    it owns are enough for a larger document later: on a full disk the new document is written over
+    them without truncating or allocating anything (tmpfs, ext4, f2fs in its reserved space; a
+    copy-on-write file system such as btrfs may still refuse). A document that does not fit even
+    written compactly raises ENOSPC and leaves the previous status whole; the caller counts it.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
     data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     try:
-        tmp.write_bytes(data)
+        tmp.write_bytes(data.ljust(_reserved(len(data))))
         os.replace(tmp, path)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         if exc.errno != errno.ENOSPC or not path.exists():
             raise
-        # Disk full is exactly when the status matters most: rewrite the old file in place (its blocks
-        # are freed by the truncate and reused); a reader may see a torn document and retries.
-        tmp.unlink(missing_ok=True)
-        with open(path, "r+b") as fh:
-            fh.truncate(0)
-            fh.write(data)
+        _overwrite_in_place(path, data, doc)
+
+
+def _overwrite_in_place(path: Path, data: bytes, doc: dict[str, Any]) -> None:
+    """Disk full is exactly when the status matters most: write over the blocks the file holds, never
+    past its size (a reader may see a torn document for a moment, and retries)."""
+    with open(path, "r+b") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if len(data) > size:
+            data = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+        if len(data) > size:
+            raise OSError(errno.ENOSPC, f"disk full, and the status ({len(data)} B) is larger than the "
+                                        f"{size} B its file holds; the previous status is kept", str(path))
+        fh.write(data.ljust(size))
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:

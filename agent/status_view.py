@@ -90,6 +90,10 @@ def render(view: StatusView) -> str:
         lines.append(_control_line(doc["control"]))
     if (doc.get("databases") or {}).get("active_version") or (doc.get("databases") or {}).get("target_version"):
         lines.append(_databases_line(doc["databases"]))
+    status_file = doc.get("status_file") or {}
+    if status_file.get("write_failures"):
+        lines.append(f"status file: {status_file['write_failures']} writes failed (this run), last error: "
+                     f"{status_file.get('last_error') or 'none since'}")
     if "losses" in doc:
         lost = {k: v for k, v in doc["losses"].items() if v}
         lines.append("lost (docs/durability.md): " + (", ".join(f"{k} {v}" for k, v in lost.items()) if lost else "nothing"))
@@ -158,6 +162,10 @@ def _store_lines(st: dict[str, Any]) -> list[str]:
         lines.append(f"  memory spill (store not writable): {spill['batches']} batches, {spill['bytes']} bytes "
                      f"of {spill.get('max_bytes', '?')}; lost {spill.get('dropped_batches', '?')} batches/"
                      f"{spill['dropped_samples']} samples")
+    wal = st.get("wal") or {}
+    if wal.get("checkpoints_incomplete"):
+        lines.append(f"  write-ahead log: {wal['bytes']} of {wal['limit_bytes']} bytes allowed; "
+                     f"{wal['checkpoints_incomplete']} checkpoints could not finish, last: {wal.get('last_error')}")
     return lines
 
 

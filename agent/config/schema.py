@@ -162,6 +162,10 @@ class StoreConfig(_Model):
         default_factory=lambda: dict(DEFAULT_TTL_S),
         description="Time-to-live of a stored batch per priority, seconds (1 minute to 10 years).",
     )
+    wal_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=64 * 1024, le=1024**3,
+        description="Largest SQLite write-ahead log before it is checkpointed and truncated (never more than a "
+        "quarter of the free space); smaller means more checkpoints, i.e. more flash writes.")
     quarantine_max_bytes: int = Field(
         8 * 1024 * 1024, gt=0,
         description="Bytes kept of quarantined batches (damaged on disk, or a sink cannot prepare them); "

@@ -29,6 +29,7 @@ import orjson
 import structlog
 
 from agent.model import Batch, Priority
+from agent.store.wal import SQLITE_FULL, WAL_MAX_BYTES, WalBudget
 
 log = structlog.get_logger()
 
@@ -222,9 +223,14 @@ def _guarded(method):
         except OSError as exc:
             raise sqlite3.OperationalError(f"cannot open store {self.path}: {exc}") from exc
         try:
-            return method(self, *args, **kwargs)
+            result = method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_READONLY:
+            code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+            if code == SQLITE_FULL and self.db is not None:
+                # The WAL may hold most of the disk: copying it into the database file and truncating
+                # it is what gives the space back once something else freed some.
+                self.wal.checkpoint(self.db, f"a write failed: {exc}")
+            if code == SQLITE_READONLY:
                 # A connection opened while the file system was read-only stays read-only: reopen once
                 # (read-write if the file system is writable again), else keep it closed and raise.
                 self._not_open(exc)
@@ -236,6 +242,9 @@ def _guarded(method):
             if isinstance(exc, StoreCorruptError) or not self.recover_if_corrupt(exc):
                 raise
             raise StoreCorruptError(f"store {self.path} was corrupt ({exc}); moved aside, fresh store started") from exc
+        if self.db is not None:
+            self.wal.after_write(self.db)
+        return result
     return wrapper
 
 
@@ -266,10 +275,11 @@ class Store:
 
     def __init__(self, path: str | Path, *, max_bytes: int, max_batches: int | None = None,
                  synchronous: str = "NORMAL", ttl_s: Mapping[str, float] | None = None,
-                 quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
+                 quarantine_max_bytes: int = QUARANTINE_MAX_BYTES, wal_max_bytes: int = WAL_MAX_BYTES,
                  wallclock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.quarantine_max_bytes = quarantine_max_bytes
+        self.wal = WalBudget(self.path, wal_max_bytes)  # the WAL within its budget (agent/store/wal.py)
         self.wallclock = wallclock  # injectable: tests step it as NTP would
         self._clock_offset = wallclock() - _since_boot()
         self._unset_dated = False
@@ -341,6 +351,7 @@ class Store:
             raise _SchemaMismatch(f"table batches has columns {columns}, expected {EXPECTED_COLUMNS}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={self.synchronous}")
+        self.wal.configure(self.db)
         check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if check != "ok":
             raise _SchemaMismatch(f"integrity check failed: {check}")

@@ -56,6 +56,7 @@ def reported_doc(status: dict[str, Any]) -> dict[str, Any]:
         "uplink": {k: sink[k] for k in ("type", "state", "connected", "link", "last_send", "backoff_s",
                                         "last_error", "sent_batches", "consecutive_failures") if k in sink},
         "control": status.get("control"),
+        "status_file": status.get("status_file"),
         # not "campaigns": that name carries the acks of the desired property
         "campaign_state": status.get("campaigns") or None,
         # not "databases" either: the desired property's ack (agent/remotedb)
