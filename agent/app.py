@@ -23,6 +23,7 @@ import structlog
 
 from agent import __version__, logs
 from agent.can.rawcan import RawCanSource
+from agent.can.simulator import SimulatorStats
 from agent.can.source import (
     BusSource,
     FrameSource,
@@ -106,6 +107,7 @@ class Agent:
         self._campaign_clock: tuple[float, float] = (float("-inf"), 0.0)  # (engine time seen, monotonic then)
         self.batcher, self.counters = self.pipeline.batcher, self.pipeline.counters
         self.sources: dict[str, FrameSource] = {}
+        self.simulators: dict[str, SimulatorStats] = {}  # bus -> what its built-in simulator did
         self._bus_tasks: dict[str, tuple[asyncio.Event, list[asyncio.Task]]] = {}
         self.progress = progress
         self.config_version = 0
@@ -175,9 +177,10 @@ class Agent:
         from agent.can.simulator import run_simulator
 
         sim_bus = can.Bus(interface="virtual", channel=bus.channel, receive_own_messages=False)
+        stats = self.simulators.setdefault(bus.name, SimulatorStats())  # a restart keeps counting
         try:
             await run_simulator(sim_bus, load_bus_databases(self.cfg, bus), stop=stop,
-                                seed=sum(bus.name.encode()))
+                                seed=sum(bus.name.encode()), stats=stats)
         finally:
             sim_bus.shutdown()
 
@@ -312,6 +315,7 @@ class Agent:
             "frames_per_s": round(self._frame_rate.update(frames), 1),
             "buses": {name: {"frames_per_s": round(self._bus_rates.setdefault(name, RateMeter()).update(c.frames), 1),
                              **c.as_dict(), **(self.sources[name].status() if name in self.sources else {}),
+                             **({"simulator": self.simulators[name].as_dict()} if name in self.simulators else {}),
                              "simulated": name in self.batcher.simulated_buses}
                       for name, c in self.counters.items()},
             "pending_samples": self.batcher.pending_samples,

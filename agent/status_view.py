@@ -73,7 +73,7 @@ def render(view: StatusView) -> str:
                      f"decode errors {b['decode_errors']}, error frames {b['error_frames']}"
                      + (f", refused: {b.get('refused_timestamps', 0)} timestamps, {b.get('refused_values', 0)} values"
                         if b.get("refused_timestamps") or b.get("refused_values") else "")
-                     + _lost_text(b) + _bus_health_text(b))
+                     + _lost_text(b) + _bus_health_text(b) + _simulator_text(b.get("simulator")))
     if "batches" in st and st["batches"] is not None:
         lines += _store_lines(st)
     else:
@@ -197,6 +197,14 @@ def _lost_text(bus: dict[str, Any]) -> str:
         return ""
     rcvbuf = f", receive buffer {bus['rcvbuf_bytes']} bytes" if bus.get("rcvbuf_bytes") else ""
     return f", lost frames {bus['lost_frames']} ({bus.get('loss_seen', '?')}{rcvbuf})"
+
+
+def _simulator_text(sim: dict[str, Any] | None) -> str:
+    """The built-in simulator, when it could not keep real time or lost frames (never a bus loss)."""
+    if not sim or not (sim.get("dropped") or sim.get("behind_s", 0) >= 1):
+        return ""
+    return (f"; simulator {sim['behind_s']:.0f} s behind real time (readers behind), "
+            f"{sim['dropped']} simulated frames dropped")
 
 
 def _bus_health_text(bus: dict[str, Any]) -> str:

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import can
 import pytest
 
-from agent.can.simulator import VehicleSimulator, record_candump_log, run_simulator
+from agent.can.simulator import (
+    MAX_STEP_S,
+    SIM_BACKLOG_MAX,
+    SimulatorStats,
+    VehicleSimulator,
+    frames_per_second,
+    record_candump_log,
+    run_simulator,
+)
 from agent.decode.database import load_databases
-from tests.conftest import CONFIG_DIR, run_cli
+from tests.conftest import CONFIG_DIR, DATA, run_cli, until
 
 DBCS = {name: CONFIG_DIR / "dbc" / f"{name}.dbc" for name in ("powertrain", "chassis", "body")}
 
@@ -147,3 +156,69 @@ def test_run_simulator_stops_promptly() -> None:
             bus.shutdown()
 
     assert asyncio.run(main()) > 0
+
+
+async def test_the_simulator_holds_while_its_reader_is_behind() -> None:
+    """A 700-message database makes ~27,000 frames/s; a reader that takes none must not make python-can's
+    virtual bus queue them without bound (4.8 GB after 12 minutes): the simulation holds at the
+    backlog, counts how far it fell behind real time, and goes on once the reader took the frames."""
+    db = load_databases([DATA / "oem_sloppy.dbc"], strict=False)
+    bound = SIM_BACKLOG_MAX + frames_per_second(db) * MAX_STEP_S + len(db.messages)  # one step over at most
+    tx = can.Bus(interface="virtual", channel="sim-backlog", receive_own_messages=False)
+    rx = can.Bus(interface="virtual", channel="sim-backlog")
+    stats, stop = SimulatorStats(), asyncio.Event()
+    task = asyncio.create_task(run_simulator(tx, db, stop=stop, stats=stats))
+    received = 0
+    try:
+        await until(lambda: stats.behind_s >= 1.0, timeout=60, what="the simulation holding for a second")
+        assert SIM_BACKLOG_MAX <= rx.queue.qsize() <= bound and stats.backlog_peak <= bound
+        sent = stats.sent
+        while rx.recv(0) is not None:
+            received += 1
+        await until(lambda: stats.sent > sent, timeout=30, what="the simulation going on")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        while rx.recv(0) is not None:
+            received += 1
+        tx.shutdown()
+        rx.shutdown()
+    assert received == stats.sent and stats.dropped == 0
+
+
+def test_an_agent_simulating_a_700_message_database_stays_bounded_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`simulate: true` on the sloppy OEM database: the simulator's backlog stays bounded whatever the
+    collector manages (status shows it), and SIGTERM ends the run with exit 0 (it took minutes when the
+    simulator had queued hundreds of thousands of frames and held the loop catching up)."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT, wait_for
+
+    config = tmp_path / "agent.yaml"
+    config.write_text(yaml.safe_dump({
+        "vehicle_id": "oem", "state_dir": str(tmp_path / "state"),
+        "buses": [{"name": "pt", "databases": [str(DATA / "oem_sloppy.dbc")], "strict": False, "simulate": True,
+                   "channel": "sim-oem"}],
+        "sink": {"type": "file"}}))
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--no-progress"], cwd=ROOT,
+                            env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def simulator() -> dict:
+        res = run_cli("status", "--config", str(config), "--json")
+        return json.loads(res.stdout)["buses"]["pt"].get("simulator", {}) if res.returncode == 0 else {}
+
+    try:
+        wait_for(lambda: simulator().get("sent", 0) > 20_000, 120, interval=0.5, what="20,000 simulated frames")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    sim = json.loads((tmp_path / "state" / "status.json").read_text())["buses"]["pt"]["simulator"]
+    db = load_databases([DATA / "oem_sloppy.dbc"], strict=False)
+    assert sim["backlog_peak"] <= SIM_BACKLOG_MAX + frames_per_second(db) * MAX_STEP_S + len(db.messages)
+    assert sim["dropped"] == 0 and sim["sent"] > 20_000

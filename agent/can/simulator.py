@@ -16,11 +16,13 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import can
 import structlog
+from can.interfaces.virtual import VirtualBus
 from cantools.database import Database, Message, Signal
 
 from agent.can.logs import format_candump
@@ -28,6 +30,11 @@ from agent.can.logs import format_candump
 log = structlog.get_logger()
 
 DEFAULT_CYCLE_S = 0.1
+# Backpressure (python-can's virtual bus queues every frame for its readers without bound): the simulation
+# holds while a reader has this many frames waiting, and makes at most MAX_STEP_S of real time's frames at
+# once, so what waits stays below SIM_BACKLOG_MAX plus one step (a 700-message database: ~2,700 frames).
+SIM_BACKLOG_MAX = 5000
+MAX_STEP_S = 0.1
 
 
 def cycle_s(msg: Message) -> float:
@@ -363,39 +370,77 @@ class VehicleSimulator:
         return out
 
 
+@dataclass(slots=True)
+class SimulatorStats:
+    """What the simulator did, for the bus's status: simulated frames it could not send are not bus loss."""
+
+    sent: int = 0
+    dropped: int = 0          # frames the bus refused (a full transmit or receive queue): simulated-frame drops
+    behind_s: float = 0.0     # real seconds the simulation held back (readers behind, or the loop busy)
+    backlog: int = 0          # frames waiting for the slowest reader at the last tick (virtual bus only)
+    backlog_peak: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sent": self.sent, "dropped": self.dropped, "behind_s": round(self.behind_s, 3),
+                "backlog": self.backlog, "backlog_peak": self.backlog_peak}
+
+
+def receiver_backlog(bus: can.BusABC) -> int:
+    """Frames waiting in the fullest receive queue of the bus's other ends: python-can's virtual bus
+    only. A real bus's kernel queue cannot be seen; a full one refuses the send (ENOBUFS), counted."""
+    if not isinstance(bus, VirtualBus):
+        return 0
+    return max((q.qsize() for q in list(bus.channel) if q is not bus.queue), default=0)
+
+
 async def run_simulator(bus: can.BusABC, db: Database, *, rate: float = 1.0, duration: float | None = None,
-                        stop: asyncio.Event | None = None, tick: float = 0.01, seed: int = 0) -> int:
+                        stop: asyncio.Event | None = None, tick: float = 0.01, seed: int = 0,
+                        stats: SimulatorStats | None = None) -> int:
     """Send simulated traffic on `bus` in (scaled) real time until `stop` or `duration`; returns frames sent.
 
-    Frames due within a tick go out together, so the simulator itself costs one wake-up per tick.
-    A full transmit queue (ENOBUFS on SocketCAN) drops that tick's remaining frames, counted in a log line.
+    Frames due within a tick go out together, so the simulator itself costs one wake-up per tick. It
+    is paced by its readers: while one has SIM_BACKLOG_MAX frames waiting, or when the loop was busy
+    for more than MAX_STEP_S, simulated time does not catch up (counted as `behind_s`): a large
+    database must not fill memory with frames nobody can take. A send the bus refuses (ENOBUFS on
+    SocketCAN, a full reader queue) drops that frame, counted as a simulated-frame drop.
     """
     sim = VehicleSimulator(db, seed=seed)
     stop = stop or asyncio.Event()
-    started = time.monotonic()
-    sent = dropped = 0
+    stats = stats if stats is not None else SimulatorStats()
+    last = time.monotonic()
+    sim_t = 0.0
     while not stop.is_set():
-        sim_t = (time.monotonic() - started) * rate
-        last = duration is not None and sim_t >= duration
-        if last:
+        now = time.monotonic()
+        due, last = (now - last) * rate, now
+        stats.backlog = receiver_backlog(bus)
+        stats.backlog_peak = max(stats.backlog_peak, stats.backlog)
+        step = 0.0 if stats.backlog >= SIM_BACKLOG_MAX else min(due, MAX_STEP_S * rate)
+        stats.behind_s += (due - step) / rate
+        sim_t += step
+        end = duration is not None and sim_t >= duration
+        if end:
             sim_t = duration  # type: ignore[assignment]
-        for f in sim.frames_until(sim_t):
+        for n, f in enumerate(sim.frames_until(sim_t), 1):
             msg = can.Message(timestamp=f.t, arbitration_id=f.id, is_extended_id=f.is_extended, is_fd=f.is_fd,
                               bitrate_switch=f.is_fd, data=f.data)
             try:
                 bus.send(msg)
-                sent += 1
+                stats.sent += 1
             except can.CanError as exc:
-                dropped += 1
-                if dropped in (1, 10, 100) or dropped % 1000 == 0:
-                    log.warning("simulator_send_failed", error=str(exc), dropped=dropped)
-        if last:
+                stats.dropped += 1
+                if stats.dropped in (1, 10, 100) or stats.dropped % 1000 == 0:
+                    log.warning("simulator_send_failed", error=str(exc), dropped=stats.dropped)
+            if n % 500 == 0:  # a long step yields, so a stop (SIGTERM) is seen at once
+                await asyncio.sleep(0)
+                if stop.is_set():
+                    return stats.sent
+        if end:
             break
         try:
             await asyncio.wait_for(stop.wait(), tick)
         except TimeoutError:
             pass
-    return sent
+    return stats.sent
 
 
 def record_candump_log(db: Database, path: str | Path, *, seconds: float = 10.0, channel: str = "vcan0",

@@ -42,7 +42,7 @@ def reported_doc(status: dict[str, Any]) -> dict[str, Any]:
                                             "decode_errors", "refused_timestamps", "refused_values", "samples",
                                             "state", "lost_frames", "kernel_drops", "backlog_drops",
                                             "unreadable_frames", "rcvbuf_bytes", "controller", "errors",
-                                            "tx_error_counter", "rx_error_counter", "simulated") if k in bus}
+                                            "tx_error_counter", "rx_error_counter", "simulated", "simulator") if k in bus}
     return _without_secrets({
         "agent": {k: agent.get(k) for k in ("version", "started", "host", "vehicle_id")},
         "config_version": agent.get("config_version"),
