@@ -7,6 +7,7 @@ without a socket; `status --check` is the container HEALTHCHECK (is the file fre
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import time
@@ -95,14 +96,36 @@ def _overwrite_in_place(path: Path, data: bytes, doc: dict[str, Any]) -> None:
         fh.write(data.ljust(size))
 
 
+class StatusFileDamaged(ValueError):
+    """The status file holds no status document the agent wrote (torn by a power loss during an
+    in-place rewrite on a full disk, damaged on flash, written by something else)."""
+
+
+_SECTIONS = ("agent", "buses", "store", "sink")  # objects every status document has
+READ_TRIES, READ_RETRY_S = 10, 0.02  # an in-place rewrite takes one write() call: 0.2 s is far beyond it
+
+
 def read_status(state_dir: Path) -> dict[str, Any]:
-    """The last status document; raises FileNotFoundError when the agent never ran here."""
-    for _ in range(20):
+    """The last status document; FileNotFoundError when the agent never ran here, StatusFileDamaged
+    (saying why) when the file is not a status document."""
+    path = state_dir / STATUS_FILE
+    for attempt in range(READ_TRIES):
         try:
-            return orjson.loads((state_dir / STATUS_FILE).read_bytes())
-        except orjson.JSONDecodeError:  # an in-place rewrite on a full disk is under way
-            time.sleep(0.05)
-    return orjson.loads((state_dir / STATUS_FILE).read_bytes())
+            doc = orjson.loads(path.read_bytes())
+            break
+        except orjson.JSONDecodeError as exc:  # an in-place rewrite on a full disk may be under way
+            if attempt == READ_TRIES - 1:
+                raise StatusFileDamaged(f"{path} is not JSON ({exc})") from None
+            time.sleep(READ_RETRY_S)
+    if not isinstance(doc, dict):
+        raise StatusFileDamaged(f"{path} holds a JSON {type(doc).__name__}, not a status document")
+    updated = doc.get("updated")
+    if not isinstance(updated, int | float) or isinstance(updated, bool) or not math.isfinite(updated):
+        raise StatusFileDamaged(f"{path}: 'updated' is {str(updated)[:40]!r}, not a time")
+    for section in _SECTIONS:
+        if not isinstance(doc.get(section), dict):
+            raise StatusFileDamaged(f"{path}: '{section}' is missing or not an object")
+    return doc
 
 
 def status_age(doc: dict[str, Any], now: float | None = None) -> float:
@@ -113,15 +136,18 @@ def not_alive_reason(doc: dict[str, Any], max_age: float = 5.0) -> str | None:
     """Why the agent of a status document is not running (None: it runs): the status file is stale,
     or (on this host) its process is gone."""
     age = status_age(doc)
-    a = doc.get("agent", {})
+    a = doc.get("agent") or {}
     if age >= max_age:
         return (f"the status is {age:.0f} s old (more than {max_age:.0f} s): pid {a.get('pid')} stopped, "
                 "or its event loop is stuck")
-    if a.get("host") == socket.gethostname() and a.get("pid"):
+    if age <= -max_age:  # the clock stepped back, or the time is damaged: fresh only once rewritten
+        return f"the status is dated {-age:.3g} s in the future: written before the clock was set back, or damaged"
+    pid = a.get("pid") if isinstance(a, dict) else None
+    if type(pid) is int and 0 < pid < 2**31 and a.get("host") == socket.gethostname():
         try:
-            os.kill(int(a["pid"]), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
-            return f"pid {a['pid']}, which wrote the status, is not running"
+            return f"pid {pid}, which wrote the status, is not running"
         except PermissionError:
             return None
     return None

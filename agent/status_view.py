@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.health import losses, not_alive_reason, read_status, status_age
+from agent.health import STATUS_FILE, StatusFileDamaged, losses, not_alive_reason, read_status, status_age
 from agent.store import read_stats
+
+# What a status document that passed read_status's shape check can still hold wrong, deeper down.
+DAMAGE = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
 
 
 @dataclass(slots=True)
@@ -21,19 +24,31 @@ class StatusView:
     doc: dict[str, Any]
     alive: bool
     age: float | None  # seconds since the agent wrote the status; None: no status file
+    damaged: str | None = None  # why the status file was not used (the store file's counters are shown)
 
 
 def gather(state_dir: Path, store_path: Path | None = None) -> StatusView | None:
-    """The status of a state directory; None when no agent ever ran with it (no status, no store)."""
+    """The status of a state directory; None when no agent ever ran with it (no status, no store).
+    A status file that is not a status document is reported (`damaged`), never a traceback."""
     try:
         doc: dict[str, Any] | None = read_status(state_dir)
     except FileNotFoundError:
         doc = None
+    except StatusFileDamaged as exc:
+        return _gather(state_dir, store_path, None, str(exc))
+    try:
+        return _gather(state_dir, store_path, doc, None)
+    except DAMAGE as exc:
+        return _gather(state_dir, store_path, None, f"{state_dir / STATUS_FILE}: {type(exc).__name__}: {exc}")
+
+
+def _gather(state_dir: Path, store_path: Path | None, doc: dict[str, Any] | None,
+            damaged: str | None) -> StatusView | None:
     alive = doc is not None and not_alive_reason(doc) is None
     if store_path is None:
         store_path = Path(doc["store"]["path"]) if doc and doc.get("store", {}).get("path") else state_dir / "store.db"
     if not alive:
-        if doc is None and not store_path.exists():
+        if doc is None and not store_path.exists() and damaged is None:
             return None
         if store_path.exists():
             try:
@@ -44,8 +59,9 @@ def gather(state_dir: Path, store_path: Path | None = None) -> StatusView | None
             doc["store"] = {**doc.get("store", {}), **fresh, "path": str(store_path)}
             doc["losses"] = losses(doc["store"].get("counters", {}), doc["store"].get("spill", {}), doc["buses"],
                                    doc.get("sink", {}))
-    assert doc is not None
-    return StatusView(doc, alive, status_age(doc) if "updated" in doc else None)
+        doc = doc or {"agent": {}, "buses": {}, "sink": {}, "store": {"error": f"no store at {store_path}"}}
+    assert doc is not None  # alive: read from the status file
+    return StatusView(doc, alive, status_age(doc) if "updated" in doc else None, damaged)
 
 
 def fmt_age(seconds: float | None) -> str:
@@ -55,14 +71,23 @@ def fmt_age(seconds: float | None) -> str:
 
 
 def render(view: StatusView) -> str:
-    """The human text of `vehicle-agent status`."""
+    """The human text of `vehicle-agent status`; StatusFileDamaged for a document it cannot show."""
+    try:
+        text = _render(view)
+    except DAMAGE as exc:
+        raise StatusFileDamaged(f"the status document cannot be shown ({type(exc).__name__}: {exc}); "
+                                "vehicle-agent status --json prints it as it is") from None
+    return (f"status file damaged, not used: {view.damaged}\n" if view.damaged else "") + text
+
+
+def _render(view: StatusView) -> str:
     doc, alive, age = view.doc, view.alive, view.age
     a, st, sk = doc["agent"], doc["store"], doc["sink"]
     if alive:
         lines = [f"vehicle-agent {a['version']} pid {a['pid']} on {a['host']}: running"]
     else:
         lines = ["vehicle-agent: not running" + (f" (last status {fmt_age(age)} old, pid {a.get('pid')})"
-                                                 if age is not None else " (no status file)")]
+                                                 if age is not None else "" if view.damaged else " (no status file)")]
     if a:
         lines.append(f"vehicle {a['vehicle_id']}, config version {a['config_version']}, "
                      f"{doc['frames_per_s'] if alive else 0:.0f} frames/s, "

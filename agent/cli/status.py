@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.health import not_alive_reason, read_status
+    from agent.health import StatusFileDamaged, not_alive_reason, read_status
     from agent.status_view import gather, render
 
     store_path: Path | None = None
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
             why = not_alive_reason(read_status(state_dir), args.max_age)
         except FileNotFoundError:
             why = f"no status file in {state_dir}: the agent has not run with this state directory"
+        except StatusFileDamaged as exc:
+            why = f"status file damaged: {exc}"
         if why:
             sys.stderr.write(f"unhealthy: {why}\n")
             return EXIT_FAIL
@@ -48,7 +50,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     if args.json:
         age = None if view.age is None else round(view.age, 1)
-        out(orjson.dumps({**view.doc, "running": view.alive, "status_age_s": age}, option=orjson.OPT_INDENT_2))
-    else:
+        damaged = {"status_file_damaged": view.damaged} if view.damaged else {}
+        out(orjson.dumps({**view.doc, "running": view.alive, "status_age_s": age, **damaged},
+                         option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        return EXIT_OK
+    try:
         out(render(view))
+    except StatusFileDamaged as exc:
+        sys.stderr.write(f"error: {state_dir / 'status.json'}: {exc}\n")
+        return EXIT_FAIL
     return EXIT_OK
