@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.can.logs import LogFrame, LogProblem, format_candump, parse_candump_line
+from agent.can.logs import LogFrame, LogProblem, format_candump, parse_candump_line, read_log
 from tests.conftest import DATA, run_cli
 
 HUGE = "9" * 400 + ".5"  # overflows a double to infinity
@@ -92,3 +93,36 @@ def test_any_line_is_a_frame_a_clear_problem_or_nothing(text: str) -> None:
         assert isinstance(again, LogFrame)
         assert (again.id, again.data, again.is_fd, again.is_extended) == (item.id, item.data, item.is_fd,
                                                                           item.is_extended)
+
+
+_ASC_HEADER = ("date Sun Nov 29 10:00:00.000 am 2026\nbase hex  timestamps absolute\ninternal events logged\n"
+               "Begin Triggerblock Sun Nov 29 10:00:00.000 am 2026\n")
+
+
+@st.composite
+def _asc_line(draw: st.DrawFn) -> str:
+    t = draw(st.sampled_from(["1.000000", "nan", "inf", "-5.0", "1e308", "9" * 400]))
+    ident = draw(st.sampled_from(["123", "7FF", "800", "-1", "18FEF1FEx", "1FFFFFFFx", "20000000x", "FFFFFFFFx"]))
+    n = draw(st.sampled_from([0, 1, 8, 9, 12, 15, 64, 65, 100]))
+    data = " ".join(f"{b:02X}" for b in draw(st.binary(min_size=n, max_size=n)))
+    if draw(st.booleans()):
+        dlc = draw(st.integers(0, 15))
+        return f"   {t} CANFD   1 Rx {ident} 0 1 {dlc:x} {n} {data} 0 0 3000 0 0 0 0 0"
+    return f"   {t} 1  {ident}  Rx   d {draw(st.sampled_from([n, draw(st.integers(0, 20))]))} {data}"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_asc_line(), min_size=1, max_size=4))
+def test_an_asc_log_gives_only_frames_a_bus_carries(lines: list[str]) -> None:
+    """python-can's ASC reader hands over what the file says (negative ids, ids above 29 bits, 100-byte FD
+    payloads, times of inf): every reader gets frames a CAN bus carries, each other frame a problem."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "drive.asc"
+        path.write_text(_ASC_HEADER + "\n".join(lines) + "\nEnd TriggerBlock\n")
+        for item in read_log(path):
+            if isinstance(item, LogProblem):
+                assert item.reason
+                continue
+            assert math.isfinite(item.t)
+            assert 0 <= item.id <= (0x1FFFFFFF if item.is_extended else 0x7FF)
+            assert len(item.data) in (range(65) if item.is_fd else range(9))

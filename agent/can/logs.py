@@ -57,6 +57,17 @@ def timestamp_problem(t: float, text: str = "") -> str | None:
     return f"timestamp is not a finite number ({t}): not a time"
 
 
+def frame_problem(can_id: int, extended: bool, length: int, is_fd: bool) -> str | None:
+    """Why a frame read from a log is none a CAN bus carries (None: it is one). python-can's ASC/BLF
+    readers hand over what the file says: negative ids, ids above 29 bits, 100-byte payloads."""
+    if not 0 <= can_id <= (0x1FFFFFFF if extended else 0x7FF):
+        return (f"{'extended' if extended else 'standard'} id {can_id:#x} is outside 0..0x"
+                f"{'1FFFFFFF' if extended else '7FF'}")
+    if (is_fd and length not in _FD_LENGTHS) or (not is_fd and length > 8):
+        return f"invalid {'CAN FD' if is_fd else 'CAN'} payload length {length}"
+    return None
+
+
 def parse_candump_line(text: str, line: int = 0) -> LogFrame | LogProblem | None:
     """One `candump -L` line; None for blank lines and comments."""
     stripped = text.strip()
@@ -90,8 +101,8 @@ def parse_candump_line(text: str, line: int = 0) -> LogFrame | LogProblem | None
         data = bytes.fromhex(payload)
     except ValueError:
         return LogProblem(line, "payload is not hexadecimal", stripped[:80])
-    if (is_fd and len(data) not in _FD_LENGTHS) or (not is_fd and len(data) > 8):
-        return LogProblem(line, f"invalid {'CAN FD' if is_fd else 'CAN'} payload length {len(data)}", stripped[:80])
+    if why := frame_problem(can_id, extended, len(data), is_fd):
+        return LogProblem(line, why, stripped[:80])
     return LogFrame(t, channel, can_id, data, is_fd, extended, is_error, remote, line)
 
 
@@ -108,7 +119,9 @@ def read_python_can(path: Path) -> Iterator[LogFrame | LogProblem]:
     try:
         for msg in can.LogReader(str(path)):
             count += 1
-            if why := timestamp_problem(msg.timestamp):  # python-can gives no line numbers: the frame's
+            why = timestamp_problem(msg.timestamp) or frame_problem(msg.arbitration_id, msg.is_extended_id,
+                                                                    len(msg.data), msg.is_fd)
+            if why:  # python-can gives no line numbers: the frame's
                 yield LogProblem(count, f"frame {count}: {why}")
                 continue
             yield LogFrame(msg.timestamp, str(msg.channel) if msg.channel is not None else "can0",
