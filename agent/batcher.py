@@ -2,8 +2,8 @@
 
 A batch closes when it holds `max_samples`, when it is `max_age_s` old, or on flush. It never holds
 more than `max_samples`: the collector appends a whole drain (up to 20,000 frames of a replay) before
-the count is checked, so a batch over the cap is cut at it, each signal's oldest samples first, and
-what is left over stays open. Its encoded size never exceeds `max_bytes` (IoT Hub's 256 KB message
+the count is checked, so a batch over the cap is cut at it (at a time: the oldest samples of every
+signal), and what is left over stays open. Its encoded size never exceeds `max_bytes` (IoT Hub's 256 KB message
 limit): an oversized encoding is split in halves and encoded again. The open batches are the
 in-memory window that a power loss can lose.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
+from itertools import chain
 from typing import Any
 
 import structlog
@@ -145,20 +147,30 @@ class Batcher:
 
     def _cut(self, columns: dict[ColumnKey, tuple[list[float], list]]
              ) -> tuple[dict[ColumnKey, tuple[list[float], list]], dict[ColumnKey, tuple[list[float], list]]]:
-        """(at most max_samples samples, the rest): each signal gives its oldest samples, in proportion to
-        how many it holds, so the rest is each signal's newest. Nothing is lost or reordered."""
+        """(the max_samples oldest samples, the rest): cut at a time, so the batches cut from one drain
+        follow each other in time and a rare signal's sample is not held back behind newer ones.
+        Nothing is lost or reordered; a column out of time order (a damaged log) is cut by count."""
         cap = self.cfg.max_samples
         total = sum(len(ts) for ts, _ in columns.values())
         if total <= cap:
             return columns, {}
-        take = {key: len(ts) * cap // total for key, (ts, _) in columns.items()}
-        short = cap - sum(take.values())  # the floors leave less than one sample a column
-        for key, (ts, _) in columns.items():
-            if not short:
+        at = sorted(chain.from_iterable(ts for ts, _ in columns.values()))[cap - 1]  # sorted runs: cheap
+        take = {key: bisect_left(ts, at) for key, (ts, _) in columns.items()}  # before the cut time
+        short = cap - sum(take.values())
+        for upto in (lambda ts: bisect_right(ts, at), len):  # samples at the cut time; any, if a column is unsorted
+            for key, (ts, _) in columns.items():
+                if short <= 0:
+                    break
+                extra = min(short, upto(ts) - take[key])
+                if extra > 0:
+                    take[key] += extra
+                    short -= extra
+        for key in reversed(take):  # an unsorted column can make the count overshoot: give back
+            if short >= 0:
                 break
-            extra = min(short, len(ts) - take[key])
-            take[key] += extra
-            short -= extra
+            back = min(-short, take[key])
+            take[key] -= back
+            short += back
         head: dict[ColumnKey, tuple[list[float], list]] = {}
         rest: dict[ColumnKey, tuple[list[float], list]] = {}
         for key, (ts, vs) in columns.items():

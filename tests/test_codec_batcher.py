@@ -335,11 +335,14 @@ def test_a_payload_of_exactly_max_bytes_is_not_split() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(cap=st.integers(1, 60), drains=st.lists(st.lists(st.integers(0, 90), min_size=1, max_size=6), min_size=1,
-                                               max_size=5))
-def test_max_samples_is_hard_through_column_and_settle(cap: int, drains: list[list[int]]) -> None:
+                                               max_size=5), disorder=st.randoms(use_true_random=False),
+       ordered=st.booleans())
+def test_max_samples_is_hard_through_column_and_settle(cap: int, drains: list[list[int]], disorder,
+                                                       ordered: bool) -> None:
     """Drains of any size between two counts (a fast replay appends thousands of samples at once): no
     batch holds more than max_samples, a batch closed by count holds exactly that, each signal's
-    samples come out once and in order, what does not fill a batch stays open and keeps its age."""
+    samples come out once and in order, what does not fill a batch stays open and keeps its age; also
+    when a column's times are not in order (a damaged log), and with many samples of one time."""
     from agent.codec import RawValues
 
     out: list[Batch] = []
@@ -354,15 +357,17 @@ def test_max_samples_is_hard_through_column_and_settle(cap: int, drains: list[li
             assert type(vs) is (RawValues if n == 0 else list)
             for _ in range(count):
                 t += 0.001
-                ts.append(t)
+                ts.append(round(t, 2) if ordered else 1000 + disorder.randrange(50) / 10)
                 vs.append(len(sent.setdefault(f"S{n}", [])))
-                sent[f"S{n}"].append(t)
+                sent[f"S{n}"].append(ts[-1])
         b.settle(sum(drain))
         assert all(x.sample_count == cap for x in out), "closed by count: exactly max_samples"
         assert b.pending_samples < cap
     clock[0] = 5.0
     b.tick()  # what stayed open closes at the age of its first sample's batch
     assert b.pending_samples == 0 and all(x.sample_count <= cap for x in out)
+    if ordered:  # cut at a time: the batches follow each other
+        assert all(a.last_t <= z.first_t for a, z in zip(out, out[1:], strict=False))
     got: dict[str, list[tuple[float, float]]] = {}
     for x in out:
         for s in ColumnarCodec().decode(x.payload)[1]:

@@ -18,10 +18,12 @@ from tests.conftest import DATA, run_cli, until
 
 
 def _outbox_samples(outbox: Path) -> list[dict]:
-    rows = []
-    for f in sorted(outbox.glob("*.jsonl")):
-        rows += [json.loads(x) for x in f.read_text().splitlines()]
-    return sorted(rows, key=lambda r: r["t"])
+    """Every sample of the outbox in time order. Frames sent in one burst share a time, and the batches
+    cut from one drain are made in the same millisecond (their ids then order at random), so batches
+    are taken in the order of their samples' times, and samples of one time keep that order."""
+    batches = [[json.loads(x) for x in f.read_text().splitlines()] for f in outbox.glob("*.jsonl")]
+    batches.sort(key=lambda rows: (min(r["t"] for r in rows), max(r["t"] for r in rows)) if rows else (0, 0))
+    return sorted((r for rows in batches for r in rows), key=lambda r: r["t"])
 
 
 def _config(tmp_path: Path, bus: dict, **extra) -> Path:
