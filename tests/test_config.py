@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config import ConfigError, build_config, json_schema, load_config
+from agent.config.loading import parse_yaml
 from tests.conftest import CONFIG_DIR, run_cli
 
 
@@ -60,6 +63,50 @@ def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
     res = run_cli("check-config", str(path))
     assert res.returncode == 2
     assert "line 4" in res.stderr and "YAML syntax error" in res.stderr
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path: Path, edge_dbc: Path) -> None:
+    """A comment saved as Latin-1 (an editor's default on some desktops): a config error naming the line
+    and column, not a UnicodeDecodeError traceback (start and `check-config` both)."""
+    path = tmp_path / "agent.yaml"
+    path.write_bytes(yaml.safe_dump({"buses": [{"name": "pt", "databases": [str(edge_dbc)]}]}).encode()
+                     + "# Fahrzeug f\u00fcr Kunde\n".encode("latin-1"))
+    for command in (("check-config", str(path)), ("run", "--config", str(path))):
+        res = run_cli(*command)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert f"{path}: line 5, column 13: not UTF-8 text (byte 0xfc)" in res.stderr
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path, edge_dbc: Path) -> None:
+    """PyYAML keeps the last of two equal keys silently: a second `collection:` pasted at the end would
+    drop the first without a word. Refused, in the file and in an environment variable's value."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"buses:\n  - name: pt\n    databases: [{edge_dbc}]\ncollection:\n  default: {{policy: all}}\n"
+                    "batching: {max_age_s: 5}\ncollection:\n  default: {policy: on_change}\n")
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 2
+    assert "line 7, column 1" in res.stderr and "'collection' given twice in one mapping (first on line 4)" in res.stderr
+    path.write_text(f"buses:\n  - name: pt\n    databases: [{edge_dbc}]\n")
+    res = run_cli("check-config", str(path), env={"VEHICLE_AGENT__batching": "{max_age_s: 5, max_age_s: 9}"})
+    assert res.returncode == 2 and "VEHICLE_AGENT__batching" in res.stderr and "given twice" in res.stderr
+
+
+@pytest.mark.parametrize("text, why", [
+    ("vehicle_id: 2024-13-01\n", "line 1, column 13: YAML syntax error: not a valid value: month must be in 1..12"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)),
+     "more than 100000 values once aliases are expanded"),
+    ("buses: &b [*b]\n", "an alias refers to itself"),
+    ("buses: " + "[" * 3000 + "]" * 3000 + "\n", "nested more than 64 levels deep"),
+], ids=["impossible-date", "billion-laughs", "alias-cycle", "deep-nest"])
+def test_yaml_a_validator_cannot_walk_is_refused(tmp_path: Path, text: str, why: str) -> None:
+    """Values PyYAML builds but no validator can walk (a billion laughs, an alias inside itself, a
+    deep nest) or builds by raising ValueError (an impossible implicit date): config errors, no traceback."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"{path}: " in res.stderr and why in res.stderr
 
 
 def test_unknown_keys_and_duplicate_buses_rejected(edge_dbc: Path) -> None:
@@ -241,3 +288,32 @@ def test_schema_is_the_config_contract() -> None:
     assert probes > 50
     assert not disagreements, "\n".join(disagreements)
     assert not validator.is_valid({**default, "batching": {"max_samples": 0}})
+
+
+_KEYS = st.text(st.characters(categories=("L", "N")) | st.sampled_from("_-. :#"), min_size=1, max_size=8)  # PyYAML itself does not round-trip every code point (U+0085)
+_SCALARS = st.one_of(st.integers(-2**63, 2**63), st.text(max_size=10), st.booleans(), st.none())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(_KEYS, _SCALARS, min_size=1, max_size=6), st.data())
+def test_parse_yaml_reads_what_yaml_writes_and_refuses_a_repeated_key(mapping: dict, data: st.DataObject) -> None:
+    text = yaml.safe_dump(mapping, allow_unicode=True)
+    assert parse_yaml(text) == yaml.safe_load(text) == mapping
+    key = data.draw(st.sampled_from(sorted(mapping)))
+    again = text + yaml.safe_dump({key: 1}, allow_unicode=True)
+    with pytest.raises(yaml.YAMLError, match="given twice in one mapping"):
+        parse_yaml(again)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.sampled_from("ab:-[]{}&*!<>?,|#'\" 0123456789.\n\t") | st.characters(), max_size=60))
+def test_parse_yaml_is_total(text: str) -> None:
+    """Any text is a value or a yaml.YAMLError (which read_yaml reports with its line), nothing else."""
+    try:
+        parse_yaml(text)
+    except yaml.YAMLError:
+        pass
+
+
+def test_merge_keys_are_overridden_not_duplicates() -> None:
+    assert parse_yaml("d: &d {a: 1, b: 2}\ne:\n  <<: *d\n  a: 3\n")["e"] == {"a": 3, "b": 2}

@@ -108,7 +108,7 @@ def _env_items(env: Mapping[str, str]) -> Iterator[tuple[str, tuple[str, ...], A
             yield key, simple[rest], value
         elif rest.startswith("_") and len(rest) > 1:
             try:
-                parsed = yaml.safe_load(value)
+                parsed = parse_yaml(value)
             except yaml.YAMLError as exc:
                 raise ConfigError([f"not a YAML value: {getattr(exc, 'problem', None) or exc}"],
                                   f"environment variable {key}") from None
@@ -146,16 +146,90 @@ def error_source(error: str, source: str, sources: Mapping[str, str]) -> str:
 
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML as a config is written: a key given twice in one mapping is an error naming both lines
+    (PyYAML keeps the last one silently, so a second `collection:` pasted at the end of a file would
+    drop the first without a word). Merge keys (`<<: *defaults`) are still overridden by explicit keys."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    line = first.get(key)
+                except TypeError:   # an unhashable key: SafeLoader's own error below says so
+                    continue
+                if line is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice in one mapping (first on line {line + 1})",
+                        key_node.start_mark)
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """PyYAML's constructors raise ValueError and friends for some values (`2024-13-01` is an
+        implicit date, `!!timestamp x`): a YAML error at the value's line like any other."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(None, None, f"not a valid value: {exc}",
+                                                    node.start_mark) from None
+
+
+MAX_YAML_NODES = 100_000   # a config has hundreds; aliases may not expand one into billions
+MAX_YAML_DEPTH = 64
+
+
+def parse_yaml(text: str) -> Any:
+    """The one YAML parser of configs (files and environment values): safe, duplicate keys refused,
+    and what it returns is a tree a validator can walk (no alias cycle, bounded after aliases)."""
+    try:
+        value = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep") from None
+    _check_tree(value)
+    return value
+
+
+def _check_tree(value: Any) -> None:
+    """Refuse a value that refers to itself through an alias, is nested deeper than MAX_YAML_DEPTH or
+    holds more than MAX_YAML_NODES values once aliases are expanded (what validation would walk)."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"more than {MAX_YAML_NODES} values once aliases are expanded")
+        if depth > MAX_YAML_DEPTH:
+            raise yaml.YAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep (or an alias refers to itself)")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for pair in node.items() for child in pair)
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend((child, depth + 1) for child in node)
+
+
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; a syntax error names the file, line and column."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError([f"file not found: {path}"], str(path)) from None
     except OSError as exc:
         raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from None
     try:
-        return yaml.safe_load(text) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # e.g. a comment saved as Latin-1 or Windows-1252
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError([f"line {line}, column {column}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                           "save the file as UTF-8"], str(path)) from None
+    try:
+        return parse_yaml(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
