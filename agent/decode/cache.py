@@ -56,8 +56,8 @@ class ParseCache:
                 if not (_private(os.fstat(fh.fileno())) and _private(os.stat(self.directory))):
                     log.warning("parse_cache_ignored", file=str(path), reason="not owned by this user or writable by others")
                     return None
-                digest, body = fh.read(_DIGEST_BYTES), fh.read()
-                if hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest() != digest:
+                check, body = fh.read(_DIGEST_BYTES), fh.read()
+                if hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest() != check:
                     raise ValueError("digest mismatch: the file is damaged")
                 kept = pickle.loads(body)  # noqa: S301 - our own file, checked above
         except FileNotFoundError:
