@@ -150,11 +150,12 @@ def test_a_log_decodes_with_every_line_accounted_for(tmp_path: Path) -> None:
     events: dict[str, dict] = {}
     for e in logs:
         events.setdefault(e["event"], e)  # the first of each
-    assert events["short_frame"] == {"event": "short_frame", "log_level": "warning", "line": 5, "id": "0x100",
+    assert events["short_frame"] == {"event": "short_frame", "log_level": "warning", "file": "<stdin>", "line": 5, "id": "0x100",
                                      "reason": "Engine needs 8 bytes, frame has 2"}
     assert events["undecodable_frame"]["line"] == 6 and events["undecodable_frame"]["id"] == "0x200"
     assert events["undecodable_frame"]["reason"] == "expected multiplexer id 1, but got 5"
-    assert events["bad_line"] == {"event": "bad_line", "log_level": "warning", "line": 7, "text": "this is not a frame",
+    assert events["bad_line"] == {"event": "bad_line", "log_level": "warning", "file": "<stdin>", "line": 7,
+                                  "text": "this is not a frame",
                                   "reason": "not a candump -L line: expected '(time) channel id#data'"}
     numbers = list(decode_log(decoder, io.StringIO(log_text), DecodeStats()))
     assert numbers[0]["signals"] == {"Speed": 1000.0, "Gear": 1}, "numbers unless labels are asked for"
