@@ -243,6 +243,33 @@ def test_kill_during_install_reports_the_installers_result(device: Device) -> No
         run.stop()
 
 
+def test_kill_before_the_installers_pid_was_saved_still_installs_once(device: Device) -> None:
+    """A loaded unit can be killed after the installer started but before its pid reached the state
+    file: the restarted agent finds the installer by the wrapper's own pid file, waits for it and
+    reports its result, and never starts it a second time."""
+    payload = os.urandom(10_000)
+    device.image("app.bin", payload)
+    desire(device, device.update("u-early", "app.bin", reboot="never"), 1)
+    run = Run(device, env={"OTA_TEST_INSTALL_S": "3"})
+    try:
+        run.reached("installing")
+        wait_for(lambda: device.installs.exists(), 10, what="the installer started")
+    finally:
+        run.kill()
+    (state_file,) = [p for p in device.state.rglob("state.json") if b'"installer"' in p.read_bytes()]
+    saved = json.loads(state_file.read_text())
+    assert saved["state"] == "installing" and saved["installer"].get("pid")
+    saved["installer"] = {}  # what the disk holds when the kill came before the pid was noted
+    state_file.write_text(json.dumps(saved))
+    run = Run(device)
+    try:
+        run.reached("installed_pending_reboot", 30)
+        assert device.installed.read_bytes() == payload
+        assert device.installs.read_text().count("\n") == 1, "the installer ran twice"
+    finally:
+        run.stop()
+
+
 def test_outside_the_install_window_it_waits(device: Device) -> None:
     later = datetime.now() + timedelta(hours=2)
     window = f"{later:%H}:00-{(later + timedelta(hours=1)):%H}:00"

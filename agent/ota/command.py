@@ -4,6 +4,10 @@ The installer outlives the agent: it runs in its own session under a small shell
 writes its exit code to a result file, and its output goes to a log file (not a pipe, which would
 break when the agent dies). An agent that restarts mid-install finds the installer still running
 (same pid and start time) and waits for the result file, or reads the result it left.
+
+The wrapper writes its own pid and the boot id to a pid file before it runs the installer: an agent
+killed between starting the wrapper and saving its pid in the state file (a loaded unit can take
+that long) still finds the installer on restart instead of starting it a second time.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from agent.ota.backend import Backend, InstallError, Resumed
 log = structlog.get_logger()
 
 # runs the installer, then writes its exit code atomically where the agent looks for it
-WRAPPER = 'rc=0; "$@" || rc=$?; printf "%s" "$rc" > "$VA_OTA_RESULT.tmp" && mv -f "$VA_OTA_RESULT.tmp" "$VA_OTA_RESULT"'
+WRAPPER = ('printf "%s %s" "$$" "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)" > "$VA_OTA_PID.tmp"'
+           ' && mv -f "$VA_OTA_PID.tmp" "$VA_OTA_PID"; '
+           'rc=0; "$@" || rc=$?; printf "%s" "$rc" > "$VA_OTA_RESULT.tmp" && mv -f "$VA_OTA_RESULT.tmp" "$VA_OTA_RESULT"')
 POLL_S = 0.2
 TAIL_BYTES = 400
 
@@ -58,19 +64,21 @@ class CommandBackend(Backend):
         self.argv, self.folder, self.timeout_s = argv, folder, timeout_s
         self.result = folder / "installer.rc"
         self.output = folder / "installer.log"
+        self.pid_file = folder / "installer.pid"
 
     async def install(self, image: Path, version: str, note: Callable[..., None],
                       progress: Callable[[int, int], None]) -> None:
         if not self.argv:
             raise InstallError("ota.command.argv is empty: no installer configured")
         argv = [a.replace("{file}", str(image)).replace("{version}", version) for a in self.argv]
-        with contextlib.suppress(FileNotFoundError):
-            self.result.unlink()
+        for stale in (self.result, self.pid_file):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         with self.output.open("wb") as out:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     "/bin/sh", "-c", WRAPPER, "sh", *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                    stderr=out, start_new_session=True, env={**os.environ, "VA_OTA_RESULT": str(self.result)})
+                    stderr=out, start_new_session=True, env={**os.environ, "VA_OTA_RESULT": str(self.result), "VA_OTA_PID": str(self.pid_file)})
             except OSError as exc:
                 raise InstallError(f"installer could not start: {exc.strerror or exc}") from None
         note(installer={"pid": proc.pid, "start": _start_time(proc.pid)})
@@ -97,6 +105,8 @@ class CommandBackend(Backend):
     async def resume(self, installer: dict[str, Any], version: str) -> Resumed:
         """The agent restarted during an install: wait for the installer if it still runs, read its result."""
         pid, start = installer.get("pid"), installer.get("start")
+        if not isinstance(pid, int):  # killed before the pid was saved: the wrapper's own record
+            pid, start = self._wrapper_pid()
         if isinstance(pid, int) and start is not None:
             deadline = time.monotonic() + self.timeout_s
             while _start_time(pid) == start and not self.result.exists():
@@ -109,3 +119,15 @@ class CommandBackend(Backend):
             return "again"   # the agent stopped before the installer started
         self._outcome()
         return "installed"
+
+    def _wrapper_pid(self) -> tuple[int | None, str | None]:
+        """(pid, start time) from the wrapper's pid file if it ran in this boot, else (None, None)."""
+        try:
+            pid_text, _, boot = self.pid_file.read_text().partition(" ")
+            pid = int(pid_text) if pid_text.isascii() and pid_text.isdigit() else None
+            this_boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None, None
+        if pid is None or boot.strip() != this_boot:
+            return None, None
+        return pid, _start_time(pid)
