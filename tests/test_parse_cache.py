@@ -4,15 +4,18 @@ damaged or that others could have written is never trusted."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
-from agent.decode.cache import ParseCache
+from agent.decode.cache import _DIGEST_BYTES, _VERSIONS, ParseCache
 from agent.decode.database import database_warnings, load_database, load_databases, use_parse_cache
 from tests.conftest import DATA
 
@@ -73,14 +76,29 @@ def test_a_damaged_or_foreign_kept_file_is_parsed_instead(tmp_path: Path, cache:
     load_databases([_copy(DATA / "edge.dbc", tmp_path / "a")])
     (kept,) = (tmp_path / "cache").glob("*.pickle")
     kept.write_bytes(b"\x80\x05garbage")
-    db = load_databases([_copy(DATA / "edge.dbc", tmp_path / "b")])
-    assert cache.hits == 0 and len(db.messages) > 0
+    with capture_logs() as logs:
+        db = load_databases([_copy(DATA / "edge.dbc", tmp_path / "b")])
+    assert (cache.hits, cache.misses) == (0, 2) and len(db.messages) > 0
+    (unreadable,) = [e for e in logs if e["event"] == "parse_cache_unreadable"]
+    assert unreadable == {"event": "parse_cache_unreadable", "log_level": "info", "file": str(kept),
+                          "error": "ValueError('digest mismatch: the file is damaged')", "action": "parsing the database"}
     os.chmod(kept, 0o666)  # rewritten by the parse above; now anyone could have planted it
-    db = load_databases([_copy(DATA / "edge.dbc", tmp_path / "c")])
+    with capture_logs() as logs:
+        db = load_databases([_copy(DATA / "edge.dbc", tmp_path / "c")])
     assert cache.hits == 0 and len(db.messages) > 0
+    assert [e for e in logs if e["event"] == "parse_cache_ignored"] == [
+        {"event": "parse_cache_ignored", "log_level": "warning", "file": str(kept),
+         "reason": "not owned by this user or writable by others"}]
     assert kept.stat().st_mode & 0o022 == 0, "the parse wrote a private file again"
     load_databases([_copy(DATA / "edge.dbc", tmp_path / "d")])
     assert cache.hits == 1
+    misses = cache.misses
+    shapes = [(_VERSIONS, "not a database", []), ("another version", db, []), (_VERSIONS, db), [_VERSIONS, db, []]]
+    for i, shape in enumerate(shapes):
+        body = pickle.dumps(shape, protocol=5)  # a whole, undamaged file of another shape: parsed instead
+        kept.write_bytes(hashlib.blake2b(body, digest_size=_DIGEST_BYTES).digest() + body)
+        assert len(load_databases([_copy(DATA / "edge.dbc", tmp_path / f"s{i}")]).messages) > 0
+    assert (cache.hits, cache.misses) == (1, misses + 4)
 
 
 def test_a_kept_file_with_one_flipped_bit_is_parsed_again(tmp_path: Path, cache: ParseCache) -> None:

@@ -52,7 +52,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "batcher": (["agent/batcher.py"], ["tests/test_codec_batcher.py", "tests/test_window.py"]),
     "collect": (["agent/collect/*"], ["tests/test_policy.py", "tests/test_collector.py", "tests/test_codegen.py", *EXACT,
                                       "-k", f"not debug_codegen and {EXACT_K}"]),
-    "decode": (["agent/decode/*"], ["tests/test_fast_decode.py", "tests/test_decode_units.py", *EXACT, "-k", EXACT_K]),
+    "decode": (["agent/decode/*"], ["tests/test_fast_decode.py", "tests/test_decode_units.py", "tests/test_parse_cache.py",
+                                    *EXACT, "-k", EXACT_K]),
     # the property-based hostile-document tests run hundreds of examples a mutant, and the sloppy OEM
     # database takes cantools 10 s to load: the listed cases stand in
     "desired": (["agent/twin/desired.py"], ["tests/test_desired.py", "tests/test_control.py",
