@@ -151,8 +151,8 @@ class _ConfigLoader(yaml.SafeLoader):
     (PyYAML keeps the last one silently, so a second `collection:` pasted at the end of a file would
     drop the first without a word). Merge keys (`<<: *defaults`) are still overridden by explicit keys."""
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):  # PyYAML's own check raises the error for any other node
             first: dict[Any, int] = {}
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
