@@ -39,13 +39,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-import requests
 import structlog
-import urllib3.exceptions
-from urllib3.exceptions import ReadTimeoutError
+
+if TYPE_CHECKING:  # requests (and urllib3) cost ~7 MB of RSS: imported at the first download, not at start
+    import requests
 
 from agent.durable import sync_dir
 from agent.liveness import backoff_delay
@@ -244,7 +244,9 @@ def _fetch(spec: FileSpec, dest: Path, policy: Policy, progress: Progress | None
         return done
     cancel = cancel or threading.Event()
     own_session = session is None
-    session = session or requests.Session()
+    if session is None:
+        import requests
+        session = requests.Session()
     failures = 0
     restarted = False
     try:
@@ -320,6 +322,10 @@ def _attempt(spec: FileSpec, store: ContentStore, policy: Policy, session: reque
 def _transfer(spec: FileSpec, f: io.BufferedRandom, have: int, policy: Policy, session: requests.Session,
               progress: Progress | None, cancel: threading.Event) -> int:
     """Append the rest of the file to `f` (open at `have` bytes); returns the bytes present after."""
+    import requests
+    import urllib3.exceptions
+    from urllib3.exceptions import ReadTimeoutError
+
     headers = {"Accept-Encoding": "identity"}   # the bytes as stored: Range and sha256 are about those
     if have:
         headers["Range"] = f"bytes={have}-"

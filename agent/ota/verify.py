@@ -18,14 +18,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+if TYPE_CHECKING:  # cryptography costs ~6 MB of RSS: imported when keys are loaded, not at start
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    PublicKey: TypeAlias = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 CHUNK = 1024 * 1024
-PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 
 class VerifyError(Exception):
@@ -39,6 +39,10 @@ def statement(version: str, sha256: str, size: int) -> bytes:
 
 def load_keys(paths: Sequence[Path]) -> list[PublicKey]:
     """The trusted public keys; VerifyError naming the file that is not an Ed25519 or ECDSA PEM key."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     keys: list[PublicKey] = []
     for path in paths:
         try:
@@ -56,6 +60,10 @@ def load_keys(paths: Sequence[Path]) -> list[PublicKey]:
 
 def signed_by(keys: Sequence[PublicKey], signature: bytes, message: bytes) -> bool:
     """True when one of `keys` made `signature` over `message`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
     for key in keys:
         try:
             if isinstance(key, ed25519.Ed25519PublicKey):
