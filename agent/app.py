@@ -33,7 +33,7 @@ from agent.can.source import (
 )
 from agent.collect.collector import Collector
 from agent.config import AgentConfig, BusConfig
-from agent.health import STATUS_FILE, RateMeter, losses, write_status
+from agent.health import SOURCE_LOSSES, STATUS_FILE, RateMeter, losses, write_status
 from agent.liveness import beat
 from agent.logs import set_level
 from agent.ota.updater import Updater
@@ -107,6 +107,7 @@ class Agent:
         self._campaign_clock: tuple[float, float] = (float("-inf"), 0.0)  # (engine time seen, monotonic then)
         self.batcher, self.counters = self.pipeline.batcher, self.pipeline.counters
         self.sources: dict[str, FrameSource] = {}
+        self._source_losses: dict[str, dict[str, int]] = {}  # per bus: what its stopped sources lost
         self.simulators: dict[str, SimulatorStats] = {}  # bus -> what its built-in simulator did
         self._bus_tasks: dict[str, tuple[asyncio.Event, list[asyncio.Task]]] = {}
         self.progress = progress
@@ -206,7 +207,12 @@ class Agent:
         stop, _ = self._bus_tasks.pop(name, (None, []))
         if stop is not None:
             stop.set()
-        self.sources.pop(name, None)  # its simulated mark stays: what it collected is flushed after this
+        source = self.sources.pop(name, None)  # its simulated mark stays: what it collected is flushed after this
+        if source is not None:  # what it lost stays counted: a bus restarted by a swap gets a new source
+            carried = self._source_losses.setdefault(name, {})
+            for key, value in source.status().items():
+                if key in SOURCE_LOSSES and isinstance(value, int):
+                    carried[key] = carried.get(key, 0) + value
         self.supervisor.forget(f"source:{name}")
         self.supervisor.forget(f"simulator:{name}")
 
@@ -314,7 +320,7 @@ class Agent:
                       "config_version": self.config_version},
             "frames_per_s": round(self._frame_rate.update(frames), 1),
             "buses": {name: {"frames_per_s": round(self._bus_rates.setdefault(name, RateMeter()).update(c.frames), 1),
-                             **c.as_dict(), **(self.sources[name].status() if name in self.sources else {}),
+                             **c.as_dict(), **self._source_status(name),
                              **({"simulator": self.simulators[name].as_dict()} if name in self.simulators else {}),
                              "simulated": name in self.batcher.simulated_buses}
                       for name, c in self.counters.items()},
@@ -333,6 +339,13 @@ class Agent:
         }
         doc["losses"] = losses(doc["store"]["counters"], doc["store"]["spill"], doc["buses"], doc["sink"])
         return doc
+
+    def _source_status(self, name: str) -> dict[str, Any]:
+        """The bus's source's status, its loss counters summed over every source the bus had this run."""
+        out = self.sources[name].status() if name in self.sources else {}
+        for key, value in self._source_losses.get(name, {}).items():
+            out[key] = int(out.get(key) or 0) + value
+        return out
 
     def _store_stats(self) -> dict[str, Any]:
         """Depth and counters; a store that cannot even be read shows as an error, not a crash."""

@@ -33,6 +33,8 @@ BUS_LOSSES = {  # loss name -> the bus counter it sums over every bus
     "unreadable_frames": "unreadable_frames",
     "replay_bad_lines": "bad_lines",
 }
+# the counters of these a source keeps: a bus's sum over every source it had this run (a swap restarts a source)
+SOURCE_LOSSES = ("lost_frames", "kernel_drops", "backlog_drops", "unreadable_frames", "bad_lines")
 LOSSES = (*(f"{kind}_{unit}" for kind in (*STORE_LOSSES, "spill_dropped") for unit in ("batches", "samples")),
           *BUS_LOSSES, "outbox_removed_batches")
 

@@ -188,3 +188,26 @@ def test_the_tick_follows_how_full_the_queue_was() -> None:
     assert next_tick(0.04, TARGET_FILL, 0.1) == 0.04  # on target: kept
     assert next_tick(0.04, 0.0, 0.1) == pytest.approx(0.05)  # quiet: back up slowly
     assert next_tick(0.1, 0.0, 0.1) == 0.1
+
+
+def test_a_bus_restarted_by_a_config_swap_keeps_its_loss_counters(udp_agent) -> None:
+    """A swap that changes a bus's settings restarts its source (a new one): what the old one lost stays
+    counted in the bus's status and the losses (they went back to 0: a counter that runs backwards)."""
+    proc, lines, sender, status, bus, path = udp_agent
+    sender.sock.send(b"not msgpack")
+    sender.send(10)
+    wait_for(lambda: bus().get("frames") == 10, 60, what="the frames after the garbage")
+    assert bus()["unreadable_frames"] == 1
+    cfg = yaml.safe_load(path.read_text())
+    cfg["buses"][0]["bitrate"] = 250000   # a bus setting: its source is restarted
+    path.write_text(yaml.safe_dump(cfg))
+    opened = sum('"bus_open"' in line for line in lines)
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: sum('"bus_open"' in line for line in lines) > opened, 60, what="the bus reopened by the swap")
+    wait_for(lambda: bus().get("state") == "up", 60, what="the restarted bus up")
+    sender.sock.send(b"not msgpack either")
+    sender.send(10)
+    wait_for(lambda: bus().get("frames") == 20, 60, what="the frames after the swap")
+    doc = status()
+    assert doc["buses"]["pt"]["unreadable_frames"] == 2 and doc["buses"]["pt"]["lost_frames"] == 2
+    assert doc["losses"]["unreadable_frames"] == 2
