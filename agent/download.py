@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import structlog
 
@@ -332,7 +332,8 @@ def _transfer(spec: FileSpec, f: io.BufferedRandom, have: int, policy: Policy, s
     started = time.monotonic()
     try:
         response = session.get(spec.url, headers=headers, stream=True, timeout=policy.timeout_s,
-                               verify=str(policy.ca_file) if policy.ca_file else True)
+                               verify=str(policy.ca_file) if policy.ca_file else True,
+                               hooks={"response": _https_redirects_only})
     except requests.exceptions.SSLError:
         raise DownloadError("network", f"{redact(spec.url)}: TLS verification failed") from None
     except requests.exceptions.Timeout:
@@ -382,6 +383,21 @@ def _transfer(spec: FileSpec, f: io.BufferedRandom, have: int, policy: Policy, s
     if have < spec.size:   # the server ended the body early: the link, or a smaller file (retries tell)
         raise DownloadError("network", f"{redact(spec.url)}: ended at {have} of {spec.size} bytes")
     return have
+
+
+def _https_redirects_only(response: requests.Response, *args: object, **kwargs: object) -> None:
+    """requests' response hook, run on each response before its redirect is followed: a redirect to
+    anything but https is refused there (checking only the final URL let requests make the plain
+    request first, and let https -> http -> https through)."""
+    if not response.is_redirect:
+        return
+    try:
+        scheme = urlsplit(urljoin(response.url, response.headers.get("Location", ""))).scheme
+    except ValueError:
+        scheme = ""
+    if scheme != "https":
+        response.close()
+        raise DownloadError("refused", f"{redact(response.url)}: redirected to a URL that is not https (not followed)")
 
 
 @contextlib.contextmanager

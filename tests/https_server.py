@@ -75,6 +75,7 @@ class Behaviour:
     statuses: list[int] = field(default_factory=list)  # answer these statuses first, one a request
     retry_after: str | None = None
     content_length: int | None = None  # claim this Content-Length
+    location: str | None = None        # answer 302 with this Location
     gzip: bool = False                 # send the file gzip-compressed (Content-Encoding: gzip), whatever was asked
 
 
@@ -146,6 +147,13 @@ class HttpsServer:
             b = self.behaviour.get(parts.path) or Behaviour()
             status = b.statuses.pop(0) if b.statuses else None
             cut, b.cut_after = b.cut_after, None
+        if b.location is not None:
+            req.status = 302
+            h.send_response(302)
+            h.send_header("Location", b.location)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         if data is None or status is not None:
             req.status = status or 404
             h.send_response(req.status)

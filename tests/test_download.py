@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -303,7 +304,7 @@ def test_retry_after_is_bounded(value: str | None) -> None:
     got = parse_retry_after(value)
     assert got is None or 0 <= got <= 300
     if value is not None and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 12:
-        assert got == min(int(value), 300)
+        assert got == min(int(value.strip()), 300)   # str.strip also strips \x1c-\x1f, as header_int does
 
 
 @pytest.mark.parametrize("value, number", [("12", 12), (" 0 ", 0), ("¹", None), ("٣", None), ("-1", None),
@@ -401,3 +402,22 @@ def test_a_read_only_disk_is_a_download_error(server: HttpsServer, policy: Polic
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
     assert err.value.kind == "disk" and "Read-only file system" in str(err.value)
     assert server.requests == []
+
+
+def test_a_redirect_to_plain_http_is_refused_before_it_is_followed(server: HttpsServer, policy: Policy,
+                                                                  tmp_path: Path) -> None:
+    """https -> http: refused at the redirect, so no plain request is made (the final URL alone was
+    checked: requests had already asked the http host, and https -> http -> https got through)."""
+    data = blob(1000)
+    server.put("/a.dbc", data)
+    with socket.create_server(("127.0.0.1", 0)) as plain:
+        plain.setblocking(False)
+        server.behave("/a.dbc", location=f"http://127.0.0.1:{plain.getsockname()[1]}/a.dbc")
+        with pytest.raises(DownloadError) as err:
+            fetch(spec_of(server, "/a.dbc", data), tmp_path / "store", policy)
+        assert err.value.kind == "refused" and "not https" in str(err.value) and SECRET not in str(err.value)
+        with pytest.raises(BlockingIOError):
+            plain.accept()   # nobody connected to the plain host
+    server.behave("/a.dbc", location=server.url("/b.dbc"))   # https -> https is followed
+    server.put("/b.dbc", data)
+    assert fetch(spec_of(server, "/a.dbc", data), tmp_path / "store", policy).read_bytes() == data
