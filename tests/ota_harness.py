@@ -19,7 +19,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent.can.logs import format_candump
+from agent.can.logformats import format_candump
 from agent.ota.verify import statement
 from tests.https_server import HttpsServer
 

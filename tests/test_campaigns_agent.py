@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from agent.app import Agent
-from agent.can.logs import format_candump
+from agent.can.logformats import format_candump
 from agent.codec import codec_by_content
 from agent.config import build_config
 from agent.decode import load_databases

@@ -34,7 +34,7 @@ import cantools
 import pytest
 import yaml
 
-from agent.can.logs import format_candump
+from agent.can.logformats import format_candump
 from agent.codec import codec_by_content
 from tests.conftest import DATA, ROOT
 

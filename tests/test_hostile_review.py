@@ -9,7 +9,7 @@ from pathlib import Path
 import cantools
 import yaml
 
-from agent.can.logs import format_candump
+from agent.can.logformats import format_candump
 from tests.conftest import run_cli
 
 DUPLICATE_NAMES_DBC = """VERSION ""

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.can.logs import LogFrame, LogProblem, format_candump, parse_candump_line, read_log
+from agent.can.logformats import LogFrame, LogProblem, format_candump, parse_candump_line, read_log
 from tests.conftest import DATA, run_cli
 
 HUGE = "9" * 400 + ".5"  # overflows a double to infinity

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agent.app import Agent
-from agent.can.logs import format_candump
+from agent.can.logformats import format_candump
 from agent.config import load_config
 from tests.conftest import DATA, run_cli, until
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import cantools
 import yaml
 
-from agent.can.logs import LogFrame, format_candump, parse_candump_line
+from agent.can.logformats import LogFrame, format_candump, parse_candump_line
 from tests.conftest import DATA, run_cli
 from tests.dbcgen import FD_LENGTHS
 

@@ -26,7 +26,7 @@ import yaml
 
 from agent.can.bus_health import CAN_ERR_BUSOFF, CAN_ERR_CNT, CAN_ERR_CRTL, CAN_ERR_RESTARTED
 from agent.can.frame_format import CAN_ERR_FLAG, pack_frame
-from agent.can.logs import LogFrame, read_log
+from agent.can.logformats import LogFrame, read_log
 from agent.can.rawcan import CAN_RAW_FD_FRAMES, SOL_CAN_RAW
 from agent.can.source import socketcan_available
 from agent.health import STATUS_FILE

@@ -41,7 +41,7 @@ from agent.bench.live import config_data, rss_over
 from agent.bench.stages import TimedPipeline
 from agent.bench.trace import Trace, build_trace
 from agent.can.frame_format import pack_frame
-from agent.can.logs import format_candump
+from agent.can.logformats import format_candump
 from agent.can.rawcan import RCVBUF_BYTES, RawCanSource, enable_timestamps
 from agent.config import AgentConfig, ConfigError, build_config
 

@@ -25,7 +25,7 @@ import structlog
 from can.interfaces.virtual import VirtualBus
 from cantools.database import Database, Message, Signal
 
-from agent.can.logs import format_candump
+from agent.can.logformats import format_candump
 
 log = structlog.get_logger()
 

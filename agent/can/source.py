@@ -1,6 +1,6 @@
 """Frame sources: an async iterator of frame lists per bus, drained on a short tick.
 
-A wake-up costs ~25 us of CPU on a small VM (shared/reference/perf-building-blocks.md), so
+A wake-up costs ~250 µs of CPU on a small VM (measured: docs/performance.md), so
 sources never wake once per frame: they sleep a tick, then drain everything that arrived.
 python-can is the boundary (any interface by name); inside, frames are plain tuples.
 """
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import can
 import structlog
 
-from agent.can.logs import LogFrame, LogProblem, read_log
+from agent.can.logformats import LogFrame, LogProblem, read_log
 from agent.can.rxqueue import SocketQueue, bus_rate, first_tick, in_process_queue, next_tick, trim_backlog
 from agent.liveness import beat, pause
 from agent.model import TIME_MAX, TIME_MIN, Frame

@@ -1,6 +1,6 @@
 """The wire encoding: columnar per signal, delta timestamps, raw-integer value deltas, msgpack, zstd.
 
-Layout beats compressor (shared/reference/perf-building-blocks.md): per-signal columns with
+Layout beats compressor (the figures: docs/performance.md): per-signal columns with
 delta-coded timestamps and delta-coded raw integers let zstd reach well under a byte a sample,
 where named JSON needs ~6 compressed. The format is documented in docs/wire-format.md; this module
 is its reference decoder.

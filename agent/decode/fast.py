@@ -1,7 +1,7 @@
 """Fast decoders compiled once per config: only the wanted signals, values as a tuple.
 
 cantools' `Message.decode` costs about 2 µs a frame, mostly in Python wrappers and one conversion
-call per signal (shared/reference/perf-building-blocks.md). Here each message (or multiplexer
+call per signal (the bench's decode stage, docs/performance.md). Here each message (or multiplexer
 page) gets, at config time, bitstruct formats *without names* for just the signals the collection
 policy wants (laid out here as `Unpacker`s), and a generated function (agent/compiler.py) that
 scales the raw tuple with the DBC's factor and offset as literals. The values are exactly cantools' (`raw * scale + offset`, or the raw value where the

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import structlog
 
-from agent.can.logs import LogProblem, read_log
+from agent.can.logformats import LogProblem, read_log
 from agent.decode.decoder import FrameDecoder, ShortFrameError, Value
 
 log = structlog.get_logger()
