@@ -1,16 +1,19 @@
 """The compiler of the hot path: every line of Python the agent generates is written here.
 
-Three kinds of function are generated, once per config and message (agent.decode.fast and
-agent.collect.collector ask for them): the *values* of a page (unpack the payload, scale each wanted
-signal), a plain message's *step* (skip an unchanged payload, decode, take each value through its
-filter's decision, append what is kept to the open batch's columns) and a multiplexed page's
-*sampler* (the same from values already decoded). Straight-line code per message instead of a call
+Four kinds of function are generated, once per config and message (agent.decode.fast,
+agent.collect.collector and the campaign engine ask for them): the *values* of a page (unpack the
+payload, scale each wanted signal), a plain message's *step* (skip an unchanged payload, decode,
+take each value through its filter's decision, append what is kept to the open batch's columns;
+with the campaigns' work inlined when a `StepHook` is given), a multiplexed page's *sampler* (the
+same from values already decoded) and a *campaign step* of its own where the collector's step cannot
+carry that work. Straight-line code per message instead of a call
 per signal is what makes the collector cheaper than cantools' bare decode; tests/test_collect_exact.py
 holds it to cantools' decode plus each filter's own `offer`.
 
 The inputs are data: unpackers and scalings from agent.decode.fast, slots (filter, column, raw or
-not) from agent.collect.codegen, and each filter's `rule` (agent.collect.policy), which names the
-decision this module writes out. Names in the generated code:
+not) from agent.collect.codegen, each filter's `rule` (agent.collect.policy), which names the
+decision this module writes out, and the campaigns' `StepHook` (agent.campaigns.feedgen: ring,
+inputs, windows, runs with the checked source of their conditions). Names in the generated code:
 
     data, t            the payload and its time (the function's arguments)
     b, b1, l, l1       unpacked fields: big-endian formats on data, little-endian ones on data[::-1]
@@ -19,8 +22,8 @@ decision this module writes out. Names in the generated code:
     S{i}, F{i}         slot i and its filter;  P{g}, D{g}: held frames g and their values function
     _c, _e, _l, _h     a column, an emitted sample, a last value, a held sample (scratch)
     kept               samples appended by this call
-    _E, _R{j}, c{k}... a StepHook's own names (agent.campaigns.feedgen: the campaign engine, its runs,
-                       the condition inputs), inlined in a step by `compile_step(hook=...)`
+    _E, _R{j}, c{k}... a StepHook's own names (the campaign engine, its runs, the condition inputs
+                       c{k} and their previous values q{k}, windows _W{k}_{n}), never a step's
 
 Every source is compiled once per (name, source) and registered with `linecache` (compressed until read) under its name
 (`<vehicle-agent step pt:EngineData>`), so tracebacks show its lines and `vehicle-agent debug
@@ -33,11 +36,12 @@ import functools
 import hashlib
 import linecache
 import math
+import re
 import types
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
@@ -149,21 +153,107 @@ def uses_value(filt: Any, compare_raw: bool, keeps_raw: bool) -> bool:
 
 
 # ---------------------------------------------------------------------- steps and samplers
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class CampaignRun:
+    """One trigger machine of the campaign engine a frame may have to evaluate, and when."""
+
+    run: object                              # .active, .latched, .result(t, ok), .error(), .compute()
+    reasons: list[tuple[str, int, int]]      # ("change" | "sample" | "window", input k, window n)
+    condition: str | None                    # its checked source (names _v, _p, _w and MATH); None: compute()
+    always: bool                             # trigger mode `always`: every evaluation reaches the run
+
+
+@dataclass(slots=True)
 class StepHook:
-    """Another part's per-frame work, inlined in a plain message's step so that a frame costs one
-    call (the campaign engine's, agent.campaigns.feedgen: buffer the frame, evaluate the conditions
-    its inputs feed). Its names must not be the step's own (above); its lines may read `t` and `data`.
+    """The campaign engine's per-frame work for one message, as data (agent.campaigns.feedgen lays it
+    out): into the frame ring, the engine's timers, and the condition inputs' new values with the runs
+    they trigger. Inlined in a plain message's step (`compile_step(hook=...)`) so a frame costs one
+    call, or written as a step of its own (`compile_campaign_step`).
 
-    `head` runs for every payload of the message's length, before the unchanged-payload check;
-    `tail` gets the value expressions of `inputs` (signals the step decodes on every payload whose
-    wanted bits changed, every payload without that check) and returns lines run right after the
-    decode, before the filters' decisions."""
+    In a step, the head (ring, timers) runs for every payload of the message's length, before the
+    unchanged-payload check; the tail (inputs, runs) right after the decode, before the filters'
+    decisions, on the values of `inputs` (signals the step decodes on every payload whose wanted bits
+    changed, every payload without that check)."""
 
-    env: dict[str, object]
-    head: list[str]
-    inputs: tuple[str, ...]
-    tail: Callable[[list[str]], list[str]]
+    engine: object                           # _E: .deadline, .due(t)
+    names: dict[str, object]                 # what the conditions read: _v, _p, _w and MATH
+    ring: tuple[Callable, Callable] | None = None  # the frame ring's time and payload appends
+    inputs: tuple[str, ...] = ()             # the inputs' signal names, in the order of `slots`
+    slots: list[int] = field(default_factory=list)             # each input's value slot in the engine
+    windows: list[list[object]] = field(default_factory=list)  # per input k: its windows
+    runs: list[CampaignRun] = field(default_factory=list)
+    # a step of its own: the engine's generic feed (multiplexed, cantools), or this message decoded here
+    feed: Callable | None = None
+    length: int = 0
+    generic: Callable | None = None          # a payload of another length (the generic feed, unbuffered)
+    last_bits: list | None = None            # [bits last seen]: skip a payload whose input bits did not change
+    mask: int = 0
+    code: ValuesCode | None = None           # the inputs' values, in `slots` order
+
+
+_CAMPAIGN_INPUT = re.compile(r"\b_v\[(\d+)\]")
+
+
+def _hook_head(hook: StepHook, env: dict[str, object]) -> list[str]:
+    """Lines for every frame: into the message's ring (if an event may need it), then the engine's
+    timers (hold times, periods, closing events) once its time passes the next due time."""
+    env.update({"_E": hook.engine, "_V": hook.names["_v"], "_P": hook.names["_p"],
+                "_ARITH": (ArithmeticError, ValueError), **hook.names})
+    lines = []
+    if hook.ring is not None:  # two C-level appends, no object created (agent.campaigns.buffer)
+        env["_ring_t"], env["_ring_data"] = hook.ring
+        lines += ["_ring_t(t)", "_ring_data(data)"]
+    return [*lines, "if t >= _E.deadline:", "    _E.due(t)"]
+
+
+def _hook_tail(hook: StepHook, values: Sequence[str], env: dict[str, object]) -> list[str]:
+    """Lines taking the inputs' new values (`values`: their expressions): update each, then evaluate
+    each run that a changed one triggers, once, with the inputs read from the locals (names c{k},
+    q{k}, cw{k}_{n}, _ok; the conditions' own _v, _p, _w)."""
+    local = {i: f"c{k}" for k, i in enumerate(hook.slots)}
+    lines: list[str] = []
+    for k, (i, value) in enumerate(zip(hook.slots, values, strict=True)):
+        lines += [f"c{k} = {value}", f"_P[{i}] = q{k} = _V[{i}]", f"_V[{i}] = c{k}"]
+        for n, window in enumerate(hook.windows[k]):
+            env[f"_W{k}_{n}"] = window
+            lines.append(f"cw{k}_{n} = _W{k}_{n}.add(t, c{k})")
+    why = {"change": "c{k} != q{k}", "sample": "True", "window": "cw{k}_{n}"}
+    for j, run in enumerate(hook.runs):
+        env[f"_R{j}"] = run.run
+        when = " or ".join(dict.fromkeys(why[kind].format(k=k, n=n) for kind, k, n in run.reasons))
+        lines.append(f"if ({when}) and _R{j}.active:")
+        if run.condition is None:  # hysteresis: the run decides between its set and reset expressions
+            lines.append(f"    _R{j}.result(t, _R{j}.compute())")
+            continue
+        # the condition inlined (its checked source); this message's inputs read from the locals just decoded
+        source = _CAMPAIGN_INPUT.sub(lambda m: local.get(int(m.group(1)), m.group(0)), run.condition)
+        lines += ["    try:", f"        _ok = not not ({source})", "    except TypeError:", "        _ok = False",
+                  "    except _ARITH:", f"        _ok = _R{j}.error()"]
+        lines += [f"    _R{j}.result(t, _ok)"] if run.always else [f"    if _ok is not _R{j}.latched:",
+                                                                   f"        _R{j}.result(t, _ok)"]
+    return lines
+
+
+def compile_campaign_step(hook: StepHook, step: Step | None, name: str) -> Step:
+    """A step of its own for a message campaigns read: the hook's work, then `step` (the collector's;
+    None: 0). The inputs come from the engine's generic feed (`hook.feed`) or are decoded here,
+    skipping a payload whose input bits did not change (unless every sample counts)."""
+    env: dict[str, object] = {"_step": step}
+    body = _hook_head(hook, env)
+    done = "return _step(t, data)" if step is not None else "return 0"
+    if hook.feed is not None:
+        env["_feed"] = hook.feed
+        body.append("_feed(t, data)")
+    elif hook.code is not None:
+        env["_generic"] = hook.generic
+        body += [f"if len(data) != {hook.length}:", "    _generic(t, data)", f"    {done}"]
+        if hook.last_bits is not None:
+            env["_prev"], env["_from_bytes"] = hook.last_bits, int.from_bytes
+            body += [f"bits = _from_bytes(data, 'big') & {hook.mask}", "if bits == _prev[0]:", f"    {done}",
+                     "_prev[0] = bits"]
+        env.update(hook.code.env)
+        body += [*hook.code.lines, *_hook_tail(hook, hook.code.values, env)]
+    return define(f"campaign step {name}", "step", "t, data", [*body, done], env)
 
 
 def _keep(i: int, slot: Slot, label: Label | None, et: str, ev: str) -> list[str]:
@@ -206,8 +296,9 @@ def compile_step(slots: list[Slot], page: Page, length: int, mask: int | None, b
     env: dict[str, object] = {"_bind": bind, "_label": label, "_other": other, "_prev": [None],
                               "_from_bytes": int.from_bytes}
     body = [f"if len(data) != {length}:", "    return _other(t, data)"]
+    hook_env: dict[str, object] = {}
     if hook is not None:
-        body += hook.head
+        body += _hook_head(hook, hook_env)
     if mask is not None:
         body += [f"bits = _from_bytes(data, 'big') & {mask}", "if bits == _prev[0]:", "    return 0",
                  "_prev[0] = bits"]
@@ -241,9 +332,9 @@ def compile_step(slots: list[Slot], page: Page, length: int, mask: int | None, b
             values[page.signals[i].name] = value
     if hook is not None:
         if hook.inputs:
-            body += hook.tail([values[signal] for signal in hook.inputs])  # KeyError: an input not decoded here
-        assert not env.keys() & hook.env.keys(), "a hook's names are its own"
-        env.update(hook.env)  # after `tail`, which may name more
+            body += _hook_tail(hook, [values[signal] for signal in hook.inputs], hook_env)  # KeyError: not decoded here
+        assert not env.keys() & hook_env.keys(), "a hook's names are its own"
+        env.update(hook_env)
     return define(f"step {name}", "step", "t, data", [*body, *decide, "return kept"], env)
 
 
