@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent.codec import ColumnarCodec
@@ -182,6 +182,7 @@ def test_a_store_written_before_checksums_keeps_working(tmp_path: Path, simulate
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(hits=st.lists(st.tuples(st.integers(0, 6), st.floats(0, 1), st.integers(1, 64),
                                st.sampled_from([b"\0", b"\xff", b"rand"])), min_size=1, max_size=6))
+@example(hits=[(6, 0.109375, 1, b"\xff")])  # a byte of the schema's text: not UTF-8 at open
 def test_random_damage_never_crashes_and_never_sends_damaged_bytes(tmp_path_factory, hits) -> None:
     """Random bytes overwritten inside stored payloads (target 0-5) or anywhere in the file (6: pages,
     headers): the store opens (or is moved aside), the forwarder drains into the real file sink, and

@@ -329,8 +329,8 @@ class Store:
         """Open (or create) the file; a file that is not a usable store is moved aside once, then retried."""
         try:
             self._connect()
-        except sqlite3.DatabaseError as exc:
-            if not (is_corrupt(exc) or isinstance(exc, _SchemaMismatch)):
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a damaged schema's text is not UTF-8
+            if isinstance(exc, sqlite3.DatabaseError) and not (is_corrupt(exc) or isinstance(exc, _SchemaMismatch)):
                 raise
             with contextlib.suppress(Exception):
                 self._open_db.close()
