@@ -404,7 +404,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63) | s
                     | st.text(max_size=20), lambda inner: st.lists(inner, max_size=4)
                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 FILE = st.fixed_dictionaries({
-    "name": st.sampled_from(["a.dbc", "b/c.kcd", "../x.dbc", "/abs.dbc", "x.txt", "", 7]),
+    "name": st.sampled_from(["a.dbc", "b/c.kcd", "a.dbc/d.dbc", "../x.dbc", "/abs.dbc", "x.txt", "", 7]),
     "url": st.sampled_from([f"https://h.example/f.dbc?{SAS}", f"http://h/f.dbc?{SAS}", f"https://u:pw@h/x?{SAS}",
                             "nope", f"https://[::1/x?{SAS}", None]),
     "sha256": st.sampled_from(["0" * 64, "A" * 64, "0" * 63, 5]),
@@ -429,6 +429,8 @@ def test_any_databases_value_is_a_document_or_a_refusal_that_never_shows_a_secre
     assert "TOPSECRET" not in shown and "pw@" not in shown and "?" not in shown
     assert all(f.url.startswith("https://") and f.size > 0 and len(f.sha256) == 64 for f in doc.files)
     assert "/" not in doc.key and not doc.key.startswith(".")
+    names = [f.name for f in doc.files]   # laid out as a folder: no name is a file and another's folder
+    assert not any(m.startswith(n + "/") for n in names for m in names)
 
 
 @settings(max_examples=200, deadline=None)
@@ -440,3 +442,15 @@ def test_a_damaged_state_file_means_the_local_files(tmp_path_factory: pytest.Tem
     (root / "state.json").write_bytes(raw)
     state = Versions(root).load()
     assert state.active is None and state.known_good is None
+
+
+def test_a_name_that_is_the_folder_of_another_is_refused() -> None:
+    """`a.dbc` and `a.dbc/d.dbc` passed the document and failed laying out the version's folder (an
+    OSError out of the updater task, restarted on the same target forever with the ack left at 202)."""
+    from agent.remotedb.document import parse_document
+
+    files = [{"name": name, "url": f"https://h.example/{i}?{SAS}", "sha256": f"{i}" * 64, "size": 10}
+             for i, name in enumerate(["a.dbc", "a.dbc/d.dbc"])]
+    for order in (files, files[::-1]):
+        with pytest.raises(ValueError, match=r"databases.*files: a\.dbc is both a file and the folder of another"):
+            parse_document({"version": "v1", "files": order})

@@ -64,6 +64,10 @@ class DatabasesDocument(_Model):
         names = [f.name for f in self.files]
         if len(set(names)) != len(names):
             raise ValueError("files: each name once")
+        # a version is laid out as a folder of these names: one cannot be a file and another's folder
+        clash = next((n for n in names for m in names if m.startswith(n + "/")), None)
+        if clash is not None:
+            raise ValueError(f"files: {clash} is both a file and the folder of another file")
         return self
 
     @property
