@@ -317,3 +317,29 @@ def test_parse_yaml_is_total(text: str) -> None:
 
 def test_merge_keys_are_overridden_not_duplicates() -> None:
     assert parse_yaml("d: &d {a: 1, b: 2}\ne:\n  <<: *d\n  a: 3\n")["e"] == {"a": 3, "b": 2}
+
+
+
+SECRET_VALUE = "HostName=h.azure-devices.net;DeviceId=car;SharedAccessKey=S3CRETKEY="
+
+
+@pytest.mark.parametrize("where", ["variable", "config"])
+def test_a_secret_given_where_its_file_name_goes_is_never_shown(tmp_path: Path, edge_dbc: Path, where: str) -> None:
+    """The connection string itself in VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE or in
+    sink.iothub.connection_string_file (a common slip): the error says what is wrong without the key
+    (it printed '...names /app/HostName=...;SharedAccessKey=...: cannot read it')."""
+    sink: dict = {"type": "iothub"}
+    env = {}
+    if where == "config":
+        sink["iothub"] = {"connection_string_file": SECRET_VALUE}
+    else:
+        env["VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE"] = SECRET_VALUE
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "sink": sink,
+                                    "buses": [{"name": "pt", "interface": "virtual", "channel": "x",
+                                               "databases": [str(edge_dbc)]}]}))
+    command = ("check-config", str(path)) if where == "config" else ("run", "--config", str(path))
+    res = run_cli(*command, env=env, timeout=60)
+    assert res.returncode != 0
+    assert "looks like a secret" in res.stderr + res.stdout, res.stderr[-2000:]
+    assert "S3CRETKEY" not in res.stderr + res.stdout

@@ -59,6 +59,18 @@ def validation_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+SECRET_MARKS = ("SharedAccessKey=", "SharedAccessSignature", "sig=", "-----BEGIN")
+
+
+def file_shown(name: str, path: Path) -> str:
+    """A file named where a secret's file is expected, as an error may show it: the path, unless the
+    name looks like the secret itself (a connection string, a SAS, a PEM key pasted where its file's
+    name goes, a sloppy and common mistake), which must never reach a log or a terminal."""
+    if any(mark in name for mark in SECRET_MARKS) or any(c in name for c in ";\n"):
+        return "a name that looks like a secret, not a file name (not shown)"
+    return str(path)
+
+
 def _check_files(cfg: AgentConfig) -> list[str]:
     errors = []
     for i, bus in enumerate(cfg.buses):
@@ -76,7 +88,7 @@ def _check_files(cfg: AgentConfig) -> list[str]:
     for key in sink_files:
         value = getattr(section, key, None)
         if value and not cfg.resolve(value).is_file():
-            errors.append(f"sink.{cfg.sink.type}.{key}: file not found: {cfg.resolve(value)}")
+            errors.append(f"sink.{cfg.sink.type}.{key}: file not found: {file_shown(value, cfg.resolve(value))}")
     return errors
 
 

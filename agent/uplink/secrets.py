@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from agent.config.loading import file_shown
 from agent.uplink.base import SinkError
 
 
@@ -30,12 +31,13 @@ def read_secret(value_env: str, file_env: str, config_file: str | None, config_k
     if not file:
         return None
     path = Path(file) if Path(file).is_absolute() else base_dir / file
+    shown = file_shown(file, path)
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise SecretUnreadable(f"{named_by} names {path}: cannot read it: {exc.strerror or exc}") from None
+        raise SecretUnreadable(f"{named_by} names {shown}: cannot read it: {exc.strerror or type(exc).__name__}") from None
     except UnicodeDecodeError:
-        raise SecretUnreadable(f"{named_by} names {path}: not UTF-8 text") from None
+        raise SecretUnreadable(f"{named_by} names {shown}: not UTF-8 text") from None
     if not text:
-        raise SecretUnreadable(f"{named_by} names {path}: the file is empty")
+        raise SecretUnreadable(f"{named_by} names {shown}: the file is empty")
     return text
