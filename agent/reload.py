@@ -33,6 +33,9 @@ def reload_from_file(agent: Any, file: Path) -> list[str] | None:
     except (OSError, ValueError) as exc:
         log.error("config_reload_rejected", file=str(file), errors=[str(exc)], action="keeping the running config")
         return None
+    except Exception as exc:  # noqa: BLE001 - a signal handler: asyncio would print a bare traceback
+        log.exception("config_reload_failed", file=str(file), error=repr(exc), action="keeping the running config")
+        return None
     pending = restart_only_changes(old, new)
     if pending:
         log.warning("config_reload_needs_restart", file=str(file), settings=pending,

@@ -211,3 +211,28 @@ def test_a_bus_restarted_by_a_config_swap_keeps_its_loss_counters(udp_agent) -> 
     doc = status()
     assert doc["buses"]["pt"]["unreadable_frames"] == 2 and doc["buses"]["pt"]["lost_frames"] == 2
     assert doc["losses"]["unreadable_frames"] == 2
+
+
+def test_a_bus_whose_fileno_raises_a_can_error_has_no_socket_queue() -> None:
+    """python-can's serial, slcan and robotell buses raise CanOperationError from fileno() on an
+    unexpected error: the bus is read without a socket queue instead of failing its open."""
+    from agent.can.rxqueue import SocketQueue
+
+    class SerialLike(can.BusABC):
+        def __init__(self) -> None:
+            super().__init__(channel="x")
+
+        def fileno(self) -> int:
+            raise can.CanOperationError("port gone")
+
+        def send(self, msg: can.Message, timeout: float | None = None) -> None:
+            raise NotImplementedError
+
+        def _recv_internal(self, timeout: float | None) -> tuple[None, bool]:
+            return None, False
+
+    bus = SerialLike()
+    try:
+        assert SocketQueue.of(bus) is None
+    finally:
+        bus.shutdown()

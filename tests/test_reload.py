@@ -83,3 +83,25 @@ def test_sighup_reloads_the_file_and_rejects_a_broken_one(tmp_path: Path) -> Non
     assert logged("config_file_reloaded")
     restart = logged("config_reload_needs_restart")
     assert len(restart) == 1 and restart[0]["settings"] == ["sink"], "a sink change waits for a restart, and says so"
+
+
+def test_an_unexpected_failure_during_a_reload_is_a_logged_event_and_keeps_the_running_config(tmp_path: Path) -> None:
+    """SIGHUP's handler runs on the loop: any failure in it is the structured event, not asyncio's
+    bare traceback, and the running config stays."""
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from agent.reload import reload_from_file
+
+    def rebase(_data: object) -> None:
+        raise RuntimeError("a bug while laying the desired state over the file")
+
+    config = tmp_path / "agent.yaml"
+    config.write_text("vehicle_id: v\nsink: {type: file}\n")
+    running = SimpleNamespace(cfg=object(), desired=SimpleNamespace(rebase=rebase))
+    with capture_logs() as logs:
+        assert reload_from_file(running, config) is None
+    (event,) = [e for e in logs if e["event"] == "config_reload_failed"]
+    assert event["file"] == str(config) and "a bug while laying" in event["error"]
+    assert event["action"] == "keeping the running config"

@@ -86,7 +86,7 @@ class SocketQueue:
         (serial adapters, vendor drivers, the virtual bus)."""
         try:
             fd = bus.fileno()
-        except (NotImplementedError, AttributeError, OSError):
+        except (NotImplementedError, AttributeError, OSError, can.CanError):  # serial/slcan raise CanOperationError
             return None
         if not isinstance(fd, int) or fd < 0:
             return None
