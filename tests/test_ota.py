@@ -220,18 +220,24 @@ def test_kill_during_download_resumes(device: Device) -> None:
         run.stop()
 
 
-def test_kill_during_install_reports_the_installers_result(device: Device) -> None:
-    """The installer outlives the agent; the restarted agent waits for it and reports its result. It
-    ran once."""
+def _killed_during_install(device: Device, update_id: str) -> bytes:
+    """An update whose 3 s install is under way when the agent is SIGKILLed; the image's bytes."""
     payload = os.urandom(10_000)
     device.image("app.bin", payload)
-    desire(device, device.update("u-inst", "app.bin", reboot="never"), 1)
+    desire(device, device.update(update_id, "app.bin", reboot="never"), 1)
     run = Run(device, env={"OTA_TEST_INSTALL_S": "3"})
     try:
         run.reached("installing")
         wait_for(lambda: device.installs.exists(), 10, what="the installer started")
     finally:
         run.kill()
+    return payload
+
+
+def test_kill_during_install_reports_the_installers_result(device: Device) -> None:
+    """The installer outlives the agent; the restarted agent waits for it and reports its result. It
+    ran once."""
+    payload = _killed_during_install(device, "u-inst")
     run = Run(device)
     try:
         run.reached("installed_pending_reboot", 30)
@@ -247,15 +253,7 @@ def test_kill_before_the_installers_pid_was_saved_still_installs_once(device: De
     """A loaded unit can be killed after the installer started but before its pid reached the state
     file: the restarted agent finds the installer by the wrapper's own pid file, waits for it and
     reports its result, and never starts it a second time."""
-    payload = os.urandom(10_000)
-    device.image("app.bin", payload)
-    desire(device, device.update("u-early", "app.bin", reboot="never"), 1)
-    run = Run(device, env={"OTA_TEST_INSTALL_S": "3"})
-    try:
-        run.reached("installing")
-        wait_for(lambda: device.installs.exists(), 10, what="the installer started")
-    finally:
-        run.kill()
+    payload = _killed_during_install(device, "u-early")
     (state_file,) = [p for p in device.state.rglob("state.json") if b'"installer"' in p.read_bytes()]
     saved = json.loads(state_file.read_text())
     assert saved["state"] == "installing" and saved["installer"].get("pid")

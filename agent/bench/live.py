@@ -104,11 +104,7 @@ def rss_over(command: list[str], *, seconds: float, settle_s: float = 2.0) -> di
             if rss is not None:
                 samples.append((time.monotonic() - start, rss))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
     if proc.returncode not in (0, -signal.SIGTERM) or not samples:
         raise RuntimeError(f"the agent exited with {proc.returncode} during the memory soak")
     settled = [rss for t, rss in samples if t >= min(settle_s, seconds / 2)] or [samples[-1][1]]
@@ -117,6 +113,16 @@ def rss_over(command: list[str], *, seconds: float, settle_s: float = 2.0) -> di
     late = settled[half:]
     return {"rss_mb": round(max(settled), 1), "rss_first_half_mb": round(sum(early) / len(early), 1),
             "rss_second_half_mb": round(sum(late) / len(late), 1), "seconds": round(samples[-1][0], 1)}
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as systemd stops the agent; SIGKILL after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def config_swap(trace: Trace, directory: Path, *, swaps: int = 5, rate: float = 4000) -> dict[str, float]:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import os
 import queue
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ from typing import Any
 import orjson
 import yaml
 
-from agent.bench.live import config_data, rss_over
+from agent.bench.live import config_data, rss_over, stop_process
 from agent.bench.stages import TimedPipeline
 from agent.bench.trace import Trace, build_trace
 from agent.can.frame_format import pack_frame
@@ -131,12 +130,7 @@ def startup(cfg: AgentConfig, trace: Trace, directory: Path, *, runs: int = 4) -
                         events.append(event)
                         break
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     warm = events[1:] or events
 
     def median(values: list[float]) -> float:
