@@ -216,3 +216,24 @@ def test_random_damage_never_crashes_and_never_sends_damaged_bytes(tmp_path_fact
     asyncio.run(drain())
     for f in (tmp / "outbox").glob("*.columnar"):
         assert hashlib.sha256(f.read_bytes()).digest() == hashlib.sha256(batches[f.stem].payload).digest()
+
+
+def test_a_schema_damaged_into_invalid_utf8_is_moved_aside_with_its_reason(tmp_path: Path) -> None:
+    """The schema's text in sqlite_master is read as UTF-8 at open: a damaged byte there is a damaged
+    file (moved aside, counted, the reason logged), not a crash at start."""
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "store.db"
+    with Store(path, max_bytes=10**6) as s:
+        s.put(make_batch(0))
+    data = bytearray(path.read_bytes())
+    at = data.find(b"CREATE TABLE batches (")
+    assert at > 0
+    data[at + 21] = 0xFF  # its "(": SQLite still reads the schema, Python cannot decode it
+    path.write_bytes(bytes(data))
+    with capture_logs() as logs, Store(path, max_bytes=10**6) as s:
+        assert s.stats().counters["corrupt_files_moved"] == 1
+        assert s.total_batches == 0
+    (moved,) = [e for e in logs if e["event"] == "store_corrupt_moved_aside"]
+    assert "utf-8" in moved["reason"] and moved["moved_to"].startswith(f"{path}.corrupt-")
+    assert Path(moved["moved_to"]).read_bytes() == bytes(data)
