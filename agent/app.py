@@ -95,7 +95,7 @@ class Agent:
         self.notifier = Notifier()
         self.store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
                            max_batches=cfg.store.max_batches, synchronous=cfg.store.synchronous,
-                           ttl_s=dict(cfg.store.ttl_s.items()), quarantine_max_bytes=cfg.store.quarantine_max_bytes,
+                           ttl_s=cfg.store.ttl_by_priority, quarantine_max_bytes=cfg.store.quarantine_max_bytes,
                            wal_max_bytes=cfg.store.wal_max_bytes)
         self.sink = sink or make_sink(cfg)
         self.control = make_plane(self, self.desired, cfg, self.sink)  # remote control: agent/twin/
@@ -226,7 +226,7 @@ class Agent:
         self.pipeline.reconfigure(new)
         self.durable.max_bytes = new.store.spill_max_bytes
         self.store.max_bytes, self.store.max_batches = new.store.max_bytes, new.store.max_batches
-        self.store.ttl_s = dict(new.store.ttl_s.items())
+        self.store.ttl_s = new.store.ttl_by_priority
         self.store.quarantine_max_bytes = new.store.quarantine_max_bytes
         self.store.wal.max_bytes = new.store.wal_max_bytes
         old_buses = {b.name: b for b in self.cfg.buses}

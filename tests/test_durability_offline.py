@@ -75,7 +75,7 @@ class Model:
 
 async def test_hours_offline_bounded_exact_evictions_high_first(tmp_path: Path) -> None:
     clock = Clock(1_750_000_000.0)
-    store = Store(tmp_path / "store.db", max_bytes=MAX_BYTES, ttl_s=TTL)
+    store = Store(tmp_path / "store.db", max_bytes=MAX_BYTES, ttl_s={Priority[p]: s for p, s in TTL.items()})
     model = Model()
     sink = FaultySink(FileSink(tmp_path / "outbox"), delivery_log=tmp_path / "deliveries.jsonl", fail_rate=1.0, seed=1)
     forwarder = Forwarder(store, sink, clock=clock)

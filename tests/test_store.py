@@ -87,7 +87,7 @@ def test_batch_count_limit(tmp_path: Path) -> None:
 
 
 def test_ttl_per_priority(tmp_path: Path) -> None:
-    with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={"low": 100, "high": 1000}) as s:
+    with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={Priority.low: 100, Priority.high: 1000}) as s:
         t = 1_750_000_000.0
         s.put(make_batch(1, Priority.low, created=t))
         s.put(make_batch(2, Priority.high, created=t))
@@ -131,7 +131,7 @@ def test_a_clock_set_after_boot_does_not_expire_what_was_stored_before(tmp_path:
     with Store(path, max_bytes=10**6, wallclock=SettableClock(1_795_650_000.0)) as s:
         s.put(make_batch(9, created=1_795_650_000.0))  # an earlier run, clock right
     clock = SettableClock(946_684_800.0)
-    with Store(path, max_bytes=10**6, ttl_s={"low": 3600, "normal": 86400}, wallclock=clock) as s:
+    with Store(path, max_bytes=10**6, ttl_s={Priority.low: 3600, Priority.normal: 86400}, wallclock=clock) as s:
         s.put(make_batch(1, created=clock()))
         s.put(make_batch(2, Priority.low, created=clock() + 5))
         spilled = make_batch(3, created=clock())
@@ -153,7 +153,7 @@ def test_batches_of_an_unset_clock_from_an_earlier_run_age_from_now(tmp_path: Pa
     with Store(path, max_bytes=10**6, wallclock=SettableClock(946_684_800.0)) as s:  # 2000-01-01, no RTC
         s.put(make_batch(1, created=946_684_800.0))
     clock = SettableClock(1_795_700_000.0)
-    with Store(path, max_bytes=10**6, ttl_s={"normal": 86400}, wallclock=clock) as s:
+    with Store(path, max_bytes=10**6, ttl_s={Priority.normal: 86400}, wallclock=clock) as s:
         assert s.expire() == 0
         assert clock() - 60 < s.next_batches(1)[0].created <= clock()
         assert s.stats().counters["batches_dated_after_clock_set"] == 1
@@ -161,7 +161,7 @@ def test_batches_of_an_unset_clock_from_an_earlier_run_age_from_now(tmp_path: Pa
 
 def test_a_batch_exactly_its_ttl_old_is_kept(tmp_path: Path) -> None:
     """Expired means older than the TTL: at exactly the TTL a batch is still sent."""
-    with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={"normal": 100}) as s:
+    with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={Priority.normal: 100}) as s:
         t = 1_750_000_000.0
         s.put(make_batch(1, created=t))
         s.put(make_batch(2, created=t + 0.5))

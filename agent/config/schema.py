@@ -171,6 +171,10 @@ class StoreConfig(_Model):
         description="Bytes kept of quarantined batches (damaged on disk, or a sink cannot prepare them); "
         "beyond it the oldest are discarded (every quarantined batch stays counted).")
 
+    @property
+    def ttl_by_priority(self) -> dict[Priority, float]:
+        """`ttl_s` as the store reads it: by Priority (the config spells the names)."""
+        return {Priority[name]: ttl for name, ttl in self.ttl_s.items()}
 
 class IoTHubConfig(_Model):
     """Azure IoT Hub (azure-iot-device). Only the *names* of env vars / files holding secrets live here."""

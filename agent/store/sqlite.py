@@ -274,7 +274,7 @@ class Store:
     """
 
     def __init__(self, path: str | Path, *, max_bytes: int, max_batches: int | None = None,
-                 synchronous: str = "NORMAL", ttl_s: Mapping[str, float] | None = None,
+                 synchronous: str = "NORMAL", ttl_s: Mapping[Priority, float] | None = None,
                  quarantine_max_bytes: int = QUARANTINE_MAX_BYTES, wal_max_bytes: int = WAL_MAX_BYTES,
                  wallclock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
@@ -610,7 +610,7 @@ class Store:
             now = self.wallclock()                 # (and a `now` read before the step is not the time)
         dropped = 0
         for prio in Priority:
-            ttl = self.ttl_s.get(prio.name)
+            ttl = self.ttl_s.get(prio)
             if ttl is None:
                 continue
             self._open_db.execute("BEGIN IMMEDIATE")
