@@ -39,10 +39,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urljoin, urlsplit
 
 import structlog
+from pydantic import AfterValidator
 
 if TYPE_CHECKING:  # requests (and urllib3) cost ~7 MB of RSS: imported at the first download, not at start
     import requests
@@ -52,7 +53,7 @@ from agent.liveness import backoff_delay
 
 log = structlog.get_logger()
 
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}\Z")   # \Z: `$` would let a trailing newline through
 PARTIAL_DIR = ".partial"
 CHUNK_BYTES = 64 * 1024
 RETRY_AFTER_MAX_S = 300.0
@@ -89,14 +90,56 @@ class FileSpec:
 
     def problem(self, max_bytes: int) -> str | None:
         """Why this spec cannot be fetched at all, or None."""
-        parts = urlsplit(self.url)
-        if parts.scheme != "https" or not parts.hostname:
-            return "url: must be an https:// URL"
-        if not SHA256.match(self.sha256):
-            return "sha256: must be 64 lowercase hex digits"
+        if why := https_url_problem(self.url):
+            return f"url: {why}"
+        if why := sha256_problem(self.sha256):
+            return f"sha256: {why}"
         if not 0 < self.size <= max_bytes:
             return f"size: must be between 1 and {max_bytes} bytes"
         return None
+
+
+# ------------------------------------------------------------------- what a remote document names
+# The cloud's documents that name files (`databases`, `software_update`) check them with these, so a
+# file is refused the same way, in the same words, wherever it is named.
+MAX_URL_CHARS = 4096
+
+
+def https_url_problem(url: str) -> str | None:
+    """Why `url` cannot be fetched, or None. The words never repeat any part of the URL: its query may
+    be a SAS token, its user info a password, and a connection string pasted here is a secret whole."""
+    if len(url) > MAX_URL_CHARS:
+        return f"must be an https:// URL of at most {MAX_URL_CHARS} characters"
+    if " " in url or not url.isprintable():
+        return "must be an https:// URL without spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        return "must be an https:// URL: its host or port cannot be read"
+    if parts.scheme != "https":
+        return "must be an https:// URL" + (", not http://" if parts.scheme == "http" else "")
+    if not host:
+        return "must be an https:// URL with a host name"
+    return None
+
+
+def sha256_problem(value: str) -> str | None:
+    return None if SHA256.match(value) else "must be 64 lowercase hex digits"
+
+
+def _refuse(problem: Callable[[str], str | None]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if why := problem(value):
+            raise ValueError(why)
+        return value
+    return check
+
+
+HttpsUrl = Annotated[str, AfterValidator(_refuse(https_url_problem))]
+"""A pydantic field: an https:// URL with a host; its refusals say why without repeating the URL."""
+Sha256Hex = Annotated[str, AfterValidator(_refuse(sha256_problem))]
+"""A pydantic field: a SHA-256 as 64 lowercase hex digits."""
 
 
 @dataclass(frozen=True, slots=True)

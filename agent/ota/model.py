@@ -18,10 +18,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.campaigns.expr import ExpressionError, parse
+from agent.download import HttpsUrl, Sha256Hex
 
-UPDATE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+UPDATE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")   # \Z, not $: no trailing newline
+WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)\Z")
 MAX_SIGNATURE_BYTES = 1024      # Ed25519 is 64 bytes, ECDSA P-521 DER at most 139
 MAX_IMAGE_BYTES = 2**40
 
@@ -50,8 +50,8 @@ class SoftwareUpdate(_Model):
     id: str = Field(description="This deployment's id; an id is installed at most once on a device.")
     version: str = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
                          description="The software version the image installs (signed with it).")
-    url: str = Field(min_length=8, max_length=4096, description="https:// URL of the image (bundle, .swu, file).")
-    sha256: str = Field(description="SHA-256 of the image, 64 lowercase hex digits (signed).")
+    url: HttpsUrl = Field(description="https:// URL of the image (bundle, .swu, file).")
+    sha256: Sha256Hex = Field(description="SHA-256 of the image, 64 lowercase hex digits (signed).")
     size: int = Field(gt=0, le=MAX_IMAGE_BYTES, description="Size of the image in bytes (signed).")
     signature: str = Field(min_length=1, max_length=2 * MAX_SIGNATURE_BYTES, description=(
         "Base64 of a detached Ed25519 or ECDSA (SHA-256) signature over the update's statement "
@@ -70,13 +70,6 @@ class SoftwareUpdate(_Model):
     def _id(cls, value: str) -> str:
         if not UPDATE_ID.match(value):
             raise ValueError("1-128 characters: letters, digits, . _ : - (starting with a letter or digit)")
-        return value
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha256(cls, value: str) -> str:
-        if not SHA256_HEX.match(value):
-            raise ValueError("must be 64 lowercase hex digits")
         return value
 
     @field_validator("signature")
@@ -100,13 +93,6 @@ class SoftwareUpdate(_Model):
     def _window(cls, value: str | None) -> str | None:
         if value is not None:
             install_window(value)
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith("https://"):
-            raise ValueError("must be an https:// URL")
         return value
 
 

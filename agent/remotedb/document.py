@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.config import MAX_DATABASE_BYTES, database_name_problem, validation_errors
-from agent.download import SHA256, FileSpec, redact
+from agent.download import FileSpec, HttpsUrl, Sha256Hex, redact
 
 PROPERTY = "databases"
 MAX_FILES = 32
@@ -24,8 +24,8 @@ class _Model(BaseModel):
 
 class RemoteFile(_Model):
     name: str = Field(max_length=256, description="The name buses use (e.g. powertrain.dbc).")
-    url: str = Field(max_length=4096, description="https:// URL of the file (a SAS URL is fine: never reported).")
-    sha256: str = Field(description="SHA-256 of the file, 64 lowercase hex digits.")
+    url: HttpsUrl = Field(description="https:// URL of the file (a SAS URL is fine: never reported).")
+    sha256: Sha256Hex = Field(description="SHA-256 of the file, 64 lowercase hex digits.")
     size: int = Field(gt=0, le=MAX_DATABASE_BYTES, description="Size of the file in bytes.")
 
     @field_validator("name")
@@ -35,20 +35,6 @@ class RemoteFile(_Model):
         if why:
             raise ValueError(why)
         return name
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        if not redact(url).startswith("https://") or redact(url) == "https://":
-            raise ValueError("must be an https:// URL")
-        return url
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha256(cls, value: str) -> str:
-        if not SHA256.match(value):
-            raise ValueError("must be 64 lowercase hex digits")
-        return value
 
     def spec(self) -> FileSpec:
         return FileSpec(self.url, self.sha256, self.size)
