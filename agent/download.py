@@ -511,10 +511,12 @@ _THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="download")
 
 
 async def fetch_async(spec: FileSpec, dest: Path, policy: Policy = Policy(), *,
-                      progress: Progress | None = None) -> Path:
+                      progress: Progress | None = None, cancel: threading.Event | None = None) -> Path:
     """`fetch` in a worker thread: the event loop goes on. Cancelling the task cancels the download
-    (between two chunks, or during a backoff wait); the thread ends soon after."""
-    cancel = threading.Event()
+    (between two chunks, or during a backoff wait); the thread ends soon after. Setting `cancel`
+    instead ends it the same way and this returns once the thread has ended (DownloadError
+    'cancelled'): the caller may then touch the partial file."""
+    cancel = cancel or threading.Event()
     loop = asyncio.get_running_loop()
     try:
         return await loop.run_in_executor(_THREADS, lambda: fetch(spec, dest, policy, progress=progress,

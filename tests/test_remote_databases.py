@@ -40,6 +40,7 @@ EDGE = (DATA / "edge.dbc").read_text()
 ENGINE = cantools.database.load_file(DATA / "edge.dbc").get_message_by_name("EngineData")
 # the next ECU release renames a signal; a DBC for another release moves EngineData to another id
 RENAMED = EDGE.replace("EngineSpeed", "EngineRpm").encode()
+REVS = EDGE.replace("EngineSpeed", "EngineRevs").encode()
 WRONG_ECU = EDGE.replace("BO_ 291 ", "BO_ 292 ").replace("BO_ 291 10", "BO_ 292 10").replace("VAL_ 291", "VAL_ 292").encode()
 
 
@@ -76,7 +77,7 @@ def make_agent(tmp_path: Path, base: dict[str, Any]) -> Agent:
 def send(bus: can.BusABC, values: range) -> None:
     for i in values:
         bus.send(can.Message(arbitration_id=ENGINE.frame_id, is_extended_id=False, data=ENGINE.encode(
-            {"EngineSpeed": 1000 + i, "CoolantTemp": 90, "Torque": 0, "Gear": 3})))
+            {"EngineSpeed": 1000 + i % 10_000, "CoolantTemp": 90, "Torque": 0, "Gear": 3})))
 
 
 def outbox_rows(state: Path) -> list[dict[str, Any]]:
@@ -305,6 +306,77 @@ async def test_hostile_files_never_stall_collection(tmp_path: Path, server: Http
     assert agent.status()["databases"]["refused_versions"] == 2
     rows = outbox_rows(tmp_path / "state")
     assert len([r for r in rows if r["signal"] == "CoolantTemp"]) == car.sent
+
+
+async def test_a_newer_version_cancels_the_older_download_and_only_the_newest_is_swapped_in(
+        tmp_path: Path, server: HttpsServer) -> None:
+    """The cloud sends v2 while v1 (3 MB at 100 KB/s: 30 s) is downloading: v1's download stops at
+    once (the vehicle's cellular data), its partial file is removed (v2 does not have that file), and
+    v1 is never swapped in; v2 is refused (a wrong hash), then v3 becomes active."""
+    agent = make_agent(tmp_path, base_config(tmp_path, server, "rdb-supersede"))
+    task, car = await running(agent, "rdb-supersede")
+    old = RENAMED + b" " * 3_000_000
+    server.behave("/old/edge.dbc", bytes_per_s=100_000)
+    blobs = tmp_path / "state" / "databases" / "blobs"
+    partial = blobs / ".partial" / hashlib.sha256(old).hexdigest()
+    try:
+        agent.desired.handle({"$version": 2, "databases": offer(server, "old", old)}, full=False)
+        await car.drive_until(lambda: partial.exists() and partial.stat().st_size > 100_000,
+                              "part of the old version downloaded")
+        wrong = offer(server, "wrong", REVS, sha256=hashlib.sha256(b"another file").hexdigest())
+        acks = agent.desired.handle({"$version": 3, "databases": wrong}, full=False)
+        assert acks["databases"]["ac"] == 202, acks
+        assert acks["databases"]["ad"] == "version wrong: downloading; version old superseded", acks
+        await car.drive_until(lambda: db_ack(agent).get("ac") == 400, "the wrong version refused")
+        assert db_ack(agent)["av"] == 3 and db_ack(agent)["ad"].startswith("version wrong refused: edge.dbc")
+        assert not partial.exists(), "the superseded download's partial file removed (no version wants it)"
+        assert [p for p in blobs.rglob("*") if p.is_file()] == [], "nothing kept of either"
+        assert agent.status()["databases"]["activations"] == 0
+        agent.desired.handle({"$version": 4, "databases": offer(server, "new", REVS)}, full=False)
+        await car.drive_until(lambda: db_ack(agent).get("ac") == 200, "the newest version active")
+        await car.drive(100)
+        await car.all_counted()
+    finally:
+        await stopped(task, car)
+    assert db_ack(agent)["av"] == 4 and db_ack(agent)["ad"] == "version new active"
+    fetched = [r for r in server.requests if r.path == "/old/edge.dbc"]
+    assert len(fetched) == 1 and fetched[0].sent < len(old) // 2, "the older download stopped, not retried"
+    state = agent.status()["databases"]
+    assert state["active_version"] == "new" and state["activations"] == 1 and state["superseded_versions"] == 1
+    assert state["refused_versions"] == 1 and state["download_failures"] == 0 and state["downloads"] == 1
+    rows = outbox_rows(tmp_path / "state")
+    assert not [r for r in rows if r["signal"] == "EngineRpm"], "the superseded version never decoded a frame"
+    assert len([r for r in rows if r["signal"] in ("EngineSpeed", "EngineRevs")]) == car.sent
+    assert [r for r in rows if r["signal"] == "EngineRevs"]
+
+
+async def test_a_superseded_download_of_a_file_the_newer_version_also_has_resumes(
+        tmp_path: Path, server: HttpsServer) -> None:
+    """Files are named by their hash: when v2 has the file v1 was fetching, the bytes already here
+    are kept and v2 asks only for the rest."""
+    agent = make_agent(tmp_path, base_config(tmp_path, server, "rdb-keep"))
+    task, car = await running(agent, "rdb-keep")
+    big = RENAMED + b" " * 3_000_000
+    server.behave("/first/edge.dbc", bytes_per_s=100_000)
+    partial = tmp_path / "state" / "databases" / "blobs" / ".partial" / hashlib.sha256(big).hexdigest()
+    try:
+        agent.desired.handle({"$version": 2, "databases": offer(server, "first", big)}, full=False)
+        await car.drive_until(lambda: partial.exists() and partial.stat().st_size > 100_000,
+                              "part of the first version downloaded")
+        acks = agent.desired.handle({"$version": 3, "databases": offer(server, "second", big)}, full=False)
+        assert acks["databases"]["ad"] == "version second: downloading; version first superseded", acks
+        await car.drive_until(lambda: db_ack(agent).get("ac") == 200, "the second version active")
+        await car.all_counted()
+    finally:
+        await stopped(task, car)
+    assert db_ack(agent)["ad"] == "version second active"
+    first, second = ([r for r in server.requests if r.path == f"/{v}/edge.dbc"] for v in ("first", "second"))
+    assert len(first) == 1 and len(second) == 1
+    kept = int(second[0].range.removeprefix("bytes=").removesuffix("-")) if second[0].range else 0
+    assert kept > 0 and second[0].status == 206 and second[0].sent == len(big) - kept, second
+    assert first[0].sent < len(big) // 2
+    state = agent.status()["databases"]
+    assert state["activations"] == 1 and state["superseded_versions"] == 1 and state["active_version"] == "second"
 
 
 def test_a_kill_mid_download_resumes_after_the_restart(tmp_path: Path, server: HttpsServer) -> None:

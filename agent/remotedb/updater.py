@@ -15,12 +15,16 @@ active, 202 while it is fetched, 400 for a version refused before). The task the
    otherwise, after `watch_frames` frames a bus or `watch_max_s`, the version is known-good.
 
 A refused or rolled-back version is remembered (state.json) and not tried again until the cloud
-sends another one.
+sends another one. A newer target supersedes the one under way: its download is cancelled at once
+(the worker thread ends within a chunk or a watchdog tick), its partial files are removed unless the
+new target has the same file (content-addressed: then it resumes), and only the newest target is
+ever swapped in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -110,8 +114,10 @@ class DatabaseUpdater:
         self.history: deque[tuple[float, dict[str, tuple[int, int, int]]]] = deque()
         self._retry_at = 0.0
         self._rounds = 0
+        self._cancel = threading.Event()   # the download under way: set when its target is superseded
+        self._clean = False                # a superseded target's files to remove (once no download runs)
         self.counters = {"downloads": 0, "downloaded_bytes": 0, "download_failures": 0, "activations": 0,
-                         "refused_versions": 0, "rollbacks": 0}
+                         "refused_versions": 0, "rollbacks": 0, "superseded_versions": 0}
         if self.state.active is not None and (self.state.known_good is None
                                               or self.state.known_good.key != self.state.active.key):
             self.watch = Watch(self.state.active, time.monotonic(), {}, {})   # on probation again after a restart
@@ -137,26 +143,45 @@ class DatabaseUpdater:
         active = self.state.active
         if active is not None and active.key == doc.key:
             if self.target is not None and self.target[0] is not None:
+                self._supersede(doc)
                 self.target = None
             return self._set_ack(200, av, f"version {doc.version} active", shown)
         if doc.key in self.state.refused:
             return self._set_ack(400, av, f"version {doc.version} refused: {self.state.refused[doc.key]}; "
                                           "send a new version", shown)
+        superseded = ""
         if self.target is None or self.target[0] is None or self.target[0].key != doc.key:
+            superseded = self._supersede(doc)
             self.target = (doc, av)
             self._retry_at, self._rounds = 0.0, 0
             self.wake.set()
             log.info("remote_databases_requested", version=doc.version, files=[f.name for f in doc.files])
-        return self._set_ack(202, av, f"version {doc.version}: downloading", shown)
+        return self._set_ack(202, av, f"version {doc.version}: downloading{superseded}", shown)
 
     def request_local(self, av: int | None) -> dict[str, Any]:
         """The cloud removed `databases`: back to the local files."""
         if self.state.active is None:
+            self._supersede(None)
             self.target = None
             return self._set_ack(200, av, "local database files", None)
+        self._supersede(None)
         self.target = (None, av)
         self.wake.set()
         return self._set_ack(202, av, "returning to the local database files", None)
+
+    def _supersede(self, new: DatabasesDocument | None) -> str:
+        """The cloud wants `new` (None: the local files) instead of the version under way, if any: that
+        one's download is cancelled and its files not wanted any more are removed (in `run`, once its
+        worker thread has ended). Returns what the new ack says about it."""
+        old = self.target[0] if self.target is not None else None
+        if old is None or (new is not None and new.key == old.key):
+            return ""
+        self._cancel.set()
+        self._clean = True
+        self.counters["superseded_versions"] += 1
+        log.info("remote_databases_superseded", version=old.version, by=new.version if new else "local files",
+                 phase=self.phase)
+        return f"; version {old.version} superseded"
 
     def deactivate(self, why: str) -> None:
         """The active version cannot be used (found at start): the local files, said so."""
@@ -189,6 +214,10 @@ class DatabaseUpdater:
         """Until stop: fetch and swap the target, watch the version on probation."""
         while not stop.is_set():
             beat()
+            if self._clean:   # no download runs here: `_update` is awaited below
+                self._clean = False
+                pending = self.target[0] if self.target is not None else None
+                self.versions.keep_recent(Version.of(pending) if pending is not None else None)
             now = time.monotonic()
             snap = _snapshot(buses.counters)
             self.history.append((now, snap))
@@ -231,8 +260,11 @@ class DatabaseUpdater:
             policy = Policy(max_bytes=max(f.size for f in doc.files),
                             ca_file=cfg.resolve(settings.ca_file) if settings.ca_file else None,
                             timeout_s=settings.timeout_s, deadline_s=settings.deadline_s, attempts=settings.attempts)
-            if not await self._download(doc, av, policy, settings):
+            if not await self._download(target, doc, policy, settings):
                 return
+            if self.target is not target:
+                self.phase = "idle"
+                return   # superseded meanwhile: the newest target next
             folder: Path | None = self.versions.materialize(version)
         else:
             folder = None
@@ -275,22 +307,33 @@ class DatabaseUpdater:
         self.versions.keep_recent()
         self.versions.save()
 
-    async def _download(self, doc: DatabasesDocument, av: int | None, policy: Policy,
-                        settings: RemoteDatabasesConfig) -> bool:
-        """Every file of `doc` in the content store: True; False after a refusal or a failed round."""
+    async def _download(self, target: tuple[DatabasesDocument | None, int | None], doc: DatabasesDocument,
+                        policy: Policy, settings: RemoteDatabasesConfig) -> bool:
+        """Every file of the target's document `doc` in the content store: True; False after a refusal,
+        a failed round or when a newer target superseded it (then nothing is said about this one)."""
+        av = target[1]
         self.phase = "downloading"
+        self._cancel = cancel = threading.Event()
         total = sum(f.size for f in doc.files)
         done = 0
         for f in doc.files:
             def progress(have: int, _: int, before: int = done) -> None:
                 self.progress = (before + have, total)
+            if self.target is not target:
+                self.phase = "idle"
+                return False
             try:
                 stored = self.versions.blobs.verified(f.sha256, f.size)
                 if stored is None:
-                    await fetch_async(f.spec(), self.versions.blobs.root, policy, progress=progress)
+                    await fetch_async(f.spec(), self.versions.blobs.root, policy, progress=progress, cancel=cancel)
                     self.counters["downloads"] += 1
                     self.counters["downloaded_bytes"] += f.size
             except DownloadError as exc:
+                if self.target is not target:   # cancelled, or failed as it was superseded: not this one's news
+                    log.info("remote_databases_download_stopped", version=doc.version, file=f.name,
+                             reason="superseded")
+                    self.phase = "idle"
+                    return False
                 why = f"{f.name} ({redact(f.url)}): {exc}"
                 if exc.retryable or exc.kind in LOCAL:
                     self.counters["download_failures"] += 1
