@@ -12,11 +12,8 @@ import yaml
 from agent.can.logformats import format_candump
 from tests.conftest import run_cli
 
-DUPLICATE_NAMES_DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 2047 Twice: 8 ECU
+DBC_HEAD = 'VERSION ""\nNS_ :\nBS_:\nBU_: ECU\n'
+DUPLICATE_NAMES_DBC = DBC_HEAD + """BO_ 2047 Twice: 8 ECU
  SG_ A : 0|8@1+ (1,0) [0|0] "" ECU
  SG_ A : 8|8@1+ (1,0) [0|0] "" ECU
  SG_ B : 16|8@1+ (1,0) [0|0] "" ECU
@@ -76,3 +73,61 @@ def test_a_file_cantools_refuses_after_the_repairs_names_its_real_problem_and_li
     res = run_cli("decode", "--no-strict", "--dbc", str(dbc), input="")
     assert res.returncode == 2
     assert f"{dbc}:7: The signal Zl length 0 is not greater than 0 in message Z" in res.stderr
+
+
+# GenMsgCycleTime as sloppy files hold it: negative, an integer beyond a float (a default of 1e400),
+# and a hundredth of a millisecond (a FLOAT attribute).
+CYCLE_INT_DBC = DBC_HEAD + """BO_ 100 Backwards: 8 ECU
+ SG_ Xq : 0|16@1+ (1,0) [0|60000] "" ECU
+BO_ 101 Forever: 8 ECU
+ SG_ Temp : 0|8@1+ (1,-40) [-40|200] "degC" ECU
+BA_DEF_ BO_ "GenMsgCycleTime" INT 0 0;
+BA_DEF_DEF_ "GenMsgCycleTime" 1e400;
+BA_ "GenMsgCycleTime" BO_ 100 -100;
+"""
+CYCLE_FLOAT_DBC = DBC_HEAD + """BO_ 102 Blur: 8 ECU
+ SG_ Rpm : 0|16@1+ (1,0) [0|8000] "rpm" ECU
+BA_DEF_ BO_ "GenMsgCycleTime" FLOAT 0 0;
+BA_ "GenMsgCycleTime" BO_ 102 0.01;
+"""
+
+
+def _cycle_databases(tmp_path: Path) -> list[str]:
+    (tmp_path / "int.dbc").write_text(CYCLE_INT_DBC)
+    (tmp_path / "float.dbc").write_text(CYCLE_FLOAT_DBC)
+    return [str(tmp_path / "int.dbc"), str(tmp_path / "float.dbc")]
+
+
+def test_simulate_paces_messages_whose_cycle_time_no_bus_keeps(tmp_path: Path) -> None:
+    """A negative cycle time made the simulator's schedule run backwards (a math domain error, or with
+    no signal to compute an endless loop that filled memory), one beyond a float raised OverflowError,
+    and 0.01 ms sent 100,000 frames a simulated second. Now: the default 100 ms, and at most one a ms."""
+    a, b = _cycle_databases(tmp_path)
+    log = tmp_path / "sim.log"
+    res = run_cli("simulate", "--dbc", a, "--dbc", b, "--record", str(log), "--duration", "1", timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    counts: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        frame_id = line.split()[2].split("#")[0]
+        counts[frame_id] = counts.get(frame_id, 0) + 1
+    assert counts == {"064": 10, "065": 10, "066": 1000}
+
+
+def test_run_with_a_campaign_on_a_message_whose_cycle_time_is_beyond_a_float(tmp_path: Path) -> None:
+    """Campaign rings are sized from the cycle time: 1e400 ms raised OverflowError out of the agent's start."""
+    dbs = _cycle_databases(tmp_path)
+    db = cantools.database.load_file(dbs[0])
+    frames = [format_candump(1_700_000_000 + i / 10, "can0", 101, db.encode_message("Forever", {"Temp": i})) + "\n"
+              for i in range(20)]
+    (tmp_path / "drive.log").write_text("".join(frames))
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "vehicle_id": "cyc", "state_dir": str(tmp_path / "state"),
+        "buses": [{"name": "pt", "databases": dbs, "replay": str(tmp_path / "drive.log")}],
+        "campaigns": [{"id": "hot", "trigger": {"expr": "Temp > 10"}, "signals": [{"match": "Temp"}, {"match": "Rpm"}],
+                       "pre_s": 1, "post_s": 1}],
+        "sink": {"type": "file"}}))
+    res = run_cli("run", "--config", str(cfg), "--no-progress", timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    status = json.loads(run_cli("status", "--state-dir", str(tmp_path / "state"), "--json").stdout)
+    assert status["buses"]["pt"]["samples"] == 20

@@ -36,7 +36,7 @@ def entry_bytes(length: int) -> int:
 
 @dataclass(frozen=True)
 class RingNeed:
-    """What one message's ring must hold: `seconds` of frames at `cycle_ms`, `length` bytes each."""
+    """What one message's ring must hold: `seconds` of frames at `cycle_ms` (decode.cycle_time_ms), `length` bytes each."""
 
     seconds: float
     cycle_ms: float | None
@@ -44,7 +44,7 @@ class RingNeed:
 
     @property
     def frames(self) -> int:
-        cycle = self.cycle_ms if self.cycle_ms and self.cycle_ms > 0 else DEFAULT_CYCLE_MS
+        cycle = self.cycle_ms or DEFAULT_CYCLE_MS
         return math.ceil(self.seconds * 1000.0 / cycle * HEADROOM) + 16
 
 

@@ -38,7 +38,7 @@ from agent.campaigns.feedgen import compile_step, step_hook
 from agent.campaigns.model import Campaign
 from agent.campaigns.trigger import INF, TriggerState
 from agent.collect.policy import MinInterval
-from agent.decode import load_databases
+from agent.decode import cycle_time_ms, load_databases
 from agent.decode.decoder import FrameDecoder, MessageDecoder
 from agent.decode.fast import FastDecoder
 
@@ -650,7 +650,7 @@ class CampaignEngine:
                 dec = self.decoders[mkey]
                 old = needs.get(mkey)
                 if old is None or old.seconds < seconds:
-                    needs[mkey] = RingNeed(seconds, dec.message.cycle_time, dec.length)
+                    needs[mkey] = RingNeed(seconds, cycle_time_ms(dec.message), dec.length)
         sizes, self.budget_limited = plan_capacities(needs, self.budget_bytes)
         if self.budget_limited:
             log.warning("campaign_buffers_limited", budget_bytes=self.budget_bytes,

@@ -26,6 +26,7 @@ from can.interfaces.virtual import VirtualBus
 from cantools.database import Database, Message, Signal
 
 from agent.can.logformats import format_candump
+from agent.decode import cycle_time_ms
 
 log = structlog.get_logger()
 
@@ -38,8 +39,10 @@ MAX_STEP_S = 0.1
 
 
 def cycle_s(msg: Message) -> float:
-    """How often the simulator sends a message: its `GenMsgCycleTime`, else every 100 ms."""
-    return (msg.cycle_time or 0) / 1000.0 or DEFAULT_CYCLE_S
+    """How often the simulator sends a message: its `GenMsgCycleTime` (at least every millisecond), else
+    every 100 ms (a negative or unbounded one too: it looped forever or raised)."""
+    ms = cycle_time_ms(msg)
+    return ms / 1000.0 if ms else DEFAULT_CYCLE_S
 
 
 def frames_per_second(db: Database) -> float:

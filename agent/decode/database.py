@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import cantools
 import structlog
-from cantools.database import Database
+from cantools.database import Database, Message
 from cantools.database.diagnostics import Database as DiagnosticsDatabase
 
 from agent.decode.cache import ParseCache
@@ -84,6 +85,20 @@ def load_database(path: Path, strict: bool = True) -> Database:
     if not strict:
         _not_strict(path, repairs + _strict_complaints(db))
     return db
+
+
+MIN_CYCLE_MS = 1.0  # no CAN bus carries one message more often (a classic frame at 1 Mbit/s takes ~0.1 ms)
+
+
+def cycle_time_ms(msg: Message) -> float | None:
+    """A message's cycle time (GenMsgCycleTime, ms) when a bus can keep it, for whatever paces or sizes by it
+    (the simulator, campaign rings): None for an event-driven message (0 or none) and for what sloppy files
+    hold instead (a negative number, NaN, infinity, an integer beyond a float); MIN_CYCLE_MS for less."""
+    try:
+        ms = float(msg.cycle_time or 0)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return max(ms, MIN_CYCLE_MS) if 0 < ms < math.inf else None
 
 
 def _not_strict(path: Path, complaints: list[str]) -> None:
