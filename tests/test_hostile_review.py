@@ -131,3 +131,29 @@ def test_run_with_a_campaign_on_a_message_whose_cycle_time_is_beyond_a_float(tmp
     assert res.returncode == 0, res.stderr[-3000:]
     status = json.loads(run_cli("status", "--state-dir", str(tmp_path / "state"), "--json").stdout)
     assert status["buses"]["pt"]["samples"] == 20
+
+
+def test_a_condition_raising_an_integer_signal_to_its_own_power_is_an_eval_error_not_a_hang(tmp_path: Path) -> None:
+    """Numbers in conditions are floats so that `10 ** 10 ** 10` overflows, but signals of integer
+    layout come as Python ints: `Odo ** Odo` computed a number of millions of digits a frame (a
+    32-bit odometer: gigabytes), holding the event loop. A campaign from the cloud could stop the car's
+    agent, and the persisted desired state did it again after each watchdog restart."""
+    dbc = tmp_path / "odo.dbc"
+    dbc.write_text(DBC_HEAD + 'BO_ 100 Trip: 8 ECU\n SG_ Odo : 0|32@1+ (1,0) [0|0] "km" ECU\n'
+                   ' SG_ Fuel : 32|8@1+ (1,0) [0|100] "%" ECU\n')
+    db = cantools.database.load_file(str(dbc))
+    (tmp_path / "drive.log").write_text("".join(
+        format_candump(1_700_000_000 + i / 10, "can0", 100, db.encode_message("Trip", {"Odo": 2_000_000 + i, "Fuel": i}))
+        + "\n" for i in range(20)))
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "vehicle_id": "odo", "state_dir": str(tmp_path / "state"),
+        "buses": [{"name": "pt", "databases": [str(dbc)], "replay": str(tmp_path / "drive.log")}],
+        "campaigns": [{"id": "x", "trigger": {"expr": "Odo ** Odo > 1"}, "signals": [{"match": "Fuel"}],
+                       "pre_s": 1, "post_s": 1}],
+        "sink": {"type": "file"}}))
+    res = run_cli("run", "--config", str(cfg), "--no-progress", timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    status = json.loads(run_cli("status", "--state-dir", str(tmp_path / "state"), "--json").stdout)
+    assert status["campaigns"]["campaigns"]["x"]["eval_errors"] == 20
+    assert status["buses"]["pt"]["samples"] == 40

@@ -9,8 +9,9 @@ syntax is accepted too (`$variable.\\`Vehicle.Speed\\``, `&&`, `||`, `!`, `true`
 campaigns port unchanged.
 
 What is compiled is never the user's text: a new tree is built from the checked nodes only (signal
-references become indexes into the engine's value lists, numbers become floats so `10 ** 10 ** 10`
-overflows instead of hanging), compiled once per config, and run with no builtins.
+references become indexes into the engine's value lists, numbers become floats and `**` is pow() in
+floats, so `10 ** 10 ** 10` or an integer signal to its own power overflows instead of hanging), compiled
+once per config, and run with no builtins.
 """
 
 from __future__ import annotations
@@ -211,6 +212,8 @@ class _Checker:
         if isinstance(node, ast.BinOp):
             if not isinstance(node.op, _ARITH):
                 raise self.fail(node, "operator not allowed (allowed: + - * / % // **)")
+            if isinstance(node.op, ast.Pow):  # as pow(), in floats: integer signals (`Odo ** Odo`) overflow, not hang
+                return ast.Call(ast.Name("_m_pow", ast.Load()), [self.check(node.left), self.check(node.right)], [])
             return ast.BinOp(self.check(node.left), node.op, self.check(node.right))
         if isinstance(node, ast.Compare):
             return self.compare(node)
