@@ -9,7 +9,10 @@ import io
 import math
 from pathlib import Path
 
+import cantools
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent.decode import DatabaseError, FrameDecoder, database_warnings, load_databases
@@ -100,6 +103,53 @@ VAL_ 2047 Phantom 0 "Off" ;
     only_ghosts = write(tmp_path, "ghosts.dbc", ENGINE + 'VAL_ 256 Ghost 0 "Off" ;\n')
     assert [m.name for m in load_databases([only_ghosts], strict=False).messages] == ["Engine", "Mux"]
     assert database_warnings(only_ghosts) == ["VAL_ 256 Ghost: no such signal, entry ignored"]
+
+
+ATTRIBUTE_TYPES = ["INT 0 65535", "HEX 0 255", "FLOAT 0 1", "STRING", 'ENUM "a","b"']
+ATTRIBUTE_VALUES = ["15", "-1.5", "1e3", '"7"', '"abc"', '"NaN"', '"sNaN"', '"Infinity"', '""', '" 3 "', '"1_0"']
+
+
+@st.composite
+def attribute_statements(draw: st.DrawFn) -> list[str]:
+    """Definitions and assignments as OEM files hold them, some of attributes nobody defined, some of
+    values that are not numbers for numeric attributes."""
+    names = ["GenMsgCycleTime", "GenSigStartValue", "Other"]
+    lines = [f'BA_DEF_ {kind} "{name}" {draw(st.sampled_from(ATTRIBUTE_TYPES))};'
+             for name, kind in zip(names, ["BO_", "SG_", ""], strict=True) if draw(st.booleans())]
+    for _ in range(draw(st.integers(0, 4))):
+        name, value = draw(st.sampled_from([*names, "Undefined"])), draw(st.sampled_from(ATTRIBUTE_VALUES))
+        where = draw(st.sampled_from(["BO_ 256 ", "SG_ 256 Speed ", "BU_ ECU ", "", "BO_ 999 "]))
+        lines.append(draw(st.sampled_from([f'BA_ "{name}" {where}{value};', f'BA_DEF_DEF_ "{name}" {value};'])))
+    return draw(st.permutations(lines))
+
+
+@settings(max_examples=60, deadline=None)
+@given(statements=attribute_statements())
+def test_attribute_statements_cantools_cannot_read_are_named_or_ignored(tmp_path_factory: pytest.TempPathFactory,
+                                                                       statements: list[str]) -> None:
+    """cantools refuses them even with strict=False, as a bare KeyError or decimal.ConversionSyntax
+    (the file named, no line, no why); strictly the file is refused at the statement's line with why,
+    leniently each such statement is ignored and listed and the rest loads as cantools reads it."""
+    text = ENGINE + "".join(line + "\n" for line in statements)
+    path = write(tmp_path_factory.mktemp("attrs"), "attrs.dbc", text)
+    try:
+        cantools.database.load_string(text, "dbc", strict=False)
+        refused = False
+    except Exception:  # noqa: BLE001 - what cantools does is the reference
+        refused = True
+    db = load_databases([path], strict=False)
+    ignored = [int(c.split(":")[0].removeprefix("line ")) for c in database_warnings(path)]
+    assert bool(ignored) == refused
+    kept = "".join(line + "\n" for n, line in enumerate(text.split("\n"), 1) if n not in ignored)
+    want = cantools.database.load_string(kept, "dbc", strict=False)
+    assert [m.cycle_time for m in db.messages] == [m.cycle_time for m in want.messages]
+    if refused:
+        with pytest.raises(DatabaseError) as info:
+            load_database(path)
+        assert info.value.line in ignored and NO_STRICT_HINT in info.value.reason
+        assert info.value.reason.startswith(text.split("\n")[info.value.line - 1].split(" ")[0] + " ")
+    else:
+        load_database(path)
 
 
 def test_parsed_databases_are_reused_until_a_file_changes(tmp_path: Path) -> None:

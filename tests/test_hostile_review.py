@@ -157,3 +157,26 @@ def test_a_condition_raising_an_integer_signal_to_its_own_power_is_an_eval_error
     status = json.loads(run_cli("status", "--state-dir", str(tmp_path / "state"), "--json").stdout)
     assert status["campaigns"]["campaigns"]["x"]["eval_errors"] == 20
     assert status["buses"]["pt"]["samples"] == 40
+
+
+def test_an_attribute_statement_cantools_cannot_read_is_named_with_its_line(tmp_path: Path) -> None:
+    """A BA_ of an attribute no BA_DEF_ defines (a file merged by hand) or a value that is not a number
+    for a numeric one: cantools refuses the file even leniently, and the agent said only
+    "file: 'VFrameFormat'" or "file: [<class 'decimal.ConversionSyntax'>]"."""
+    dbc = tmp_path / "attrs.dbc"
+    dbc.write_text(DBC_HEAD + 'BO_ 100 M: 8 ECU\n SG_ S : 0|8@1+ (1,0) [0|0] "" ECU\n'
+                   'BA_DEF_ BO_ "GenMsgCycleTime" INT 0 65535;\nBA_ "GenMsgCycleTime" BO_ 100 "fast";\n'
+                   'BA_ "VFrameFormat" BO_ 100 1;\n')
+    cfg = tmp_path / "agent.yaml"
+    bus = {"name": "pt", "databases": [str(dbc)]}
+    cfg.write_text(yaml.safe_dump({"vehicle_id": "a", "state_dir": str(tmp_path / "state"), "buses": [bus]}))
+    res = run_cli("check-config", str(cfg))
+    assert res.returncode == 2
+    assert f"{dbc}:8: BA_ \"GenMsgCycleTime\": 'fast' is not a number (INT attribute) (it loads without" in res.stdout + res.stderr
+    cfg.write_text(yaml.safe_dump({"vehicle_id": "a", "state_dir": str(tmp_path / "state"), "buses": [{**bus, "strict": False}]}))
+    res = run_cli("check-config", str(cfg))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "line 8: BA_ \"GenMsgCycleTime\": 'fast' is not a number (INT attribute); statement ignored" in res.stdout
+    assert 'line 9: BA_ "VFrameFormat": no such attribute (no BA_DEF_ defines it); statement ignored' in res.stdout
+    res = run_cli("decode", "--no-strict", "--dbc", str(dbc), input=format_candump(1_700_000_000, "can0", 100, b"\x07" * 8))
+    assert res.returncode == 0 and json.loads(res.stdout)["signals"] == {"S": 7}

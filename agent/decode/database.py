@@ -6,6 +6,7 @@ import hashlib
 import math
 import re
 from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 
 import cantools
@@ -37,12 +38,9 @@ def _line_of_message(path: Path, reason: str) -> int:
     m = _MESSAGE_RE.search(reason)
     if not m:
         return 0
-    try:
-        for number, text in enumerate(path.read_text(encoding="cp1252", errors="replace").splitlines(), 1):
-            if text.startswith("BO_ ") and re.search(rf"\b{re.escape(m.group(1))}\s*:", text):
-                return number
-    except OSError:
-        return 0
+    for number, text in enumerate(_dbc_text(path).splitlines(), 1):
+        if text.startswith("BO_ ") and re.search(rf"\b{re.escape(m.group(1))}\s*:", text):
+            return number
     return 0
 
 
@@ -75,6 +73,9 @@ def load_database(path: Path, strict: bool = True) -> Database:
         reason = parts.get(suffix) or text
         m = _LINE_RE.search(reason)
         line = int(m.group(1)) if m else _line_of_message(path, reason)
+        attribute = _attribute_problems(path) if not m and suffix == "dbc" else []
+        if attribute:  # cantools' own words are a bare KeyError or decimal.ConversionSyntax
+            line, reason = attribute[0]
         raise DatabaseError(path, _with_hint(path, reason.strip('"'), strict), line) from None
     except Exception as exc:  # cantools raises plain Errors for semantic problems (overlaps, ranges)
         reason = str(exc) or type(exc).__name__
@@ -109,6 +110,51 @@ def _not_strict(path: Path, complaints: list[str]) -> None:
                     action="loaded anyway (strict: false); values are cantools' for this layout")
 
 
+_ATTRIBUTE_DEF_RE = re.compile(r'^[ \t]*BA_DEF_(REL_)?[ \t]+(?:[A-Z_]+[ \t]+)?"([^"]*)"[ \t]+(\w+)', re.MULTILINE)
+_ATTRIBUTE_RE = re.compile(r'^[ \t]*(BA_|BA_REL_|BA_DEF_DEF_|BA_DEF_DEF_REL_)[ \t]+"([^"]*)".*?'
+                           r'(?:"([^"]*)"|([^\s;"]+))[ \t]*;', re.MULTILINE)
+
+
+def _attribute_problems(source: Path | str) -> list[tuple[int, str]]:
+    """(line, why) of each DBC attribute statement cantools refuses even with strict=False: a `BA_` of an
+    attribute no `BA_DEF_` defines (a KeyError), a value that is not a number for a numeric attribute or
+    a default that is not one for INT, HEX or FLOAT (decimal.ConversionSyntax); cantools names neither."""
+    text = source if isinstance(source, str) else _dbc_text(source)
+    kinds: dict[bool, dict[str, str]] = {False: {}, True: {}}  # relation attribute? -> name -> type
+    for m in _ATTRIBUTE_DEF_RE.finditer(text):
+        kinds[bool(m.group(1))][m.group(2)] = m.group(3)
+    problems = []
+    for m in _ATTRIBUTE_RE.finditer(text):
+        keyword, name = m.group(1), m.group(2)
+        value = m.group(3) if m.group(3) is not None else m.group(4)
+        kind, default = kinds["REL_" in keyword].get(name), keyword.startswith("BA_DEF_DEF_")
+        line = text.count("\n", 0, m.start()) + 1
+        if kind is None:
+            if not default:  # cantools ignores the default of an undefined attribute
+                problems.append((line, f'{keyword} "{name}": no such attribute (no BA_DEF_ defines it)'))
+        elif (kind in ("INT", "HEX", "FLOAT") or (kind == "ENUM" and not default)) and not _converts(value, kind):
+            problems.append((line, f'{keyword} "{name}": {value!r} is not a number ({kind} attribute)'))
+    return problems
+
+
+def _converts(value: str, kind: str) -> bool:
+    """Whether cantools takes the value for an attribute of this type: int(Decimal(value)) for INT, HEX
+    and ENUM, float(Decimal(value)) for FLOAT."""
+    try:
+        number = Decimal(value)
+    except ArithmeticError:  # decimal.InvalidOperation: not a number at all
+        return False
+    return number.is_finite() or (kind == "FLOAT" and not number.is_snan())
+
+
+def _dbc_text(path: Path) -> str:
+    """A DBC file's text as cantools reads it (cp1252)."""
+    try:
+        return path.read_text(encoding="cp1252", errors="replace")
+    except OSError:
+        return ""
+
+
 _STANDARD_ID_RE = re.compile(r"Standard frame id 0x[0-9a-fA-F]+ is more than 11 bits")
 _UNUSED_RE = re.compile(r"unused (VAL_|SIG_VALTYPE_) entries in DBC:((?:\s+\S+ \d+ \S+)+)")
 _BO_RE = re.compile(r"^\s*BO_\s+(\d+)\s", re.MULTILINE)
@@ -126,15 +172,26 @@ def _load_lenient(path: Path, repairs: list[str]) -> Database | DiagnosticsDatab
 
     - a standard frame id above 11 bits (an extended id whose flag bit 31 the file forgot) is read as
       the extended id of that number; frames are matched by number, so its frames decode;
+    - attribute statements cantools cannot read (`_attribute_problems`) are dropped (attributes give
+      cycle times and frame formats; such a statement gives neither);
     - `VAL_` / `SIG_VALTYPE_` entries of signals no message has are dropped.
     """
     try:
         return cantools.database.load_file(str(path), database_format=None, strict=False)
     except Exception as exc:  # noqa: BLE001 - repaired below, or re-raised as it was
         first, reason = exc, _dbc_reason(exc)
-        if path.suffix.lower() != ".dbc" or not (_STANDARD_ID_RE.search(reason) or _UNUSED_RE.search(reason)):
+        if path.suffix.lower() != ".dbc":
             raise
-    text = original = path.read_text(encoding="cp1252", errors="replace")
+    text = original = _dbc_text(path)
+    attributes = _attribute_problems(text)
+    if not (_STANDARD_ID_RE.search(reason) or _UNUSED_RE.search(reason) or attributes):
+        raise first
+    if attributes:
+        lines = text.split("\n")
+        for line, why in attributes:
+            lines[line - 1] = ""  # the line numbers of what follows stay the file's
+            repairs.append(f"line {line}: {why}; statement ignored")
+        text = "\n".join(lines)
     wide = {int(i) for i in _BO_RE.findall(text) if 0x7FF < int(i) < 0x80000000}
     if wide:
         text = _MESSAGE_REF_RE.sub(lambda m: m.group(1) + str(int(m.group(2)) | 0x80000000)
