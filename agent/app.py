@@ -1,6 +1,10 @@
-"""The agent: builds the pipeline from a config (agent.pipeline), runs it, swaps configs, shuts down cleanly.
+"""The agent's runtime: runs what one config builds, swaps configs, shuts down cleanly.
 
     sources ─► collector (decode + policy) ─► batcher (encode) ─► store ─► forwarder ─► sink
+
+What it runs is built elsewhere: the pipeline by agent.pipeline, a bus's source by agent.can.choice,
+the store's spill by agent.store.spill; what the cloud may ask of it by agent.twin.commands, which
+the control plane owns.
 
 Everything runs on one asyncio loop in one thread, so "between frames" is simply between two
 `Collector.process` calls: a config swap replaces the collectors there, atomically, and a
@@ -22,17 +26,11 @@ from typing import Any
 import structlog
 
 from agent import __version__, logs
-from agent.can.rawcan import RawCanSource
+from agent.can.choice import simulate_bus, source_for
 from agent.can.simulator import SimulatorStats
-from agent.can.source import (
-    BusSource,
-    FrameSource,
-    ReplaySource,
-    bus_kwargs,
-    choose_source,
-)
+from agent.can.source import FrameSource, ReplaySource
 from agent.collect.collector import Collector
-from agent.config import AgentConfig, BusConfig
+from agent.config import AgentConfig, BusConfig, buses_to_restart
 from agent.health import SOURCE_LOSSES, STATUS_FILE, RateMeter, losses, write_status
 from agent.liveness import beat
 from agent.logs import set_level
@@ -44,6 +42,7 @@ from agent.store.spill import SpillingStore
 from agent.summary import SummaryLog
 from agent.supervisor import Supervisor
 from agent.systemd import Notifier
+from agent.twin.commands import Commands
 from agent.twin.control import HEARTBEAT_STALE_S, make_plane
 from agent.twin.desired import DesiredState
 from agent.uplink import Sink
@@ -79,7 +78,7 @@ async def _ended(tasks: list[asyncio.Task]) -> None:
 
 
 class Agent:
-    """One running agent: owns the store, the sink, the sources and the current pipeline."""
+    """One running agent: owns the store, the sink, the sources and the current pipeline; runs, swaps, stops."""
 
     def __init__(self, cfg: AgentConfig, *, base: Mapping[str, Any] | None = None, sink: Sink | None = None,
                  progress: bool = False) -> None:
@@ -98,7 +97,7 @@ class Agent:
                            ttl_s=cfg.store.ttl_by_priority, quarantine_max_bytes=cfg.store.quarantine_max_bytes,
                            wal_max_bytes=cfg.store.wal_max_bytes)
         self.sink = sink or make_sink(cfg)
-        self.control = make_plane(self, self.desired, cfg, self.sink)  # remote control: agent/twin/
+        self.control = make_plane(Commands(self, self.status), self.desired, cfg, self.sink)  # agent/twin/
         self.forwarder = Forwarder(self.store, self.sink, retry_initial_s=cfg.sink.retry_initial_s,
                                    retry_max_s=cfg.sink.retry_max_s)
         # The store as the batcher sees it: commits, or a bounded memory spill while the disk fails.
@@ -127,21 +126,6 @@ class Agent:
         self.status_file: dict[str, Any] = {"write_failures": 0, "last_error": None}  # in status and reported
 
     # ---------------------------------------------------------------- sources
-    def _make_source(self, bus: BusConfig) -> tuple[FrameSource, bool]:
-        """The source of a bus, and whether the built-in simulator should feed it (agent.can.source.choose_source)."""
-        if bus.replay:
-            return ReplaySource(bus.name, self.cfg.resolve(bus.replay), rate=bus.replay_rate), False
-        choice = choose_source(bus.interface, bus.channel, bus.simulate, self.sink.name)
-        if choice.simulate:
-            log.warning("simulated_data", bus=bus.name, channel=bus.channel, why=choice.reason,
-                        marked="every batch of this bus says simulated (header, message properties, outbox, status)",
-                        fix=f"create {bus.channel} or set the bus's interface (and simulate: false) to read a real bus")
-        if choice.interface == "socketcan" and not bus.options:
-            return RawCanSource(bus.name, bus.channel, fd=bus.fd), False
-        source = BusSource(bus.name, choice.interface, bus.channel,
-                           **bus_kwargs(bus.bitrate, bus.data_bitrate, bus.fd, bus.options))
-        return source, choice.simulate
-
     async def _run_source(self, source: FrameSource, stop: asyncio.Event) -> None:
         """Feed a bus's frames to its collector. A source that raises is marked down and the error goes
         to the supervisor (logged, counted, restarted): a bug must not stop collection on every other
@@ -172,23 +156,10 @@ class Agent:
         log.info("first_frame_decoded", bus=bus, since_process_start_s=None if age is None else round(age - (now - at), 3),
                  cpu_s=round(cpu, 3), first_drain_s=age)
 
-    async def _run_simulator(self, bus: BusConfig, stop: asyncio.Event) -> None:
-        import can
-
-        from agent.can.simulator import run_simulator
-
-        sim_bus = can.Bus(interface="virtual", channel=bus.channel, receive_own_messages=False)
-        stats = self.simulators.setdefault(bus.name, SimulatorStats())  # a restart keeps counting
-        try:
-            await run_simulator(sim_bus, load_bus_databases(self.cfg, bus), stop=stop,
-                                seed=sum(bus.name.encode()), stats=stats)
-        finally:
-            sim_bus.shutdown()
-
     def _start_bus(self, bus: BusConfig) -> asyncio.Task:
         """Start a bus's source (and its simulator); returns the source task."""
         stop = asyncio.Event()
-        source, simulate = self._make_source(bus)
+        source, simulate = source_for(bus, self.sink.name, self.cfg.resolve)
         self.sources[bus.name] = source
         self.batcher.simulated_buses = (self.batcher.simulated_buses | {bus.name}) if simulate \
             else self.batcher.simulated_buses - {bus.name}
@@ -198,8 +169,10 @@ class Agent:
                                        stall_s=SOURCE_STALL_S, stop=stop,
                                        restart=not isinstance(source, ReplaySource))]
         if simulate:
-            tasks.append(self.supervisor.spawn(f"simulator:{bus.name}", lambda: self._run_simulator(bus, stop),
-                                               stall_s=SIMULATOR_STALL_S, stop=stop))
+            stats = self.simulators.setdefault(bus.name, SimulatorStats())  # a restart keeps counting
+            tasks.append(self.supervisor.spawn(
+                f"simulator:{bus.name}", lambda: simulate_bus(bus, load_bus_databases(self.cfg, bus), stop, stats),
+                stall_s=SIMULATOR_STALL_S, stop=stop))
         self._bus_tasks[bus.name] = (stop, tasks)
         return tasks[0]
 
@@ -229,17 +202,15 @@ class Agent:
         self.store.ttl_s = new.store.ttl_by_priority
         self.store.quarantine_max_bytes = new.store.quarantine_max_bytes
         self.store.wal.max_bytes = new.store.wal_max_bytes
-        old_buses = {b.name: b for b in self.cfg.buses}
+        restart, removed = buses_to_restart(self.cfg, new)
         self.cfg = new
         set_level(new.log_level)
         self.summary.interval_s = new.summary_interval_s
         if self._running:
-            for bus in new.buses:
-                old = old_buses.pop(bus.name, None)
-                if old is None or old.model_dump(exclude={"databases"}) != bus.model_dump(exclude={"databases"}):
-                    self._stop_bus(bus.name)
-                    self._start_bus(bus)
-            for name in old_buses:
+            for bus in restart:
+                self._stop_bus(bus.name)
+                self._start_bus(bus)
+            for name in removed:
                 self._stop_bus(name)
                 self.counters.pop(name, None)
             for name, source in self.sources.items():
@@ -262,26 +233,7 @@ class Agent:
         for name, source in self.sources.items():
             source.set_wanted_ids(self._receive_ids(name))
 
-    # ---------------------------------------------------------------- what the control plane may ask
-    def flush_now(self) -> None:
-        self.pipeline.flush()
-        self.forwarder.notify()
-
-    def campaigns(self) -> dict[str, Any]:
-        """The campaigns this agent runs, with their state (method `list_campaigns`)."""
-        engine = self.pipeline.campaigns
-        state = engine.status()["campaigns"] if engine is not None else {}
-        return {"campaigns": [{**c.model_dump(mode="json", exclude_none=True), **state.get(c.id, {})}
-                              for c in self.cfg.campaigns]}
-
-    def trigger_campaign(self, campaign_id: str) -> str:
-        """Fire a campaign's trigger by hand (method `trigger_campaign`); returns the event id.
-        KeyError: no such campaign; ValueError: it is waiting or expired."""
-        engine = self.pipeline.campaigns
-        if engine is None:
-            raise KeyError(campaign_id)
-        return engine.trigger(campaign_id)
-
+    # ---------------------------------------------------------------- campaigns' clock, software updates
     def _advance_campaigns(self, now: float) -> None:
         """Frames stopped (ignition off, a replay's end): engine time moves on with the monotonic
         clock after a second of silence, so open events close and hold timers fire."""
@@ -303,12 +255,6 @@ class Agent:
     def _healthy(self) -> bool:
         """What a new software version must show before it is confirmed: no wedged task, a live control plane."""
         return not self.supervisor.stalled() and self.control.healthy()
-
-    def set_log_level(self, level: str, duration_s: float | None = None) -> None:
-        log.warning("log_level_set", requested_level=level, duration_s=duration_s)  # `level` is the record's own
-        set_level(level)
-        if duration_s:
-            asyncio.get_running_loop().call_later(duration_s, set_level, self.cfg.log_level)
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:

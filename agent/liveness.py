@@ -47,7 +47,10 @@ async def wait_first(*events: asyncio.Event, timeout: float) -> None:
             w.cancel()
 
 
-def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random = random._inst) -> float:
-    """Capped exponential backoff with 'equal jitter': between half and all of initial * 2^(n-1)."""
+def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random = random._inst, *,
+                  jitter: bool = True) -> float:
+    """Capped exponential backoff, initial * 2^(n-1) up to `cap`, with 'equal jitter' (between half and all of
+    it) where many clients could retry together (a fleet toward one hub). `jitter=False`: exactly that, for a
+    local resource no one else retries (a CAN interface reopened: 1, 2, 4, ... 30 s, as its log says)."""
     ceiling = min(cap, initial * (2 ** max(0, failures - 1)))
-    return ceiling / 2 + rng.random() * ceiling / 2
+    return ceiling / 2 + rng.random() * ceiling / 2 if jitter else ceiling

@@ -8,6 +8,7 @@ jitter up to the cap, and `vehicle-agent status --check` answers as a health che
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import signal
@@ -15,7 +16,10 @@ import time
 from pathlib import Path
 
 import yaml
+from structlog.testing import capture_logs
 
+from agent.can.rawcan import RawCanSource
+from agent.can.source import REOPEN_INITIAL_S, BusSource
 from agent.health import read_status
 from agent.model import Priority
 from agent.store import Store
@@ -101,3 +105,34 @@ def test_backoff_is_exponential_jittered_and_capped() -> None:
         assert all(ceiling / 2 <= d <= ceiling for d in draws), n
         assert min(draws) < ceiling * 0.55 and max(draws) > ceiling * 0.95, f"spread over [c/2, c] at {n}"
     assert backoff_delay(0, 0.5, 20.0, rng) <= 0.5, "no failure yet: at most the initial delay"
+
+
+def test_a_bus_reopens_after_1_2_4_s_up_to_its_cap_without_jitter() -> None:
+    """The sources' reopen backoff is the one backoff_delay (issue 18), with their timing kept: 1, 2, 4, ...
+    s up to reopen_max_s (30 s), the same every time (a local interface, nobody else retries it)."""
+    cap = RawCanSource("pt", "vcan-none").reopen_max_s
+    assert cap == BusSource("pt", "virtual", "x").reopen_max_s == 30.0 and REOPEN_INITIAL_S == 1.0
+    delays = [backoff_delay(n, REOPEN_INITIAL_S, cap, random.Random(n), jitter=False) for n in range(1, 10)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0]
+
+
+async def test_both_bus_readers_wait_1_then_2_s_before_reopening() -> None:
+    """The raw SocketCAN reader and a python-can bus that cannot open (a CAN socket on `lo`: no CAN there,
+    or no CAN in this kernel) say, and wait, 1 s and then 2 s before they try again."""
+    stop = asyncio.Event()
+
+    async def read(source: RawCanSource | BusSource) -> None:
+        async for _ in source.frames(stop):
+            pass
+
+    with capture_logs() as logs:
+        readers = [asyncio.create_task(read(s)) for s in (RawCanSource("raw", "lo"), BusSource("pycan", "socketcan", "lo"))]
+
+        def delays(bus: str) -> list[float]:
+            return [e["retry_in_s"] for e in logs if e["event"] == "bus_open_failed" and e["bus"] == bus]
+        deadline = time.monotonic() + 30
+        while not (len(delays("raw")) >= 2 and len(delays("pycan")) >= 2) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*readers)
+    assert delays("raw")[:2] == delays("pycan")[:2] == [1.0, 2.0], logs

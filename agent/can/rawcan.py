@@ -37,8 +37,8 @@ from agent.can.frame_format import (
 )
 from agent.can.mmsg import CTRL_BYTES, MultiReceiver
 from agent.can.rxqueue import RCVBUF_BYTES, size_receive_buffer
-from agent.can.source import MAX_DRAIN, MISSING_POLL_S, FrameSource, sleep_or_stop
-from agent.liveness import beat
+from agent.can.source import MAX_DRAIN, MISSING_POLL_S, REOPEN_INITIAL_S, FrameSource, sleep_or_stop
+from agent.liveness import backoff_delay, beat
 from agent.model import Frame
 
 log = structlog.get_logger()
@@ -312,7 +312,7 @@ class RawCanSource(FrameSource):
                         continue
                     failures += 1
                     self.state, self.last_error = "down", str(exc)
-                    delay = min(self.reopen_max_s, 0.5 * 2 ** min(failures, 8))
+                    delay = backoff_delay(failures, REOPEN_INITIAL_S, self.reopen_max_s, jitter=False)
                     log.warning("bus_open_failed", bus=self.bus, channel=self.channel, error=str(exc),
                                 retry_in_s=delay)
                     await sleep_or_stop(stop, delay)

@@ -21,7 +21,7 @@ import structlog
 
 from agent.can.logformats import LogFrame, LogProblem, read_log
 from agent.can.rxqueue import SocketQueue, bus_rate, first_tick, in_process_queue, next_tick, trim_backlog
-from agent.liveness import beat, pause
+from agent.liveness import backoff_delay, beat, pause
 from agent.model import TIME_MAX, TIME_MIN, Frame
 
 log = structlog.get_logger()
@@ -31,6 +31,7 @@ WATCHED_TICK_S = 0.1  # where the receive queue is sized and watched (rxqueue.py
 MAX_DRAIN = 20000  # also the virtual bus's backlog bound (agent/can/rxqueue.py)
 LOST_LOG_S = 10.0  # at most one `can_frames_lost` line per bus this often
 MISSING_POLL_S = 1.0  # a missing interface is looked for this often (a stat of /sys/class/net/<name>)
+REOPEN_INITIAL_S = 1.0  # a bus that fails to open is retried after 1, 2, 4, ... s, up to the source's reopen_max_s
 
 
 def socketcan_available(channel: str) -> bool:
@@ -261,7 +262,7 @@ class BusSource(FrameSource):
                         continue
                     failures += 1
                     self.state, self.last_error = "down", str(exc)
-                    delay = min(self.reopen_max_s, 0.5 * 2 ** min(failures, 8))
+                    delay = backoff_delay(failures, REOPEN_INITIAL_S, self.reopen_max_s, jitter=False)
                     log.warning("bus_open_failed", bus=self.bus, interface=self.interface, channel=self.channel,
                                 error=str(exc), retry_in_s=delay)
                     await sleep_or_stop(stop, delay)

@@ -1,6 +1,6 @@
 """The control plane: desired state, direct methods and reported state, for whichever channel carries them.
 
-    cloud ─► channel (IoT Hub twin | MQTT topics | local file + socket) ─► ControlPlane ─► Agent (Control)
+    cloud ─► channel (IoT Hub twin | MQTT topics | local file + socket) ─► ControlPlane ─► Commands (Control) ─► agent
 
 The plane owns everything the cloud may ask of the agent; a channel only moves documents and
 answers. Every document enters through `guard` (size, depth, numbers, Unicode) and every property
@@ -30,7 +30,7 @@ HEARTBEAT_STALE_S = 60.0   # a channel loop silent this long is wedged (its long
 
 
 class Control(Protocol):
-    """What the control plane may ask of the running agent (implemented by agent.app.Agent)."""
+    """What the control plane may ask of the running agent (implemented by agent.twin.commands.Commands)."""
 
     def status(self) -> dict[str, Any]:
         """The status document (as `vehicle-agent status --json` shows it)."""
@@ -73,12 +73,12 @@ class ControlChannel(ABC):
 class ControlPlane:
     """Routes documents and methods between a channel and the agent; reports throttled state."""
 
-    def __init__(self, agent: Control, desired: DesiredState, channel: ControlChannel, *,
+    def __init__(self, commands: Control, desired: DesiredState, channel: ControlChannel, *,
                  reported_interval_s: float) -> None:
-        self.agent = agent
+        self.commands = commands
         self.desired = desired
         self.channel = channel
-        self.reporter = Reporter(agent.status, channel.publish_reported, interval_s=reported_interval_s,
+        self.reporter = Reporter(commands.status, channel.publish_reported, interval_s=reported_interval_s,
                                  ready=channel.connected)
         self.methods_answered = 0
         self.errors = 0
@@ -114,7 +114,7 @@ class ControlPlane:
             log.warning("method_refused", method=guard.short(name), error=str(exc))
             return 400, {"error": f"payload refused: {exc}"}
         try:
-            status, answer = dispatch_method(self.agent, name, payload)
+            status, answer = dispatch_method(self.commands, name, payload)
         except Exception as exc:  # noqa: BLE001
             self._failed("method", exc)
             return 500, {"error": f"method failed: {type(exc).__name__}"}
@@ -202,7 +202,7 @@ async def wait_or_stop(stop: asyncio.Event, aw: Any, timeout: float) -> Any:
 LOCAL_REPORTED_INTERVAL_S = 5.0
 
 
-def make_plane(agent: Control, desired: DesiredState, cfg: Any, sink: Any) -> ControlPlane:
+def make_plane(commands: Control, desired: DesiredState, cfg: Any, sink: Any) -> ControlPlane:
     """The control plane for this config: over the cloud sink's connection when there is one,
     else the local channel (desired file + socket in the state dir)."""
     if sink.name == "iothub":
@@ -218,4 +218,4 @@ def make_plane(agent: Control, desired: DesiredState, cfg: Any, sink: Any) -> Co
         from agent.twin.local import LocalChannel
 
         channel, interval = LocalChannel(cfg.resolve(cfg.state_dir)), LOCAL_REPORTED_INTERVAL_S
-    return ControlPlane(agent, desired, channel, reported_interval_s=interval)
+    return ControlPlane(commands, desired, channel, reported_interval_s=interval)
