@@ -180,3 +180,19 @@ def test_an_attribute_statement_cantools_cannot_read_is_named_with_its_line(tmp_
     assert 'line 9: BA_ "VFrameFormat": no such attribute (no BA_DEF_ defines it); statement ignored' in res.stdout
     res = run_cli("decode", "--no-strict", "--dbc", str(dbc), input=format_candump(1_700_000_000, "can0", 100, b"\x07" * 8))
     assert res.returncode == 0 and json.loads(res.stdout)["signals"] == {"S": 7}
+
+
+def test_a_negative_frame_id_is_refused_at_load(tmp_path: Path) -> None:
+    """cantools checks only the upper bounds of frame ids: a KCD with id="-5" loaded, and its id went into
+    the SocketCAN receive filter, where struct.pack raised (not an OSError) and the bus's source crashed
+    at every reopen; a simulated bus could not send it either."""
+    kcd = tmp_path / "neg.kcd"
+    kcd.write_text('<NetworkDefinition xmlns="http://kayak.2codeornot2code.org/1.0"><Document/><Bus name="pt">'
+                   '<Message id="-5" format="extended" name="Minus" length="8"><Signal name="S" offset="0" length="8"/>'
+                   '</Message></Bus></NetworkDefinition>')
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({"vehicle_id": "a", "state_dir": str(tmp_path / "state"),
+                                   "buses": [{"name": "pt", "databases": [str(kcd)], "strict": False}]}))
+    res = run_cli("check-config", str(cfg))
+    assert res.returncode == 2
+    assert f"buses[0].databases[0]: {kcd}: frame id -5 of message Minus is not a CAN id" in res.stdout + res.stderr

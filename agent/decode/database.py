@@ -14,6 +14,7 @@ import structlog
 from cantools.database import Database, Message
 from cantools.database.diagnostics import Database as DiagnosticsDatabase
 
+from agent.can.frame_format import CAN_EFF_MASK, CAN_SFF_MASK
 from agent.decode.cache import ParseCache
 
 log = structlog.get_logger()
@@ -83,6 +84,10 @@ def load_database(path: Path, strict: bool = True) -> Database:
     if not isinstance(db, Database):  # cantools reads a CDD file as a diagnostics database
         raise DatabaseError(path, "a diagnostics database (CDD) has no CAN messages to decode; "
                                   "give a DBC, KCD, SYM or ARXML file")
+    for msg in db.messages:  # cantools checks the upper bounds only: a KCD may say id="-5"
+        if not 0 <= msg.frame_id <= (CAN_EFF_MASK if msg.is_extended_frame else CAN_SFF_MASK):
+            raise DatabaseError(path, f"frame id {msg.frame_id} of message {msg.name} is not a CAN id",
+                                _line_of_message(path, f"message {msg.name}"))
     if not strict:
         _not_strict(path, repairs + _strict_complaints(db))
     return db
