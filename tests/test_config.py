@@ -343,3 +343,82 @@ def test_a_secret_given_where_its_file_name_goes_is_never_shown(tmp_path: Path, 
     assert res.returncode != 0
     assert "looks like a secret" in res.stderr + res.stdout, res.stderr[-2000:]
     assert "S3CRETKEY" not in res.stderr + res.stdout
+
+
+# ------------------------------------------------------------------ VEHICLE_AGENT_* variables
+def _small_config(tmp_path: Path, edge_dbc: Path, **extra: object) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), **extra,
+                                    "buses": [{"name": "pt", "interface": "virtual", "channel": "x",
+                                               "databases": [str(edge_dbc)]}]}))
+    return path
+
+
+@pytest.mark.parametrize(("name", "meant"), [
+    ("VEHICLE_AGENT_SINK_TYPE", "VEHICLE_AGENT__SINK__TYPE"),                 # one underscore where a key wants two
+    ("VEHICLE_AGENT_BATCHING__MAX_AGE_S", "VEHICLE_AGENT__BATCHING__MAX_AGE_S"),
+    ("VEHICLE_AGENT_IOTHUB_CONECTION_STRING", "VEHICLE_AGENT_IOTHUB_CONNECTION_STRING"),   # misspelled
+    ("VEHICLE_AGENT_MQTT_PASSWD_FILE", "VEHICLE_AGENT_MQTT_PASSWORD_FILE"),
+    ("vehicle_agent_sink", "VEHICLE_AGENT_SINK"),
+    ("VEHICLE_AGENT____", None),                                              # crashed with an IndexError
+])
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_an_unknown_variable_is_refused_naming_it_and_the_closest_name(
+        tmp_path: Path, edge_dbc: Path, name: str, meant: str | None, command: str) -> None:
+    """A variable of the agent's prefix it does not read was ignored without a word (the car stayed on
+    the file sink, or without its secret). Refused like any config error, by name only: its value may
+    be a secret."""
+    path = _small_config(tmp_path, edge_dbc)
+    args = ("check-config", str(path)) if command == "check-config" else ("run", "--config", str(path))
+    res = run_cli(*args, env={name: SECRET_VALUE}, timeout=60)
+    said = res.stderr + res.stdout
+    assert res.returncode == 2, said[-2000:]
+    assert f"environment: {name}: not a variable vehicle-agent reads" in res.stderr, said[-2000:]
+    assert (f"did you mean {meant}?" in res.stderr) if meant else "did you mean" not in res.stderr
+    assert "S3CRETKEY" not in said and "azure-devices" not in said
+
+
+def test_every_variable_the_agent_reads_is_accepted(tmp_path: Path, edge_dbc: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET_VALUE)
+    path = _small_config(tmp_path, edge_dbc, sink={"type": "iothub", "iothub": {
+        "connection_string_env": "VEHICLE_AGENT_HUB_CS", "x509_pass_phrase_env": "VEHICLE_AGENT_KEY_PASS"}})
+    env = {"VEHICLE_AGENT_VEHICLE_ID": "car-9", "VEHICLE_AGENT_STATE_DIR": str(tmp_path / "s2"),
+           "VEHICLE_AGENT_LOG_LEVEL": "warning", "VEHICLE_AGENT_LOG_FORMAT": "json", "VEHICLE_AGENT_CONFIG": str(path),
+           "VEHICLE_AGENT__BATCHING__MAX_AGE_S": "3", "VEHICLE_AGENT__sink__iothub__output_name": "t2",
+           "VEHICLE_AGENT_IOTHUB_CONNECTION_STRING": SECRET_VALUE, "VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE": str(secret),
+           "VEHICLE_AGENT_MQTT_PASSWORD": "pw", "VEHICLE_AGENT_MQTT_PASSWORD_FILE": str(secret),
+           "VEHICLE_AGENT_HUB_CS": SECRET_VALUE, "VEHICLE_AGENT_KEY_PASS": "pp",     # the names the config gives
+           "VEHICLE_AGENT_ALLOW_SKIPS": "", "VEHICLE_AGENT_VCAN_VM": "1", "VEHICLE_AGENT_SOAK_S": "5"}  # test tools'
+    res = run_cli("check-config", env=env, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{path}: OK" in res.stdout and "sink iothub" in res.stdout
+    cfg = load_config(None, env=env)
+    assert (cfg.vehicle_id, cfg.log_level, cfg.batching.max_age_s) == ("car-9", "warning", 3.0)
+    env.pop("VEHICLE_AGENT__sink__iothub__output_name")   # the names the file's iothub section gives still count
+    res = run_cli("check-config", env={**env, "VEHICLE_AGENT_SINK": "mqtt"}, timeout=60)
+    assert res.returncode == 0 and "sink mqtt" in res.stdout, res.stderr[-2000:]
+
+
+NAMES = st.from_regex(r"(?i:vehicle_agent)_[A-Za-z0-9_]{0,30}", fullmatch=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(NAMES | st.sampled_from(["VEHICLE_AGENT_SINK", "VEHICLE_AGENT__BATCHING__MAX_AGE_S",
+                                                "VEHICLE_AGENT_MQTT_PASSWORD", "VEHICLE_AGENT____",
+                                                "VEHICLE_AGENT__SINK__TYPE", "VEHICLE_AGENT__OTA"]),
+                       st.sampled_from(["v4lue-" + SECRET_VALUE, f"'v4lue {SECRET_VALUE}", "{k: v4lue-S3CRETKEY}",
+                                        "- v4lue-S3CRETKEY", "v4lue-S3CRETKEY"]), max_size=4))
+def test_any_environment_is_a_config_or_a_refusal_that_never_shows_a_value(tmp_path_factory: pytest.TempPathFactory,
+                                                                           env: dict[str, str]) -> None:
+    folder = tmp_path_factory.mktemp("env")
+    path = folder / "agent.yaml"
+    path.write_text(yaml.safe_dump({"buses": [{"name": "pt", "interface": "virtual", "channel": "x",
+                                               "databases": [str(CONFIG_DIR / "edge.dbc")]}]}))
+    try:
+        load_config(path, env=env)
+    except ConfigError as exc:
+        assert "S3CRETKEY" not in str(exc) and "v4lue" not in str(exc)
+        return
+    from agent.config.environment import KNOWN, nested_path
+    assert all(name in KNOWN or nested_path(name) for name in env), "an unknown name was accepted"

@@ -4,6 +4,7 @@
     loading.py  the YAML file and the environment over it, validated; errors as `path: reason` lines
     diff.py     what differs between two configs, and `deep_merge`, the one merge
     cloud.py    what the cloud may write, and the checks of a bus entry it sends
+    environment.py  the VEHICLE_AGENT_* variables the agent reads; any other is refused by name
 
 Everything is importable from `agent.config` as before the split.
 """

@@ -8,6 +8,7 @@ by reading the error, not the code.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ import yaml
 from pydantic import ValidationError
 
 from agent.config.diff import deep_merge
+from agent.config.environment import OVERRIDES, PREFIX, nested_path, unknown_variables
 from agent.config.schema import SINK_MODELS, AgentConfig, sink_type
 
 DEFAULT_CONFIG = Path("config/agent.yaml")
-ENV_PREFIX = "VEHICLE_AGENT_"
+ENV_PREFIX = PREFIX
+NAME_LIKE = re.compile(r"[A-Za-z_-]{1,16}")   # `iotub`, `kafka`: a name, not a secret (no digits, short)
 
 
 class ConfigError(ValueError):
@@ -41,6 +44,12 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _name_shown(value: str) -> str:
+    """A mistyped name as an error repeats it (` 'iotub'`), or nothing: a value that is not a short word
+    may be a secret set in the wrong place (a connection string or a key in VEHICLE_AGENT_SINK)."""
+    return f" {value!r}" if NAME_LIKE.fullmatch(value) else ""
+
+
 def validation_errors(exc: ValidationError) -> list[str]:
     """pydantic errors as `path: message` lines. The sink union's tag is not part of a path
     (`sink.path`, not `sink.file.path`); a key of another sink says which sink it is not a setting of."""
@@ -48,7 +57,7 @@ def validation_errors(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         loc, msg = tuple(err["loc"]), err["msg"].removeprefix("Value error, ")
         if err["type"] == "sink_type":
-            loc, msg = (*loc, "type"), f"unknown sink type {sink_type(err['input'])!r} (file, iothub or mqtt)"
+            loc, msg = (*loc, "type"), f"unknown sink type{_name_shown(sink_type(err['input']))} (file, iothub or mqtt)"
         elif len(loc) >= 2 and loc[0] == "sink" and loc[1] in SINK_MODELS:
             tag, loc = loc[1], (loc[0], *loc[2:])
             if err["type"] == "extra_forbidden" and len(loc) == 2:
@@ -110,21 +119,19 @@ def build_config(data: Mapping[str, Any], *, base_dir: str | Path = ".", source:
 def _env_items(env: Mapping[str, str]) -> Iterator[tuple[str, tuple[str, ...], Any]]:
     """(variable, config path, value) of every override variable; a value that is not YAML is an
     error naming its variable."""
-    simple = {"VEHICLE_ID": ("vehicle_id",), "STATE_DIR": ("state_dir",), "LOG_LEVEL": ("log_level",),
-              "SINK": ("sink", "type")}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
         rest = key[len(ENV_PREFIX):]
-        if rest in simple:
-            yield key, simple[rest], value
-        elif rest.startswith("_") and len(rest) > 1:
+        if rest in OVERRIDES:
+            yield key, OVERRIDES[rest], value
+        elif path := nested_path(key):
             try:
                 parsed = parse_yaml(value)
             except yaml.YAMLError as exc:
                 raise ConfigError([f"not a YAML value: {getattr(exc, 'problem', None) or exc}"],
                                   f"environment variable {key}") from None
-            yield key, tuple(p.lower() for p in rest[1:].split("__") if p), parsed
+            yield key, path, parsed
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -260,8 +267,15 @@ def load_config_data(path: Path, env: Mapping[str, str] | None = None) -> dict[s
     data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"], str(path))
-    overrides = _env_overrides(os.environ if env is None else env)
-    return deep_merge(_sink_chosen_by_env(data, overrides), overrides)
+    env = os.environ if env is None else env
+    overrides = _env_overrides(env)
+    merged = deep_merge(_sink_chosen_by_env(data, overrides), overrides)
+    # a typo refused, not ignored (agent/config/environment.py); secrets' variables the file names count
+    # even when the environment chose another sink than the file's
+    unknown = unknown_variables(env, [data, merged])
+    if unknown:
+        raise ConfigError(unknown, "environment")
+    return merged
 
 
 def _sink_chosen_by_env(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> Mapping[str, Any]:
