@@ -15,6 +15,7 @@ import fcntl
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -58,10 +59,11 @@ def _refuse(path: Path, exc: OSError, what: str) -> StartupError:
                         uid=os.getuid(), owner=_owner(path if path.exists() else path.parent), fix=_fix(path))
 
 
-def _try_write(path: Path) -> None:
-    """Write for real (root, ACLs and read-only mounts make `os.access` guess): a file opened for
-    appending, a folder by creating and removing a probe file in it."""
-    if path.is_dir():
+def _try_write(path: Path, folder: bool) -> None:
+    """Write for real (root, ACLs and read-only mounts make `os.access` guess): a folder by creating and
+    removing a probe file in it (a file in its place: ENOTDIR), a file opened for appending (a directory
+    in its place: EISDIR)."""
+    if folder:
         probe = path / f".write-check-{os.getpid()}"
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
@@ -69,19 +71,33 @@ def _try_write(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
 
 
-def check_writable(paths: list[Path]) -> None:
+_MISPLACED = {errno.EISDIR: "a directory where the agent writes a file", errno.ENOTDIR: "a file where the agent keeps a folder"}
+
+
+class Writes(NamedTuple):
+    """What `vehicle-agent run` writes: folders, and files (a directory where one goes is a deployment
+    mistake: the store could never be opened, and every batch would be held in memory and lost)."""
+
+    folders: list[Path]
+    files: list[Path]
+
+
+def check_writable(writes: Writes) -> None:
     """The existing folders and files the agent writes (state directory, store and its -wal/-shm,
     outbox) must be writable by this user; a disk fault is only warned about (the spill rides it out)."""
-    for path in paths:
+    for path, folder in [*((p, True) for p in writes.folders), *((p, False) for p in writes.files)]:
         if not path.exists():
             continue
         try:
-            _try_write(path)
+            _try_write(path, folder)
         except OSError as exc:
             if exc.errno in DISK_FAULTS:
                 log.warning("state_dir_not_writable_now", path=str(path), error=exc.strerror,
                             action="starting; batches stay in memory until it can be written")
                 return
+            if exc.errno in _MISPLACED:
+                raise StartupError("state_dir_unusable", path=str(path), problem=_MISPLACED[exc.errno],
+                                   uid=os.getuid(), owner=_owner(path), fix=f"remove {path} (the agent creates it)") from None
             raise _refuse(path, exc, "not writable by this user") from None
 
 
@@ -135,7 +151,7 @@ class StateLock:
             self.fd = None
 
 
-def prepare_state_dir(state_dir: Path, writes: list[Path]) -> StateLock:
+def prepare_state_dir(state_dir: Path, writes: Writes) -> StateLock:
     """Create the state directory if needed, check what the agent will write, take the lock.
 
     Raises StartupError for a deployment mistake (no permission, not a directory, another agent).
@@ -152,7 +168,7 @@ def prepare_state_dir(state_dir: Path, writes: list[Path]) -> StateLock:
             raise StartupError("state_dir_unusable", path=str(state_dir), problem="not a directory",
                                uid=os.getuid(), owner=_owner(state_dir), fix=f"remove {state_dir} or set state_dir")
         return StateLock(state_dir)  # a read-only disk without it: nothing to lock, the spill keeps batches
-    check_writable([state_dir, *writes])
+    check_writable(Writes([state_dir, *writes.folders], writes.files))
     lock = StateLock(state_dir)
     lock.acquire()
     return lock
@@ -178,14 +194,11 @@ def check_secrets(cfg: AgentConfig) -> None:
                            "(docs/deployment.md)") from None
 
 
-def agent_writes(cfg: AgentConfig) -> list[Path]:
+def agent_writes(cfg: AgentConfig) -> Writes:
     """What `vehicle-agent run` writes under its configuration, for `check_writable`."""
     store = cfg.state_path(cfg.store.path)
-    paths = [store.parent, store, Path(f"{store}-wal"), Path(f"{store}-shm"),
-             cfg.resolve(cfg.state_dir) / STATUS_FILE]
-    if cfg.sink.type == "file":
-        paths.append(cfg.state_path(cfg.sink.path))
-    return paths
+    folders = [store.parent, *([cfg.state_path(cfg.sink.path)] if cfg.sink.type == "file" else [])]
+    return Writes(folders, [store, Path(f"{store}-wal"), Path(f"{store}-shm"), cfg.resolve(cfg.state_dir) / STATUS_FILE])
 
 
 def process_age_s() -> float | None:

@@ -75,6 +75,24 @@ def test_a_state_directory_that_cannot_be_created_exits_2(tmp_path: Path) -> Non
     assert "cannot create the state directory" in event["problem"] and "Not a directory" in event["problem"]
 
 
+@pytest.mark.parametrize(("name", "make", "problem"), [
+    ("store.db", Path.mkdir, "a directory where the agent writes a file"),
+    ("store.db-wal", Path.mkdir, "a directory where the agent writes a file"),
+    ("outbox", lambda p: p.write_text("x"), "a file where the agent keeps a folder"),
+])
+def test_a_directory_where_the_store_goes_exits_2(tmp_path: Path, name: str, make, problem: str) -> None:
+    """A directory in the store's place passed the start-up check (a folder is writable), so the agent
+    ran with a store it could never open: every batch was held in memory and dropped at the stop."""
+    state = tmp_path / "state"
+    state.mkdir()
+    make(state / name)
+    res = run_cli("run", "--config", str(_config(tmp_path, state)), "--no-progress", timeout=60)
+    assert res.returncode == 2, res.stderr[-2000:]
+    (event,) = [e for e in _events(res.stderr) if e["level"] == "error"]
+    assert (event["event"], event["path"], event["problem"]) == ("state_dir_unusable", str(state / name), problem)
+    assert event["fix"] == f"remove {state / name} (the agent creates it)"
+
+
 def test_paths_are_printed_normalised(tmp_path: Path) -> None:
     (tmp_path / "config").mkdir()
     config = _config(tmp_path / "config", Path("../state"))
