@@ -3,8 +3,8 @@
     sources ─► collector (decode + policy) ─► batcher (encode) ─► store ─► forwarder ─► sink
 
 What it runs is built elsewhere: the pipeline by agent.pipeline, a bus's source by agent.can.choice,
-the store's spill by agent.store.spill; what the cloud may ask of it by agent.twin.commands, which
-the control plane owns.
+the store's spill by agent.store.spill; its status document by agent.status.builder; what the cloud
+may ask of it by agent.twin.commands, which the control plane owns.
 
 Everything runs on one asyncio loop in one thread, so "between frames" is simply between two
 `Collector.process` calls: a config swap replaces the collectors there, atomically, and a
@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,12 +28,15 @@ from agent.can.simulator import SimulatorStats
 from agent.can.source import FrameSource, ReplaySource
 from agent.collect.collector import Collector
 from agent.config import AgentConfig, BusConfig, buses_to_restart
-from agent.health import SOURCE_LOSSES, STATUS_FILE, RateMeter, losses, write_status
+from agent.health import SOURCE_LOSSES, STATUS_FILE, write_status
 from agent.liveness import beat
 from agent.logs import set_level
 from agent.ota.updater import Updater
 from agent.pipeline import build, load_bus_databases
 from agent.startup import process_age_s
+from agent.status.builder import StatusBuilder
+from agent.status.document import StatusDocument, StatusFileState
+from agent.status.text import progress_line
 from agent.store import Store
 from agent.store.spill import SpillingStore
 from agent.summary import SummaryLog
@@ -97,7 +97,7 @@ class Agent:
                            ttl_s=cfg.store.ttl_by_priority, quarantine_max_bytes=cfg.store.quarantine_max_bytes,
                            wal_max_bytes=cfg.store.wal_max_bytes)
         self.sink = sink or make_sink(cfg)
-        self.control = make_plane(Commands(self, self.status), self.desired, cfg, self.sink)  # agent/twin/
+        self.control = make_plane(Commands(self, self.status_document), self.desired, cfg, self.sink)  # agent/twin/
         self.forwarder = Forwarder(self.store, self.sink, retry_initial_s=cfg.sink.retry_initial_s,
                                    retry_max_s=cfg.sink.retry_max_s)
         # The store as the batcher sees it: commits, or a bounded memory spill while the disk fails.
@@ -106,14 +106,12 @@ class Agent:
         self._campaign_clock: tuple[float, float] = (float("-inf"), 0.0)  # (engine time seen, monotonic then)
         self.batcher, self.counters = self.pipeline.batcher, self.pipeline.counters
         self.sources: dict[str, FrameSource] = {}
-        self._source_losses: dict[str, dict[str, int]] = {}  # per bus: what its stopped sources lost
+        self.source_losses: dict[str, dict[str, int]] = {}  # per bus: what its stopped sources lost
         self.simulators: dict[str, SimulatorStats] = {}  # bus -> what its built-in simulator did
         self._bus_tasks: dict[str, tuple[asyncio.Event, list[asyncio.Task]]] = {}
         self.progress = progress
         self.config_version = 0
         self.summary = SummaryLog(cfg.summary_interval_s)
-        self._frame_rate = RateMeter()
-        self._bus_rates: dict[str, RateMeter] = {}
         self._tasks: list[asyncio.Task] = []
         self._running = False
         self._watchdog_withheld: dict[str, float] = {}
@@ -123,7 +121,8 @@ class Agent:
                            healthy=self._healthy, on_change=self.control.reporter.wake.set)
         self.ota.configure(cfg.ota, cfg.software_update)
         self._decoding: set[str] = set()  # buses whose first decoded frame was logged (first_frame_decoded)
-        self.status_file: dict[str, Any] = {"write_failures": 0, "last_error": None}  # in status and reported
+        self.status_file = StatusFileState()  # in status and reported
+        self.status_builder = StatusBuilder(self, self.control.state)
 
     # ---------------------------------------------------------------- sources
     async def _run_source(self, source: FrameSource, stop: asyncio.Event) -> None:
@@ -182,7 +181,7 @@ class Agent:
             stop.set()
         source = self.sources.pop(name, None)  # its simulated mark stays: what it collected is flushed after this
         if source is not None:  # what it lost stays counted: a bus restarted by a swap gets a new source
-            carried = self._source_losses.setdefault(name, {})
+            carried = self.source_losses.setdefault(name, {})
             for key, value in source.status().items():
                 if key in SOURCE_LOSSES and isinstance(value, int):
                     carried[key] = carried.get(key, 0) + value
@@ -257,58 +256,13 @@ class Agent:
         return not self.supervisor.stalled() and self.control.healthy()
 
     # ---------------------------------------------------------------- status
+    def status_document(self) -> StatusDocument:
+        """The status document now (agent.status.builder builds it)."""
+        return self.status_builder.build()
+
     def status(self) -> dict[str, Any]:
-        frames = sum(c.frames for c in self.counters.values())
-        doc: dict[str, Any] = {
-            "updated": time.time(),
-            "agent": {"version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
-                      "started": self.started, "vehicle_id": self.cfg.vehicle_id,
-                      "config_version": self.config_version},
-            "frames_per_s": round(self._frame_rate.update(frames), 1),
-            "buses": {name: {"frames_per_s": round(self._bus_rates.setdefault(name, RateMeter()).update(c.frames), 1),
-                             **c.as_dict(), **self._source_status(name),
-                             **({"simulator": self.simulators[name].as_dict()} if name in self.simulators else {}),
-                             "simulated": name in self.batcher.simulated_buses}
-                      for name, c in self.counters.items()},
-            "pending_samples": self.batcher.pending_samples,
-            "batches_closed": self.batcher.batches_closed,
-            "store": {**self._store_stats(), "path": str(self.store.path), "error": self.durable.error,
-                      "spill": self.durable.status(), "wal": self.store.wal.status(),
-                      "corrupt_moved_aside": [str(p) for p in self.store.quarantined]},
-            "sink": {"type": self.sink.name, **self.forwarder.status.as_dict(), **self.sink.state()},
-            "control": self.control.state(),
-            "tasks": self.supervisor.status(),
-            "campaigns": self.pipeline.campaigns.status() if self.pipeline.campaigns is not None else {},
-            "databases": self.desired.databases.status(),
-            "software_update": self.ota.report(),
-            "status_file": dict(self.status_file),
-        }
-        doc["losses"] = losses(doc["store"]["counters"], doc["store"]["spill"], doc["buses"], doc["sink"])
-        return doc
-
-    def _source_status(self, name: str) -> dict[str, Any]:
-        """The bus's source's status, its loss counters summed over every source the bus had this run."""
-        out = self.sources[name].status() if name in self.sources else {}
-        for key, value in self._source_losses.get(name, {}).items():
-            out[key] = int(out.get(key) or 0) + value
-        return out
-
-    def _store_stats(self) -> dict[str, Any]:
-        """Depth and counters; a store that cannot even be read shows as an error, not a crash."""
-        try:
-            return self.store.stats().as_dict()
-        except sqlite3.Error as exc:
-            self.durable.failed(exc)
-            return {"batches": None, "samples": None, "bytes": None, "by_priority": {},
-                    "oldest_pending_age_s": None, "counters": {}}
-
-    def _progress_line(self, doc: dict[str, Any]) -> str:
-        samples = sum(b["samples"] for b in doc["buses"].values())
-        st = doc["store"]
-        return (f"{doc['frames_per_s']:>8.0f} frames/s | samples kept {samples:>9} | batches stored "
-                f"{st['counters'].get('stored_batches', 0):>6} sent {st['counters'].get('sent_batches', 0):>6} | "
-                f"store depth {st['batches']:>4} ({st['bytes'] / 1024:.0f} KiB) | sink {doc['sink']['state']:<9}"
-                + (" | SIMULATED" if any(b.get("simulated") for b in doc["buses"].values()) else ""))
+        """The status document now, as JSON (`vehicle-agent status --json`, status.json)."""
+        return self.status_document().to_dict()
 
     async def _housekeeping(self) -> None:
         """Close aged batches, retry the spill, feed the watchdog while every task makes progress."""
@@ -344,11 +298,12 @@ class Agent:
         """Write the status file, feed the periodic summary line, draw the progress line, every second."""
         while not self.stop.is_set():
             beat()
-            doc = self.status()
-            self._write_status(doc, "running")
-            self.summary.observe(doc)
+            doc = self.status_document()
+            as_json = doc.to_dict()
+            self._write_status(as_json, "running")
+            self.summary.observe(as_json)
             if self.progress:
-                logs.progress.show(self._progress_line(doc))
+                logs.progress.show(progress_line(doc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=1.0)
 
@@ -360,17 +315,17 @@ class Agent:
             write_status(self.state_dir, doc)
         except OSError as exc:
             error = f"{type(exc).__name__}: {exc}"
-            self.status_file["write_failures"] += 1
-            if error != self.status_file["last_error"] or when == "stop":
+            self.status_file.write_failures += 1
+            if error != self.status_file.last_error or when == "stop":
                 log.error("status_write_failed", path=str(self.state_dir / STATUS_FILE), error=error, when=when,
-                          failures=self.status_file["write_failures"],
+                          failures=self.status_file.write_failures,
                           action="vehicle-agent status shows the last status written"
                                  + ("" if when == "stop" else "; retrying every second"))
-            self.status_file["last_error"] = error
+            self.status_file.last_error = error
             return
-        if self.status_file["last_error"] is not None:
+        if self.status_file.last_error is not None:
             log.info("status_write_recovered", path=str(self.state_dir / STATUS_FILE))
-            self.status_file["last_error"] = None
+            self.status_file.last_error = None
 
     # ---------------------------------------------------------------- run
     async def run(self) -> None:
@@ -421,12 +376,11 @@ class Agent:
         await self.forwarder.close()
         spilled_lost = len(self.durable.spill)
         self.durable.drop_all()  # the store never became writable: what memory holds is lost now, counted
-        doc = self.status()
-        self._write_status(doc, "stop")
+        doc = self.status_document()
+        self._write_status(doc.to_dict(), "stop")
         if self.progress:
-            logs.progress.show(self._progress_line(doc))
+            logs.progress.show(progress_line(doc))
             logs.progress.done()
         self.store.close()
         self.notifier.close()
-        log.info("agent_stopped", final_sends=sent, store_depth=doc["store"]["batches"],
-                 spilled_lost=spilled_lost)
+        log.info("agent_stopped", final_sends=sent, store_depth=doc.store.batches, spilled_lost=spilled_lost)

@@ -344,6 +344,7 @@ def test_reported_store_evictions_and_the_throttle_after_a_reconnect(tmp_path: P
     import asyncio
 
     from agent.model import Priority
+    from agent.status.document import AgentInfo, ForwarderState, SinkStatus, StatusDocument, StoreStatus
     from agent.store import Store
     from agent.twin.reporter import Reporter
     from tests.test_store import make_batch
@@ -351,8 +352,11 @@ def test_reported_store_evictions_and_the_throttle_after_a_reconnect(tmp_path: P
     with Store(tmp_path / "s.db", max_bytes=3000) as store:
         for i in range(1, 6):
             store.put(make_batch(i, Priority.low))
-        status = {"agent": {"vehicle_id": "car"}, "frames_per_s": 1.0,
-                  "store": {"batches": store.stats().batches, "counters": store.stats().counters}}
+        status = StatusDocument(
+            updated=0.0, agent=AgentInfo("1", 1, "host", 0.0, "car", 0), frames_per_s=1.0, buses={},
+            pending_samples=0, batches_closed=0,
+            store=StoreStatus.of(store.stats().as_dict(), path=str(store.path), error=None, spill={}, wal={}),
+            sink=SinkStatus("file", ForwarderState("connected", None, None, 0, 0.0, 0)))
     sent: list[dict] = []
 
     async def publish(patch: dict) -> None:
@@ -361,7 +365,7 @@ def test_reported_store_evictions_and_the_throttle_after_a_reconnect(tmp_path: P
     async def run() -> None:
         reporter = Reporter(lambda: status, publish, interval_s=3600)
         assert await reporter.publish_due()
-        status["frames_per_s"] = 2.0
+        status.frames_per_s = 2.0
         reporter.reset()  # a reconnect
         assert not await reporter.publish_due(), "the throttle holds after a reconnect"
 

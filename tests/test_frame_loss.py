@@ -26,6 +26,7 @@ from can.interfaces.udp_multicast.utils import pack_message
 
 from agent.can.rxqueue import MIN_TICK_S, RCVBUF_BYTES, TARGET_FILL, next_tick
 from agent.can.source import MAX_DRAIN, BusSource
+from agent.status.view import typed
 from agent.twin.reporter import reported_doc
 from tests.conftest import CONFIG_DIR, run_cli, start_logged_agent, wait_for
 
@@ -116,7 +117,7 @@ def test_frames_a_frozen_agent_could_not_drain_are_counted_lost(udp_agent) -> No
     pt = doc["buses"]["pt"]
     assert 0 < pt["lost_frames"] == pt["kernel_drops"] == doc["losses"]["kernel_dropped_frames"]
     assert pt["frames"] > 0
-    reported = reported_doc(doc)
+    reported = reported_doc(typed(doc))
     assert reported["buses"]["pt"]["lost_frames"] == pt["lost_frames"]
     assert reported["losses"]["kernel_dropped_frames"] == pt["lost_frames"]
     text = run_cli("status", "--config", str(path)).stdout
@@ -139,7 +140,7 @@ def test_a_datagram_python_can_cannot_parse_is_counted_and_the_bus_stays_open(ud
     doc = status()
     pt = doc["buses"]["pt"]
     assert (pt["unreadable_frames"], pt["lost_frames"], pt["state"]) == (2, 2, "up")
-    assert doc["losses"]["unreadable_frames"] == 2 and reported_doc(doc)["losses"]["unreadable_frames"] == 2
+    assert doc["losses"]["unreadable_frames"] == 2 and reported_doc(typed(doc))["losses"]["unreadable_frames"] == 2
     assert "unreadable_frames 2" in run_cli("status", "--config", str(path)).stdout
     wait_for(lambda: any('"can_message_unreadable"' in line for line in lines), 30, what="the warning")
     assert sum('"bus_open"' in line for line in lines) == 1, "the bus was never reopened"

@@ -13,6 +13,7 @@ import yaml
 from agent.can.rawcan import RawCanSource
 from agent.can.source import BusSource
 from agent.health import BUS_LOSSES, LOSSES
+from agent.status.view import typed
 from agent.twin.reporter import reported_doc
 from tests.conftest import CONFIG_DIR, ROOT, run_cli
 
@@ -43,7 +44,7 @@ def kept_samples(doc: dict) -> int:
 def test_every_loss_counter_is_in_status_reported_properties_and_docs(tmp_path: Path) -> None:
     _, doc = run_replay(tmp_path, {}, {"type": "file"})
     assert list(doc["losses"]) == list(LOSSES)
-    assert list(reported_doc(doc)["losses"]) == list(LOSSES)
+    assert list(reported_doc(typed(doc))["losses"]) == list(LOSSES)
     documented = set(re.findall(r"^\| `(\w+)` \|", (ROOT / "docs" / "durability.md").read_text(), re.M))
     assert set(LOSSES) <= documented, f"undocumented: {set(LOSSES) - documented}"
     assert all(v == 0 for v in doc["losses"].values()), doc["losses"]
@@ -71,7 +72,7 @@ def test_bad_input_is_counted_in_the_losses_of_status_and_reported_properties(tm
         assert counter in bus or counter in LIVE_SOURCE_LOSSES, counter
     losses = doc["losses"]
     assert (losses["replay_bad_lines"], losses["decode_error_frames"], losses["refused_timestamp_frames"]) == (1, 1, 1)
-    assert reported_doc(doc)["losses"] == losses
+    assert reported_doc(typed(doc))["losses"] == losses
     assert "replay_bad_lines 1" in run_cli("status", "--config", str(path)).stdout
 
 

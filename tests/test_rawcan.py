@@ -123,7 +123,8 @@ async def test_error_frames_become_bus_health_in_status() -> None:
 
     from agent.can.bus_health import CAN_ERR_BUSOFF, CAN_ERR_CNT, CAN_ERR_CRTL, CAN_ERR_RESTARTED
     from agent.can.rawcan import RawCanSource
-    from agent.twin.reporter import reported_doc
+    from agent.status.document import BusCounts, BusStatus
+    from agent.twin.reporter import reported_bus
 
     tx, rx = _pair()
     source = RawCanSource("pt", "test", sock=rx, tick_s=0.01)
@@ -165,7 +166,7 @@ async def test_error_frames_become_bus_health_in_status() -> None:
         assert source.health.counts_seen() == {"controller": 3, "protocol": 1, "bus_error": 1, "no_ack": 2,
                                                "bus_off": 1, "restarted": 1}
         assert sum(1 for f in received if f[4]) == 8, "error frames still reach the collector, which counts them"
-        reported = reported_doc({"buses": {"pt": st}})["buses"]["pt"]  # what the twin's reported properties carry
+        reported = reported_bus(BusStatus(0.0, BusCounts(), st))  # what the twin's reported properties carry
         assert reported["controller"] == "error_active" and reported["errors"]["bus_off"] == 1
     finally:
         stop.set()

@@ -25,7 +25,8 @@ from agent import health
 from agent.app import Agent
 from agent.config import load_config
 from agent.health import StatusFileDamaged, not_alive_reason, read_status, write_status
-from agent.status_view import gather, render
+from agent.status.text import render
+from agent.status.view import gather
 from agent.twin.local import call_method, control_dir, read_reported
 from tests.conftest import DATA, ROOT, fill_disk, run_cli, wait_for
 

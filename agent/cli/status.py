@@ -1,4 +1,5 @@
-"""`vehicle-agent status`: the agent's status from its state directory (agent.status_view renders it)."""
+"""`vehicle-agent status`: the agent's status from its state directory (agent.status.view reads it,
+agent.status.text renders it)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.health import StatusFileDamaged, not_alive_reason, read_status
-    from agent.status_view import gather, render
+    from agent.status.text import render
+    from agent.status.view import gather
 
     store_path: Path | None = None
     if args.state_dir:
@@ -49,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
                          "the agent has not run with this state directory\n")
         return EXIT_FAIL
     if args.json:
-        age = None if view.age is None else round(view.age, 1)
-        damaged = {"status_file_damaged": view.damaged} if view.damaged else {}
-        out(orjson.dumps({**view.doc, "running": view.alive, "status_age_s": age, **damaged},
-                         option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        out(orjson.dumps(view.as_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
         return EXIT_OK
     try:
         out(render(view))

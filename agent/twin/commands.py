@@ -19,6 +19,7 @@ from agent.logs import set_level
 if TYPE_CHECKING:
     from agent.config import AgentConfig
     from agent.pipeline import Pipeline
+    from agent.status.document import StatusDocument
     from agent.uplink.forwarder import Forwarder
 
 log = structlog.get_logger()
@@ -35,11 +36,11 @@ class Running(Protocol):
 class Commands:
     """Implements `Control` (agent.twin.control) over a running agent and its status."""
 
-    def __init__(self, running: Running, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, running: Running, status: Callable[[], StatusDocument]) -> None:
         self.running = running
         self._status = status
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDocument:
         return self._status()
 
     def flush_now(self) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -22,6 +22,9 @@ from agent.twin import guard
 from agent.twin.desired import DesiredState
 from agent.twin.methods import dispatch_method
 from agent.twin.reporter import Reporter
+
+if TYPE_CHECKING:
+    from agent.status.document import StatusDocument
 
 log = structlog.get_logger()
 
@@ -32,8 +35,8 @@ HEARTBEAT_STALE_S = 60.0   # a channel loop silent this long is wedged (its long
 class Control(Protocol):
     """What the control plane may ask of the running agent (implemented by agent.twin.commands.Commands)."""
 
-    def status(self) -> dict[str, Any]:
-        """The status document (as `vehicle-agent status --json` shows it)."""
+    def status(self) -> StatusDocument:
+        """The status document (its JSON is what `vehicle-agent status --json` shows)."""
 
     def flush_now(self) -> None:
         """Close the open batches now and wake the forwarder."""

@@ -23,9 +23,9 @@ def dispatch_method(control: Control, name: str, payload: Any) -> tuple[int, Any
     args = payload if isinstance(payload, dict) else {}
     if name == "flush":
         control.flush_now()
-        return 200, {"flushed": True, "store_batches": control.status()["store"]["batches"]}
+        return 200, {"flushed": True, "store_batches": control.status().store.batches}
     if name == "get_status":
-        return 200, control.status()
+        return 200, control.status().to_dict()
     if name == "set_log_level":
         level = args.get("level")
         duration = args.get("duration_s")

@@ -1,4 +1,5 @@
-"""Reported state for any control channel: built from `Control.status()`, throttled, changes coalesced.
+"""Reported state for any control channel: built from `Control.status()` (the typed status document),
+throttled, changes coalesced.
 
 IoT Hub limits twin updates per device (and MQTT brokers should not be flooded either), so the
 reporter publishes at most one patch per `interval_s`, holding only the top-level sections that
@@ -12,9 +13,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from agent.status.document import BusStatus, StatusDocument
 
 log = structlog.get_logger()
 
@@ -31,38 +35,49 @@ def _without_secrets(doc: Any) -> Any:
     return doc
 
 
-def reported_doc(status: dict[str, Any]) -> dict[str, Any]:
+# What the reported properties carry of a bus's source (of agent.status.document.SOURCE_KEYS)
+REPORTED_SOURCE_KEYS = ("state", "lost_frames", "kernel_drops", "backlog_drops", "unreadable_frames", "rcvbuf_bytes",
+                        "controller", "errors", "tx_error_counter", "rx_error_counter")
+
+
+def reported_bus(bus: BusStatus) -> dict[str, Any]:
+    """A bus as reported: its rate and counters, its source's state and losses, whether simulated."""
+    c = bus.counts
+    return {"frames_per_s": bus.frames_per_s, "frames": c.frames, "error_frames": c.error_frames,
+            "unknown_ids": c.unknown_ids, "decode_errors": c.decode_errors,
+            "refused_timestamps": c.refused_timestamps, "refused_values": c.refused_values, "samples": c.samples,
+            **{k: bus.source[k] for k in REPORTED_SOURCE_KEYS if k in bus.source}, "simulated": bus.simulated,
+            **({"simulator": bus.simulator} if bus.simulator is not None else {})}
+
+
+def reported_doc(status: StatusDocument) -> dict[str, Any]:
     """The reported properties of the agent: identity, applied config, buses, store and uplink."""
-    agent = status.get("agent", {})
-    store = status.get("store", {})
-    sink = status.get("sink", {})
-    buses = {}
-    for name, bus in status.get("buses", {}).items():
-        buses[name] = {k: bus[k] for k in ("frames_per_s", "frames", "error_frames", "unknown_ids",
-                                            "decode_errors", "refused_timestamps", "refused_values", "samples",
-                                            "state", "lost_frames", "kernel_drops", "backlog_drops",
-                                            "unreadable_frames", "rcvbuf_bytes", "controller", "errors",
-                                            "tx_error_counter", "rx_error_counter", "simulated", "simulator") if k in bus}
+    agent, store, sink, forwarder = status.agent, status.store, status.sink, status.sink.forwarder
     return _without_secrets({
-        "agent": {k: agent.get(k) for k in ("version", "started", "host", "vehicle_id")},
-        "config_version": agent.get("config_version"),
-        "frames_per_s": status.get("frames_per_s"),
-        "buses": buses,
-        "store": {**{k: store[k] for k in ("batches", "bytes", "oldest_pending_age_s", "counters", "error")
-                     if k in store}, "evictions": evictions(store.get("counters") or {})},
-        "losses": status.get("losses", {}),
-        "tasks": {name: {k: t.get(k) for k in ("state", "restarts", "last_error")}
-                  for name, t in status.get("tasks", {}).items()},
-        "uplink": {k: sink[k] for k in ("type", "state", "connected", "link", "last_send", "backoff_s",
-                                        "last_error", "sent_batches", "consecutive_failures") if k in sink},
-        "control": status.get("control"),
-        "status_file": status.get("status_file"),
+        "agent": {"version": agent.version, "started": agent.started, "host": agent.host,
+                  "vehicle_id": agent.vehicle_id},
+        "config_version": agent.config_version,
+        "frames_per_s": status.frames_per_s,
+        "buses": {name: reported_bus(bus) for name, bus in status.buses.items()},
+        "store": {"batches": store.batches, "bytes": store.bytes, "oldest_pending_age_s": store.oldest_pending_age_s,
+                  "counters": store.counters, "error": store.error, "evictions": evictions(store.counters)},
+        "losses": status.losses(),
+        "tasks": {name: {"state": t.state, "restarts": t.restarts, "last_error": t.last_error}
+                  for name, t in status.tasks.items()},
+        "uplink": {"type": sink.type, "state": forwarder.state,
+                   **{k: sink.sink[k] for k in ("connected", "link") if k in sink.sink},  # a cloud sink's link
+                   "last_send": forwarder.last_send, "backoff_s": forwarder.backoff_s,
+                   "last_error": forwarder.last_error, "sent_batches": forwarder.sent_batches,
+                   "consecutive_failures": forwarder.consecutive_failures},
+        "control": status.control,
+        "status_file": {"write_failures": status.status_file.write_failures,
+                        "last_error": status.status_file.last_error},
         # not "campaigns": that name carries the acks of the desired property
-        "campaign_state": status.get("campaigns") or None,
+        "campaign_state": status.campaigns or None,
         # not "databases" either: the desired property's ack (agent/remotedb)
-        "database_state": status.get("databases"),
+        "database_state": status.databases,
         # not "software_update": that name carries the ack of the desired property
-        "software_update_state": status.get("software_update"),
+        "software_update_state": status.software_update,
     })
 
 
@@ -75,7 +90,7 @@ def evictions(counters: dict[str, Any]) -> dict[str, dict[str, int]]:
 class Reporter:
     """Publishes the reported doc's changed sections, at most once per `interval_s`."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]], publish: Callable[[dict[str, Any]], Awaitable[None]],
+    def __init__(self, status: Callable[[], StatusDocument], publish: Callable[[dict[str, Any]], Awaitable[None]],
                  *, interval_s: float = 30.0, ready: Callable[[], bool] = lambda: True) -> None:
         self.status = status
         self.publish = publish

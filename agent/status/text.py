@@ -1,73 +1,34 @@
-"""What `vehicle-agent status` shows: the status document of the state directory, and its text.
+"""The text of the status document: `vehicle-agent status` (render) and the terminal's progress line.
 
-The running agent rewrites `status.json` every second; once it stopped, the store file is the
-truth about depth and counters (the last status may be a second stale), read read-only.
+The one place the status document is written for human eyes. `render` reads the JSON a StatusView
+holds (the status file of an agent that may have stopped or be of another version); the progress
+line reads the running agent's typed document.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from agent.health import STATUS_FILE, StatusFileDamaged, losses, not_alive_reason, read_status, status_age
-from agent.store import read_stats
-
-# What a status document that passed read_status's shape check can still hold wrong, deeper down.
-DAMAGE = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
-
-
-@dataclass(slots=True)
-class StatusView:
-    doc: dict[str, Any]
-    alive: bool
-    age: float | None  # seconds since the agent wrote the status; None: no status file
-    damaged: str | None = None  # why the status file was not used (the store file's counters are shown)
-
-
-def gather(state_dir: Path, store_path: Path | None = None) -> StatusView | None:
-    """The status of a state directory; None when no agent ever ran with it (no status, no store).
-    A status file that is not a status document is reported (`damaged`), never a traceback."""
-    try:
-        doc: dict[str, Any] | None = read_status(state_dir)
-    except FileNotFoundError:
-        doc = None
-    except StatusFileDamaged as exc:
-        return _gather(state_dir, store_path, None, str(exc))
-    try:
-        return _gather(state_dir, store_path, doc, None)
-    except DAMAGE as exc:
-        return _gather(state_dir, store_path, None, f"{state_dir / STATUS_FILE}: {type(exc).__name__}: {exc}")
-
-
-def _gather(state_dir: Path, store_path: Path | None, doc: dict[str, Any] | None,
-            damaged: str | None) -> StatusView | None:
-    alive = doc is not None and not_alive_reason(doc) is None
-    if store_path is None:
-        store_path = Path(doc["store"]["path"]) if doc and doc.get("store", {}).get("path") else state_dir / "store.db"
-    if not alive:
-        if doc is None and not store_path.exists() and damaged is None:
-            return None
-        if store_path.exists():
-            try:
-                fresh = read_stats(store_path).as_dict()
-            except sqlite3.Error as exc:
-                fresh = {"error": f"cannot read {store_path}: {exc}"}
-            doc = doc or {"agent": {}, "buses": {}, "sink": {}}
-            doc["store"] = {**doc.get("store", {}), **fresh, "path": str(store_path)}
-            doc["losses"] = losses(doc["store"].get("counters", {}), doc["store"].get("spill", {}), doc["buses"],
-                                   doc.get("sink", {}))
-        doc = doc or {"agent": {}, "buses": {}, "sink": {}, "store": {"error": f"no store at {store_path}"}}
-    assert doc is not None  # alive: read from the status file
-    return StatusView(doc, alive, status_age(doc) if "updated" in doc else None, damaged)
+from agent.health import StatusFileDamaged
+from agent.status.document import StatusDocument
+from agent.status.view import DAMAGE, StatusView
 
 
 def fmt_age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def progress_line(doc: StatusDocument) -> str:
+    """The one line a terminal shows while the agent runs (agent/logs.py keeps log lines off it)."""
+    samples = sum(b.counts.samples for b in doc.buses.values())
+    st = doc.store
+    return (f"{doc.frames_per_s:>8.0f} frames/s | samples kept {samples:>9} | batches stored "
+            f"{st.counters.get('stored_batches', 0):>6} sent {st.counters.get('sent_batches', 0):>6} | "
+            f"store depth {'?' if st.batches is None else st.batches:>4} ({(st.bytes or 0) / 1024:.0f} KiB) | "
+            f"sink {doc.sink.forwarder.state:<9}" + (" | SIMULATED" if doc.simulated else ""))
 
 
 def render(view: StatusView) -> str:
