@@ -10,8 +10,9 @@ a blob SAS token is a secret). What a vehicle's link needs:
   the process was killed) asks for the rest with an HTTP Range. A server that ignores the Range
   gets the file again from the start.
 * Bounded: the declared size is capped (`max_bytes`), a server never writes past it, each read
-  waits at most `timeout_s`, an attempt ends after `deadline_s`, and attempts are capped with the
-  agent's one backoff (`agent.liveness.backoff_delay`). `cancel` stops it between two chunks.
+  waits at most `timeout_s`, an attempt (connect, TLS, the response's headers and its body) ends
+  after `deadline_s`, and attempts are capped with the agent's one backoff
+  (`agent.liveness.backoff_delay`). `cancel` stops it at once, wherever it waits.
 * Atomic: the complete file is checked (size, then SHA-256), fsynced and renamed; a file in the
   store is always whole and right.
 
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import os
@@ -39,7 +41,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import structlog
@@ -47,6 +49,7 @@ from pydantic import AfterValidator
 
 if TYPE_CHECKING:  # requests (and urllib3) cost ~7 MB of RSS: imported at the first download, not at start
     import requests
+    import requests.adapters
 
 from agent.durable import sync_dir
 from agent.liveness import backoff_delay
@@ -261,7 +264,7 @@ def _hasher_of(path: Path, upto: int | None = None) -> hashlib._Hash:
 
 # ------------------------------------------------------------------------------------------ fetch
 def fetch(spec: FileSpec, dest: Path, policy: Policy = Policy(), *, progress: Progress | None = None,
-          cancel: threading.Event | None = None, session: requests.Session | None = None) -> Path:
+          cancel: threading.Event | None = None) -> Path:
     """`dest/<spec.sha256>`, downloaded and verified unless it is there already. Blocking.
 
     Raises DownloadError: `refused` (the spec itself), `size` / `sha256` (the server's file is not
@@ -270,14 +273,14 @@ def fetch(spec: FileSpec, dest: Path, policy: Policy = Policy(), *, progress: Pr
     `timeout` / `busy` error once `policy.attempts` are spent.
     """
     try:
-        return _fetch(spec, dest, policy, progress, cancel, session)
+        return _fetch(spec, dest, policy, progress, cancel)
     except OSError as exc:   # our disk, never the server: a DownloadError like every other failure
         kind: ErrorKind = "space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "disk"
         raise DownloadError(kind, f"the download store's disk: {exc.strerror or type(exc).__name__}") from None
 
 
 def _fetch(spec: FileSpec, dest: Path, policy: Policy, progress: Progress | None,
-           cancel: threading.Event | None, session: requests.Session | None) -> Path:
+           cancel: threading.Event | None) -> Path:
     why = spec.problem(policy.max_bytes)
     if why:
         raise DownloadError("refused", why)
@@ -286,36 +289,28 @@ def _fetch(spec: FileSpec, dest: Path, policy: Policy, progress: Progress | None
     if done is not None:
         return done
     cancel = cancel or threading.Event()
-    own_session = session is None
-    if session is None:
-        import requests
-        session = requests.Session()
     failures = 0
     restarted = False
-    try:
-        while True:
-            try:
-                return _attempt(spec, store, policy, session, progress, cancel)
-            except DownloadError as exc:
-                if exc.kind == "sha256" and not restarted and store.partial(spec.sha256).exists():
-                    # the bytes kept from an earlier attempt may be what is wrong: once more from zero
-                    restarted = True
-                    _remove(store.partial(spec.sha256))
-                    log.warning("download_restarted", url=redact(spec.url), reason="sha256 mismatch after resume")
-                    continue
-                _remove_if_final(exc, store, spec)
-                failures += 1
-                if not exc.retryable or failures >= policy.attempts:
-                    raise
-                delay = exc.retry_after if exc.retry_after is not None else \
-                    backoff_delay(failures, policy.backoff_initial_s, policy.backoff_cap_s)
-                log.info("download_retry", url=redact(spec.url), error=str(exc), attempt=failures,
-                         delay_s=round(delay, 2))
-                if cancel.wait(delay):
-                    raise DownloadError("cancelled", "cancelled") from None
-    finally:
-        if own_session:
-            session.close()
+    while True:
+        try:
+            return _attempt(spec, store, policy, progress, cancel)
+        except DownloadError as exc:
+            if exc.kind == "sha256" and not restarted and store.partial(spec.sha256).exists():
+                # the bytes kept from an earlier attempt may be what is wrong: once more from zero
+                restarted = True
+                _remove(store.partial(spec.sha256))
+                log.warning("download_restarted", url=redact(spec.url), reason="sha256 mismatch after resume")
+                continue
+            _remove_if_final(exc, store, spec)
+            failures += 1
+            if not exc.retryable or failures >= policy.attempts:
+                raise
+            delay = exc.retry_after if exc.retry_after is not None else \
+                backoff_delay(failures, policy.backoff_initial_s, policy.backoff_cap_s)
+            log.info("download_retry", url=redact(spec.url), error=str(exc), attempt=failures,
+                     delay_s=round(delay, 2))
+            if cancel.wait(delay):
+                raise DownloadError("cancelled", "cancelled") from None
 
 
 def _remove(path: Path) -> None:
@@ -329,8 +324,8 @@ def _remove_if_final(exc: DownloadError, store: ContentStore, spec: FileSpec) ->
         _remove(store.partial(spec.sha256))
 
 
-def _attempt(spec: FileSpec, store: ContentStore, policy: Policy, session: requests.Session,
-             progress: Progress | None, cancel: threading.Event) -> Path:
+def _attempt(spec: FileSpec, store: ContentStore, policy: Policy, progress: Progress | None,
+             cancel: threading.Event) -> Path:
     partial = store.partial(spec.sha256)
     partial.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
@@ -347,7 +342,7 @@ def _attempt(spec: FileSpec, store: ContentStore, policy: Policy, session: reque
             free = shutil.disk_usage(partial.parent).free
             if free < spec.size - have:
                 raise DownloadError("space", f"{spec.size - have} bytes needed, {free} free")
-            have = _transfer(spec, f, have, policy, session, progress, cancel)
+            have = _transfer(spec, f, have, policy, progress, cancel)
         if have != spec.size:
             raise DownloadError("size", f"size mismatch: got {have} bytes, expected {spec.size}")
         f.flush()
@@ -362,9 +357,13 @@ def _attempt(spec: FileSpec, store: ContentStore, policy: Policy, session: reque
     return final
 
 
-def _transfer(spec: FileSpec, f: io.BufferedRandom, have: int, policy: Policy, session: requests.Session,
+def _transfer(spec: FileSpec, f: io.BufferedRandom, have: int, policy: Policy,
               progress: Progress | None, cancel: threading.Event) -> int:
-    """Append the rest of the file to `f` (open at `have` bytes); returns the bytes present after."""
+    """Append the rest of the file to `f` (open at `have` bytes); returns the bytes present after.
+
+    One session (one connection pool) an attempt: every socket it opens is this attempt's, and the
+    watchdog cuts them all, whether the attempt waits on connecting, on TLS, on the response's
+    headers or on its body."""
     import requests
     import urllib3.exceptions
     from urllib3.exceptions import ReadTimeoutError
@@ -373,56 +372,61 @@ def _transfer(spec: FileSpec, f: io.BufferedRandom, have: int, policy: Policy, s
     if have:
         headers["Range"] = f"bytes={have}-"
     started = time.monotonic()
-    try:
-        response = session.get(spec.url, headers=headers, stream=True, timeout=policy.timeout_s,
-                               verify=str(policy.ca_file) if policy.ca_file else True,
-                               hooks={"response": _https_redirects_only})
-    except requests.exceptions.SSLError:
-        raise DownloadError("network", f"{redact(spec.url)}: TLS verification failed") from None
-    except requests.exceptions.Timeout:
-        raise DownloadError("timeout", f"{redact(spec.url)}: no answer within {policy.timeout_s:g} s") from None
-    except requests.exceptions.RequestException as exc:
-        raise DownloadError("network", f"{redact(spec.url)}: {type(exc).__name__}") from None
-    with response, _cut_when_stopped(response, cancel, started + policy.deadline_s):
-        if urlsplit(response.url).scheme != "https":
-            raise DownloadError("refused", f"{redact(spec.url)}: redirected to a URL that is not https")
-        have = _position(response, spec, have, f)
-        if progress is not None:
-            progress(have, spec.size)
 
-        def stopped() -> None:
-            """Cancelled or past the deadline (also why the watchdog may have cut the connection)."""
-            if cancel.is_set():
-                raise DownloadError("cancelled", "cancelled")
-            if time.monotonic() - started > policy.deadline_s:
-                f.flush()
-                raise DownloadError("timeout", f"{redact(spec.url)}: not complete within {policy.deadline_s:g} s "
-                                               f"({have} of {spec.size} bytes)")
-        try:
-            # read1: what one read of the socket brings, so the bytes before a cut are kept for the resume
-            while chunk := response.raw.read1(CHUNK_BYTES, decode_content=False):
-                if have + len(chunk) > spec.size:
-                    raise DownloadError("size", f"size mismatch: the server sends more than {spec.size} bytes")
-                f.write(chunk)
-                have += len(chunk)
-                if progress is not None:
-                    progress(have, spec.size)
-                stopped()
-            if have < spec.size:
-                stopped()
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+    def stopped() -> None:
+        """Cancelled or past the deadline (also why the watchdog may have cut the connection)."""
+        if cancel.is_set():
+            raise DownloadError("cancelled", "cancelled")
+        if time.monotonic() - started > policy.deadline_s:
             f.flush()
+            raise DownloadError("timeout", f"{redact(spec.url)}: not complete within {policy.deadline_s:g} s "
+                                           f"({have} of {spec.size} bytes)")
+
+    with _watched_attempt(cancel, started + policy.deadline_s), requests.Session() as session:
+        session.mount("https://", _watched_adapter()())
+        try:
+            response = session.get(spec.url, headers=headers, stream=True, timeout=policy.timeout_s,
+                                   verify=str(policy.ca_file) if policy.ca_file else True,
+                                   hooks={"response": _https_redirects_only})
+        except requests.exceptions.RequestException as exc:
             stopped()
-            timed_out = isinstance(exc, ReadTimeoutError) or (bool(exc.args) and isinstance(exc.args[0],
-                                                                                           ReadTimeoutError))
-            kind: ErrorKind = "timeout" if timed_out else "network"
-            raise DownloadError(kind, f"{redact(spec.url)}: interrupted at {have} of {spec.size} bytes "
-                                      f"({type(exc).__name__})") from None
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DownloadError("space", "the disk is full") from None
-            raise
-        f.flush()
+            where = redact(spec.url)
+            if isinstance(exc, requests.exceptions.SSLError):
+                raise DownloadError("network", f"{where}: TLS verification failed") from None
+            if isinstance(exc, requests.exceptions.Timeout):
+                raise DownloadError("timeout", f"{where}: no answer within {policy.timeout_s:g} s") from None
+            raise DownloadError("network", f"{where}: {type(exc).__name__}") from None
+        with response:
+            if urlsplit(response.url).scheme != "https":
+                raise DownloadError("refused", f"{redact(spec.url)}: redirected to a URL that is not https")
+            have = _position(response, spec, have, f)
+            if progress is not None:
+                progress(have, spec.size)
+            try:
+                # read1: what one read of the socket brings, so the bytes before a cut are kept for the resume
+                while chunk := response.raw.read1(CHUNK_BYTES, decode_content=False):
+                    if have + len(chunk) > spec.size:
+                        raise DownloadError("size", f"size mismatch: the server sends more than {spec.size} bytes")
+                    f.write(chunk)
+                    have += len(chunk)
+                    if progress is not None:
+                        progress(have, spec.size)
+                    stopped()
+                if have < spec.size:
+                    stopped()
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+                f.flush()
+                stopped()
+                timed_out = isinstance(exc, ReadTimeoutError) or (bool(exc.args) and isinstance(exc.args[0],
+                                                                                               ReadTimeoutError))
+                kind: ErrorKind = "timeout" if timed_out else "network"
+                raise DownloadError(kind, f"{redact(spec.url)}: interrupted at {have} of {spec.size} bytes "
+                                          f"({type(exc).__name__})") from None
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DownloadError("space", "the disk is full") from None
+                raise
+            f.flush()
     if have < spec.size:   # the server ended the body early: the link, or a smaller file (retries tell)
         raise DownloadError("network", f"{redact(spec.url)}: ended at {have} of {spec.size} bytes")
     return have
@@ -443,29 +447,108 @@ def _https_redirects_only(response: requests.Response, *args: object, **kwargs: 
         raise DownloadError("refused", f"{redact(response.url)}: redirected to a URL that is not https (not followed)")
 
 
+class _Watch:
+    """The sockets of one attempt, shut down once it is cancelled or past its deadline. A read waits
+    for a whole chunk, and a server trickling a byte within every read timeout (its TLS handshake,
+    its response's headers or its body) would hold it, the thread, and the agent's exit, which joins
+    it, for as long as it liked; cut, the read ends at once.
+
+    It keeps a duplicate of each socket's descriptor: TLS takes the socket's own descriptor over
+    (the object urllib3 created is left closed), and a descriptor of our own cannot be closed and
+    reused for another file under the watchdog. Shutting the duplicate down ends the connection
+    for every descriptor of it; the duplicates are closed with the attempt."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+        self.cut = False
+        self.lock = threading.Lock()
+
+    def add(self, sock: socket.socket) -> None:
+        with self.lock:
+            dup = sock.dup()
+            self.sockets.append(dup)
+            if not self.cut:
+                return
+        _shut(dup)   # opened after the cut: it ends as well
+
+    def cut_all(self) -> None:
+        with self.lock:
+            self.cut = True
+            for sock in self.sockets:
+                _shut(sock)
+
+    def close(self) -> None:
+        with self.lock:
+            for sock in self.sockets:
+                sock.close()
+            self.sockets.clear()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)   # the connection, under TLS's back: a read waiting on it ends
+
+
+_ATTEMPT = threading.local()   # .watch: the _Watch of the attempt this thread runs (sockets register there)
+
+
 @contextlib.contextmanager
-def _cut_when_stopped(response: requests.Response, cancel: threading.Event, until: float) -> Iterator[None]:
-    """Shut the response's socket down once `cancel` is set or `until` (monotonic) passes. A read
-    waits for a whole chunk, and a server trickling a byte within every read timeout would hold it
-    (and the thread, and the agent's exit, which joins it) for as long as it likes; cut, it ends."""
-    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-    if sock is None:
-        yield
-        return
+def _watched_attempt(cancel: threading.Event, until: float) -> Iterator[_Watch]:
+    """A watchdog over every socket this thread opens meanwhile (see _watched_adapter): all are shut
+    down once `cancel` is set or `until` (monotonic) passes."""
+    watch = _Watch()
     done = threading.Event()
 
-    def watch() -> None:
+    def watchdog() -> None:
         while not done.wait(0.2):
             if cancel.is_set() or time.monotonic() > until:
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)   # the fd, under TLS's back: the read ends
+                watch.cut_all()
                 return
 
-    threading.Thread(target=watch, name="download-watchdog", daemon=True).start()
+    _ATTEMPT.watch = watch
+    threading.Thread(target=watchdog, name="download-watchdog", daemon=True).start()
     try:
-        yield
+        yield watch
     finally:
         done.set()
+        _ATTEMPT.watch = None
+        watch.close()
+
+
+@functools.cache
+def _watched_adapter() -> type[requests.adapters.HTTPAdapter]:
+    """requests' HTTPS adapter whose connections register their socket with the running attempt's
+    watch the moment it is created (before connecting through a proxy, TLS and the request), so the
+    deadline covers the whole attempt. Built at the first download: requests is imported lazily."""
+    import requests.adapters
+    from urllib3.connection import HTTPSConnection
+    from urllib3.connectionpool import HTTPSConnectionPool
+    from urllib3.poolmanager import PoolManager
+
+    class WatchedConnection(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:   # urllib3's one place that creates the TCP socket
+            sock = super()._new_conn()
+            watch = getattr(_ATTEMPT, "watch", None)
+            if watch is not None:
+                watch.add(sock)
+            return sock
+
+    class WatchedPool(HTTPSConnectionPool):
+        ConnectionCls = WatchedConnection
+
+    def watched(manager: PoolManager) -> PoolManager:
+        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": WatchedPool}
+        return manager
+
+    class WatchedAdapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            watched(self.poolmanager)
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:   # HTTPS_PROXY: CONNECT tunnels
+            return watched(super().proxy_manager_for(proxy, **kwargs))
+
+    return WatchedAdapter
 
 
 def _position(response: requests.Response, spec: FileSpec, have: int, f: io.BufferedRandom) -> int:

@@ -77,6 +77,7 @@ class Behaviour:
     content_length: int | None = None  # claim this Content-Length
     location: str | None = None        # answer 302 with this Location
     gzip: bool = False                 # send the file gzip-compressed (Content-Encoding: gzip), whatever was asked
+    header_bytes_per_s: float | None = None  # trickle the response's headers (and never end them)
 
 
 @dataclass
@@ -147,6 +148,9 @@ class HttpsServer:
             b = self.behaviour.get(parts.path) or Behaviour()
             status = b.statuses.pop(0) if b.statuses else None
             cut, b.cut_after = b.cut_after, None
+        if b.header_bytes_per_s is not None:
+            self._trickle_headers(h, req, b.header_bytes_per_s)
+            return
         if b.location is not None:
             req.status = 302
             h.send_response(302)
@@ -202,6 +206,23 @@ class HttpsServer:
         if cut is not None:
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
+
+
+    def _trickle_headers(self, h: http.server.BaseHTTPRequestHandler, req: Request, rate: float) -> None:
+        """A status line and then one endless header, a byte at a time: each byte within any read
+        timeout, the headers never complete. Until the client goes away or the server stops."""
+        req.status = 200
+        head = b"HTTP/1.1 200 OK\r\nX-Slow: "
+        try:
+            for i in range(10**9):
+                if self.stopping.is_set():
+                    break
+                h.wfile.write(head[i:i + 1] if i < len(head) else b"a")
+                h.wfile.flush()
+                time.sleep(1 / rate)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            pass
+        h.close_connection = True
 
 
 class ConnectProxy:

@@ -361,6 +361,38 @@ def test_a_trickling_server_meets_the_deadline(server: HttpsServer, tmp_path: Pa
     assert "not complete within 1 s" in str(outcome[0])
 
 
+def _headers_trickled(server: HttpsServer, tmp_path: Path, policy: Policy,
+                      cancel: threading.Event | None = None) -> tuple[threading.Thread, list[BaseException]]:
+    """A fetch in a thread from a server that sends its response's headers a byte at a time."""
+    data = blob(10_000)
+    server.put("/slow-head.dbc", data)
+    server.behave("/slow-head.dbc", header_bytes_per_s=20)
+    return _fetch_in_thread(spec_of(server, "/slow-head.dbc", data), tmp_path / "store", policy, cancel)
+
+
+def test_a_server_trickling_its_headers_meets_the_deadline(server: HttpsServer, tmp_path: Path) -> None:
+    """The deadline covers the whole attempt: a server that sends its response's headers a byte at a
+    time (each within the read timeout) held the attempt for as long as it liked, the watchdog only
+    started once the headers were read."""
+    policy = Policy(ca_file=server.ca_file, timeout_s=5, deadline_s=1, attempts=1)
+    thread, outcome = _headers_trickled(server, tmp_path, policy)
+    thread.join(60)   # a hang guard only: the attempt ends about a second in
+    assert not thread.is_alive(), "the download outlived its deadline by a minute"
+    assert isinstance(outcome[0], DownloadError) and outcome[0].kind == "timeout", outcome
+    assert str(outcome[0]).startswith(f"{server.url('/slow-head.dbc')}: not complete within 1 s ("), outcome
+    assert server.requests[0].status == 200, "the server was trickling, the client did get through"
+
+
+def test_cancel_reaches_a_download_waiting_for_headers(server: HttpsServer, policy: Policy, tmp_path: Path) -> None:
+    cancel = threading.Event()
+    thread, outcome = _headers_trickled(server, tmp_path, policy, cancel)
+    wait_for(lambda: server.requests, timeout=20, what="the request")
+    cancel.set()
+    thread.join(60)
+    assert not thread.is_alive(), "a cancelled download went on waiting for headers"
+    assert isinstance(outcome[0], DownloadError) and outcome[0].kind == "cancelled", outcome
+
+
 def test_cancel_reaches_a_trickling_download(server: HttpsServer, policy: Policy, tmp_path: Path) -> None:
     data = blob(200_000)
     server.put("/trickle.dbc", data)

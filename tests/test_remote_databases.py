@@ -308,6 +308,30 @@ async def test_hostile_files_never_stall_collection(tmp_path: Path, server: Http
     assert len([r for r in rows if r["signal"] == "CoolantTemp"]) == car.sent
 
 
+async def test_a_server_trickling_its_headers_costs_one_attempt_and_collection_goes_on(
+        tmp_path: Path, server: HttpsServer) -> None:
+    """The file server sends its response's headers a byte at a time: each attempt ends at
+    deadline_s (it waited for as long as the server liked), the round fails and is retried, frames
+    are collected meanwhile, and the version arrives once the server answers properly."""
+    agent = make_agent(tmp_path, base_config(tmp_path, server, "rdb-slowhead", deadline_s=1))
+    task, car = await running(agent, "rdb-slowhead")
+    server.behave("/slowhead/edge.dbc", header_bytes_per_s=20)
+    try:
+        agent.desired.handle({"$version": 2, "databases": offer(server, "slowhead", RENAMED)}, full=False)
+        ack = await car.drive_until(lambda: "download failed" in db_ack(agent).get("ad", "") and db_ack(agent),
+                                    "a failed round")
+        assert ack["ac"] == 202 and "edge.dbc: " in ack["ad"] and "not complete within 1 s" in ack["ad"], ack
+        await car.drive(100)
+        await car.all_counted()
+        server.behave("/slowhead/edge.dbc")
+        await car.drive_until(lambda: db_ack(agent).get("ac") == 200, "the version active")
+        await car.all_counted()
+    finally:
+        await stopped(task, car)
+    state = agent.status()["databases"]
+    assert state["download_failures"] >= 1 and state["active_version"] == "slowhead" and state["downloads"] == 1
+
+
 async def test_a_newer_version_cancels_the_older_download_and_only_the_newest_is_swapped_in(
         tmp_path: Path, server: HttpsServer) -> None:
     """The cloud sends v2 while v1 (3 MB at 100 KB/s: 30 s) is downloading: v1's download stops at
