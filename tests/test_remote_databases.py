@@ -269,9 +269,51 @@ async def test_during_the_watch_the_kernel_filter_passes_the_ids_the_new_files_d
         await until(lambda: agent.status()["databases"]["known_good_version"] == "wrong-ecu",
                     what="the watch over (no traffic: after watch_max_s)")
         assert 292 in source.wanted and ENGINE.frame_id not in source.wanted
+        saved = json.loads((tmp_path / "state" / "databases" / "state.json").read_text())
+        assert saved["watch_ids"] == {}, "a restart after the watch passes the policy's ids alone"
     finally:
         agent.stop.set()
         await asyncio.wait_for(task, 60)
+
+
+def test_a_restart_during_the_watch_keeps_the_ids_the_previous_files_knew_in_the_kernel_filter(
+        tmp_path: Path, server: HttpsServer) -> None:
+    """The filter set of the test above, across a real restart of the agent process during the watch:
+    the version is still on probation, so its filter passes the dropped id again (it passed only the
+    new files' ids: a DBC for another ECU release restarted into a watch that could not see it)."""
+    base = base_config(tmp_path, server, "rdbmiss1", watch_max_s=600)
+    base["buses"][0]["interface"] = "socketcan"
+    config = tmp_path / "agent.yaml"
+    config.write_text(yaml.safe_dump(base))
+    state = tmp_path / "state"
+    write_desired(state, {"$version": 2, "databases": offer(server, "wrong-ecu", WRONG_ECU)})
+    new_ids = {m.frame_id for m in cantools.database.load_string(WRONG_ECU.decode()).messages}
+    assert ENGINE.frame_id not in new_ids
+
+    def filter_ids(proc: subprocess.Popen) -> int | None:
+        """The bus's filter size once the process runs the version on probation."""
+        try:
+            doc = json.loads((state / "status.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        db = doc["databases"]
+        ok = doc["agent"]["pid"] == proc.pid and db["active_version"] == "wrong-ecu" and db["watching"]
+        return doc["buses"]["pt"].get("filter_ids") if ok else None
+
+    for run in ("first", "restarted"):
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--no-progress"],
+                                cwd=ROOT, env={**os.environ, "VEHICLE_AGENT_LOG_FORMAT": "json"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda p=proc: filter_ids(p) == len(new_ids) + 1, timeout=90,
+                     what=f"{run}: the filter passing the new files' ids and the one they dropped")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
+        saved = json.loads((state / "databases" / "state.json").read_text())
+        assert saved["watch_ids"] == {"pt": [ENGINE.frame_id]}, saved
+    assert [r.path for r in server.requests] == ["/wrong-ecu/edge.dbc"], "the restart used the version on disk"
 
 
 async def test_hostile_files_never_stall_collection(tmp_path: Path, server: HttpsServer) -> None:
@@ -538,6 +580,23 @@ def test_a_damaged_state_file_means_the_local_files(tmp_path_factory: pytest.Tem
     (root / "state.json").write_bytes(raw)
     state = Versions(root).load()
     assert state.active is None and state.known_good is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(JSON, st.dictionaries(st.text(max_size=5), st.lists(st.integers(-5, 2**30) | st.booleans()
+                                                                     | st.floats() | st.text(max_size=3)))))
+def test_saved_watch_ids_are_can_ids_or_dropped(tmp_path_factory: pytest.TempPathFactory, raw: Any) -> None:
+    """A restart during a watch passes the saved ids to the kernel filter: whatever state.json holds
+    there loads as bus -> valid CAN ids (or nothing), never an error."""
+    from agent.remotedb.versions import Versions
+
+    root = tmp_path_factory.mktemp("st")
+    (root / "state.json").write_bytes(json.dumps({"watch_ids": raw}).encode())
+    state = Versions(root).load()
+    ids = state.watch_ids
+    assert all(isinstance(b, str) and all(type(i) is int and 0 <= i <= 0x1FFFFFFF for i in v) for b, v in ids.items())
+    if isinstance(raw, dict) and state.last_error is None:   # (not JSON the guard reads, e.g. NaN: nothing)
+        assert set(ids) == {b for b, v in raw.items() if isinstance(v, list)}
 
 
 def test_a_name_that_is_the_folder_of_another_is_refused() -> None:

@@ -263,6 +263,10 @@ class RawCanSource(FrameSource):
         else:
             sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, filters)
 
+    def filter_ids(self) -> int | None:
+        """How many ids the kernel filter passes (None: no filter, every frame; status `filter_ids`)."""
+        return None if self.wanted is None or len(self.wanted) > CAN_RAW_FILTER_MAX else len(self.wanted)
+
     def set_wanted_ids(self, ids: set[int] | None) -> None:
         self.wanted = None if ids is None else set(ids)
         if self.sock is not None and not self._given:
@@ -368,7 +372,7 @@ class RawCanSource(FrameSource):
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "lost_frames": self.kernel_drops, "kernel_drops": self.kernel_drops, "backlog_drops": 0,
-                "unreadable_frames": 0,
+                "unreadable_frames": 0, "filter_ids": self.filter_ids(),
                 "rcvbuf_bytes": self.rcvbuf_bytes, "loss_seen": "socket drop counter (SO_RXQ_OVFL)",
                 **self.health.as_dict()}
 

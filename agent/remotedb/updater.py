@@ -187,6 +187,7 @@ class DatabaseUpdater:
         """The active version cannot be used (found at start): the local files, said so."""
         self.state.active = None
         self.state.last_error = why
+        self.state.watch_ids = {}
         self.watch = None
         self.versions.save()
 
@@ -212,6 +213,10 @@ class DatabaseUpdater:
     async def run(self, stop: asyncio.Event, *, settings: Callable[[], AgentConfig], activator: Activator,
                   buses: Buses) -> None:
         """Until stop: fetch and swap the target, watch the version on probation."""
+        if self.watch is None:
+            self.state.watch_ids = {}
+        elif self.state.watch_ids:   # on probation again after a restart: the filter passes the same ids
+            buses.pass_ids({bus: set(ids) for bus, ids in self.state.watch_ids.items()})
         while not stop.is_set():
             beat()
             if self._clean:   # no download runs here: `_update` is awaited below
@@ -295,11 +300,12 @@ class DatabaseUpdater:
         if version is None:
             self.state.known_good = None
             self.watch = None
+            self._pass(buses, {})
             self._set_ack(200, av, "local database files", None)
             log.info("remote_databases_local")
         else:
             after = buses.known_ids()
-            buses.pass_ids({bus: dropped for bus, ids in before.items() if (dropped := ids - after.get(bus, set()))})
+            self._pass(buses, {bus: dropped for bus, ids in before.items() if (dropped := ids - after.get(bus, set()))})
             snap = _snapshot(buses.counters)
             self.watch = Watch(version, time.monotonic(), snap, self._before(snap))
             self._set_ack(200, av, f"version {version.version} active", doc.redacted() if doc else None)
@@ -395,7 +401,7 @@ class DatabaseUpdater:
                 for what, after, before in (("unknown ids", unknown, before_unknown),
                                              ("decode errors", errors, before_errors)):
                     if after - before > settings.jump:
-                        buses.pass_ids({})
+                        self._pass(buses, {})
                         self._roll_back(activator, f"bus {bus}: {what} {after:.0%} of {frames} frames since the "
                                                    f"swap (before: {before:.0%})")
                         return
@@ -405,9 +411,14 @@ class DatabaseUpdater:
                 or time.monotonic() - watch.started > settings.watch_max_s:
             self.state.known_good = watch.version
             self.watch = None
-            buses.pass_ids({})
+            self._pass(buses, {})
             log.info("remote_databases_known_good", version=watch.version.version)
             self.versions.save()
+
+    def _pass(self, buses: Buses, ids: dict[str, set[int]]) -> None:
+        """The watch's extra receive-filter ids, applied and kept in the state (saved by the caller)."""
+        buses.pass_ids(ids)
+        self.state.watch_ids = {bus: sorted(i) for bus, i in ids.items()}
 
     def _roll_back(self, activator: Activator, why: str) -> None:
         watch = self.watch

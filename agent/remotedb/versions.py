@@ -31,6 +31,7 @@ log = structlog.get_logger()
 
 STATE_FILE = "state.json"
 MAX_REFUSED = 16     # versions remembered as refused (not tried again until the cloud sends another)
+CAN_ID_MAX = 0x1FFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,18 @@ class State:
     refused: dict[str, str] = field(default_factory=dict)   # key -> why (rolled back or refused)
     last_error: str | None = None
     activated_at: float | None = None
+    # during the active version's watch: per bus, the ids the receive filter passes besides the wanted
+    # ones (those the previous files knew and this version dropped); kept so a restart passes them too
+    watch_ids: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _watch_ids(raw: Any) -> dict[str, list[int]]:
+    """Saved watch ids: bus -> CAN ids; anything else in the file is dropped (the filter is then the
+    policy's alone, as it was before ids were saved)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {bus: [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= CAN_ID_MAX]
+            for bus, ids in raw.items() if isinstance(bus, str) and isinstance(ids, list)}
 
 
 class Versions:
@@ -95,7 +108,8 @@ class Versions:
                                refused={str(k): str(v) for k, v in (raw.get("refused") or {}).items()},
                                last_error=raw.get("last_error") if isinstance(raw.get("last_error"), str) else None,
                                activated_at=raw.get("activated_at") if isinstance(raw.get("activated_at"), float)
-                               else None)
+                               else None,
+                               watch_ids=_watch_ids(raw.get("watch_ids")))
         except FileNotFoundError:
             return self.state
         except (OSError, ValueError, AttributeError) as exc:
@@ -120,7 +134,7 @@ class Versions:
         doc = {"active": asdict(s.active) if s.active else None,
                "known_good": asdict(s.known_good) if s.known_good else None,
                "previous": asdict(s.previous) if s.previous else None, "refused": dict(list(s.refused.items())[-MAX_REFUSED:]),
-               "last_error": s.last_error, "activated_at": s.activated_at}
+               "last_error": s.last_error, "activated_at": s.activated_at, "watch_ids": s.watch_ids}
         tmp = self.root / f".{STATE_FILE}.tmp"
         with open(tmp, "wb") as f:
             f.write(orjson.dumps(doc))

@@ -92,7 +92,7 @@ class BusCounts:
 # (agent/can/bus_health.py); a replay's bad lines). tests/test_status_document.py holds it to the sources.
 SOURCE_KEYS = ("state", "last_error", "lost_frames", "kernel_drops", "backlog_drops", "unreadable_frames",
                "rcvbuf_bytes", "tick_ms", "loss_seen", "controller", "errors", "tx_error_counter",
-               "rx_error_counter", "bad_lines")
+               "rx_error_counter", "bad_lines", "filter_ids")
 COUNT_KEYS = _names(BusCounts)
 
 
