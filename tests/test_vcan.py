@@ -9,6 +9,7 @@ frames, receive-queue drops.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -30,6 +31,8 @@ from agent.can.logformats import LogFrame, read_log
 from agent.can.rawcan import CAN_RAW_FD_FRAMES, SOL_CAN_RAW
 from agent.can.source import socketcan_available
 from agent.health import STATUS_FILE
+from agent.twin.local import read_reported, write_desired
+from tests.https_server import HttpsServer
 
 pytestmark = pytest.mark.vcan
 
@@ -405,3 +408,51 @@ def test_simulator_traffic_decodes_like_its_candump_capture(vcan0: str, agents, 
     expected = Counter((m["message"], sig, round(v, 6)) for m in map(json.loads, res.stdout.splitlines())
                        for sig, v in m["signals"].items())
     assert got == expected and sum(got.values()) > 100
+
+
+def test_a_remote_database_for_another_ecu_release_rolls_back_through_the_kernel_filter(
+        vcan0: str, agents, tmp_path: Path) -> None:
+    """Remote databases on real SocketCAN (docs/remote-databases.md): a version that moves EngineData
+    to another id would never show as unknown ids if the kernel filter passed only the new files'
+    ids; during the watch it also passes the ids the previous files knew, so the frames arrive, count
+    as unknown, and the version is rolled back; the local file decodes them again afterwards."""
+    edge = (ROOT / "tests" / "data" / "edge.dbc").read_text()
+    engine = cantools.database.load_string(edge).get_message_by_name("EngineData").frame_id
+    wrong = edge.replace(f"BO_ {engine} ", f"BO_ {engine + 1} ").replace(f"VAL_ {engine} ", f"VAL_ {engine + 1} ")
+    assert cantools.database.load_string(wrong).get_message_by_name("EngineData").frame_id == engine + 1
+    (tmp_path / "dbs").mkdir()
+    (tmp_path / "dbs" / "edge.dbc").write_text(edge)
+    with HttpsServer(tmp_path / "tls") as server:
+        server.put("/wrong/edge.dbc", wrong.encode())
+        agent = agents({"databases_dir": "dbs", "collection": {"default": {"policy": "all"}},
+                        "buses": [{"name": "pt", "interface": "socketcan", "channel": vcan0,
+                                   "databases": ["dbs/edge.dbc"]}],
+                        "remote_databases": {"ca_file": str(server.ca_file), "timeout_s": 30 * SLOW,
+                                             "parse_timeout_s": 120 * SLOW, "watch_max_s": 3600,
+                                             "watch_frames": 10_000}})
+        sender = Sender(vcan0)
+        try:
+            agent.wait(lambda: agent.bus("pt").get("state") == "up", "the bus up")
+            local_filter = agent.bus("pt")["filter_ids"]
+            sender.send_all([(engine, bytes(8), False)] * 60)
+            agent.wait(lambda: agent.bus("pt").get("frames") == 60, "the local file's frames read")
+            write_desired(agent.state, {"$version": 2, "databases": {"version": "wrong", "files": [
+                {"name": "edge.dbc", "url": server.url("/wrong/edge.dbc?sig=secret"),
+                 "sha256": hashlib.sha256(wrong.encode()).hexdigest(), "size": len(wrong.encode())}]}})
+            agent.wait(lambda: agent.status().get("databases", {}).get("watching") is True, "the version on probation",
+                       timeout=120)
+            assert agent.bus("pt")["filter_ids"] == local_filter + 1, "the new id and the one it dropped"
+            sender.send_all([(engine, bytes(8), False)] * 60)
+            agent.wait(lambda: agent.status()["databases"]["rollbacks"] == 1, "the rollback")
+            assert agent.bus("pt")["unknown_ids"] >= 50, "the dropped id's frames reached the agent, as unknown"
+            assert agent.bus("pt")["filter_ids"] == local_filter
+            sender.send_all([(engine, bytes(8), False)] * 10)
+            agent.wait(lambda: agent.bus("pt").get("frames") == 130, "decoded by the local file again")
+            agent.wait(lambda: (read_reported(agent.state).get("databases") or {}).get("ac") == 400, "the ack")
+            ack = read_reported(agent.state)["databases"]
+        finally:
+            sender.close()
+            agent.stop()
+    assert agent.proc.returncode == 0, agent.log[-3000:]
+    assert ack["ac"] == 400 and ack["ad"].startswith("version wrong rolled back: bus pt: unknown ids"), ack
+    assert 50 <= agent.bus("pt")["unknown_ids"] <= 60, "the frames after the rollback decode again"
