@@ -67,6 +67,21 @@ def configure_logging(level: str = "info", fmt: str | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=progress),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    if not any(isinstance(h, LibraryLogs) for h in logging.root.handlers):
+        logging.root.addHandler(LibraryLogs())
+
+
+class LibraryLogs(logging.Handler):
+    """The libraries' own log records (cantools, python-can, the IoT Hub SDK, paho; warnings and up, the
+    root logger's level) as `library_log` events: Python's last-resort handler printed them as plain
+    text lines among the JSON ones, which a container's log collector cannot parse."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger().log(record.levelno, "library_log", logger=record.name, message=record.getMessage(),
+                                       **({"exc_info": record.exc_info} if record.exc_info else {}))
+        except Exception:  # noqa: BLE001 - logging must never raise into the library
+            self.handleError(record)
 
 
 def set_level(level: str) -> None:

@@ -72,6 +72,23 @@ _LINES = st.one_of(
 )
 
 
+def test_a_library_warning_is_a_json_event_too(tmp_path: Path) -> None:
+    """cantools warns through Python's logging (two messages of one name in a file); its last-resort
+    handler printed that as a plain text line among the agent's JSON lines."""
+    dbc = tmp_path / "twice.dbc"
+    dbc.write_text('VERSION ""\nNS_ :\nBS_:\nBU_: ECU\nBO_ 256 Twice: 8 ECU\n SG_ A : 0|8@1+ (1,0) [0|0] "" ECU\n'
+                   'BO_ 257 Twice: 8 ECU\n SG_ B : 0|8@1+ (1,0) [0|0] "" ECU\n')
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({"vehicle_id": "car", "state_dir": str(tmp_path / "state"),
+                                   "buses": [{"name": "pt", "databases": [str(dbc)], "replay": str(DATA / "edge.log")}]}))
+    res = run_cli("run", "--config", str(cfg), "--no-progress", timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    events = [_strict_json(line) for line in res.stderr.splitlines()]
+    library = [e for e in events if e["event"] == "library_log"]
+    assert library and library[0]["level"] == "warning" and library[0]["logger"].startswith("cantools")
+    assert library[0]["message"] == "Overwriting message 'Twice' with 'Twice' in the name to message dictionary."
+
+
 @settings(max_examples=400, deadline=None)
 @given(_LINES)
 def test_any_line_is_a_frame_a_clear_problem_or_nothing(text: str) -> None:
