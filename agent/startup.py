@@ -59,11 +59,11 @@ def _refuse(path: Path, exc: OSError, what: str) -> StartupError:
                         uid=os.getuid(), owner=_owner(path if path.exists() else path.parent), fix=_fix(path))
 
 
-def _try_write(path: Path, folder: bool) -> None:
+def _try_write(path: Path, folder: bool | None) -> None:
     """Write for real (root, ACLs and read-only mounts make `os.access` guess): a folder by creating and
     removing a probe file in it (a file in its place: ENOTDIR), a file opened for appending (a directory
-    in its place: EISDIR)."""
-    if folder:
+    in its place: EISDIR); `folder` None: whichever is there."""
+    if folder or (folder is None and path.is_dir()):
         probe = path / f".write-check-{os.getpid()}"
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
@@ -75,17 +75,20 @@ _MISPLACED = {errno.EISDIR: "a directory where the agent writes a file", errno.E
 
 
 class Writes(NamedTuple):
-    """What `vehicle-agent run` writes: folders, and files (a directory where one goes is a deployment
-    mistake: the store could never be opened, and every batch would be held in memory and lost)."""
+    """What `vehicle-agent run` writes: folders, the store's files (a directory where one goes is a
+    deployment mistake: the store could never be opened, and every batch would be held in memory and
+    lost), and paths whose failed writes are counted instead (the status file)."""
 
     folders: list[Path]
     files: list[Path]
+    counted: list[Path]
 
 
 def check_writable(writes: Writes) -> None:
     """The existing folders and files the agent writes (state directory, store and its -wal/-shm,
     outbox) must be writable by this user; a disk fault is only warned about (the spill rides it out)."""
-    for path, folder in [*((p, True) for p in writes.folders), *((p, False) for p in writes.files)]:
+    kinds: dict[bool | None, list[Path]] = {True: writes.folders, False: writes.files, None: writes.counted}
+    for path, folder in [(path, folder) for folder, paths in kinds.items() for path in paths]:
         if not path.exists():
             continue
         try:
@@ -168,7 +171,7 @@ def prepare_state_dir(state_dir: Path, writes: Writes) -> StateLock:
             raise StartupError("state_dir_unusable", path=str(state_dir), problem="not a directory",
                                uid=os.getuid(), owner=_owner(state_dir), fix=f"remove {state_dir} or set state_dir")
         return StateLock(state_dir)  # a read-only disk without it: nothing to lock, the spill keeps batches
-    check_writable(Writes([state_dir, *writes.folders], writes.files))
+    check_writable(writes._replace(folders=[state_dir, *writes.folders]))
     lock = StateLock(state_dir)
     lock.acquire()
     return lock
@@ -198,7 +201,7 @@ def agent_writes(cfg: AgentConfig) -> Writes:
     """What `vehicle-agent run` writes under its configuration, for `check_writable`."""
     store = cfg.state_path(cfg.store.path)
     folders = [store.parent, *([cfg.state_path(cfg.sink.path)] if cfg.sink.type == "file" else [])]
-    return Writes(folders, [store, Path(f"{store}-wal"), Path(f"{store}-shm"), cfg.resolve(cfg.state_dir) / STATUS_FILE])
+    return Writes(folders, [store, Path(f"{store}-wal"), Path(f"{store}-shm")], [cfg.resolve(cfg.state_dir) / STATUS_FILE])
 
 
 def process_age_s() -> float | None:
