@@ -196,3 +196,23 @@ def test_a_negative_frame_id_is_refused_at_load(tmp_path: Path) -> None:
     res = run_cli("check-config", str(cfg))
     assert res.returncode == 2
     assert f"buses[0].databases[0]: {kcd}: frame id -5 of message Minus is not a CAN id" in res.stdout + res.stderr
+
+
+def test_a_database_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a byte order mark; cantools reads DBC and SYM files as cp1252, where
+    the mark was a syntax error at line 1, column 1 ("ï»¿VERSION"), and the repairs of --no-strict read
+    the text the same way."""
+    frame = format_candump(1_700_000_000, "can0", 0x64, bytes(range(1, 9))) + "\n"
+    dbc = tmp_path / "bom.dbc"
+    dbc.write_bytes(b"\xef\xbb\xbf" + (DBC_HEAD + 'BO_ 100 M: 8 ECU\r\n SG_ S : 0|8@1+ (1,0) [0|0] "" ECU\r\n'
+                                       'BO_ 2100 Wide: 8 ECU\r\n SG_ W : 0|8@1+ (1,0) [0|0] "" ECU\r\n'
+                                       'CM_ SG_ 100 S "Drehzahl Motor ü";\r\n').encode())
+    res = run_cli("decode", "--no-strict", "--dbc", str(dbc), input=frame)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["signals"] == {"S": 1}
+    sym = tmp_path / "bom.sym"
+    sym.write_bytes(b'\xef\xbb\xbfFormatVersion=6.0 // Do not edit\nTitle="x"\n{SENDRECEIVE}\n[M]\nID=064h\nLen=8\n'
+                    b'Var=S unsigned 0,8\n')
+    res = run_cli("decode", "--dbc", str(sym), input=frame)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["signals"] == {"S": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import math
 import re
@@ -62,7 +63,7 @@ def load_database(path: Path, strict: bool = True) -> Database:
     repairs: list[str] = []
     try:
         db = _load_lenient(path, repairs) if not strict else \
-            cantools.database.load_file(str(path), database_format=None, strict=True)
+            cantools.database.load_file(str(path), database_format=None, encoding=_encoding(path), strict=True)
     except cantools.database.UnsupportedDatabaseFormatError as exc:
         # cantools tries every format and joins their complaints; keep the one for this file's format.
         text = str(exc)
@@ -152,10 +153,21 @@ def _converts(value: str, kind: str) -> bool:
     return number.is_finite() or (kind == "FLOAT" and not number.is_snan())
 
 
-def _dbc_text(path: Path) -> str:
-    """A DBC file's text as cantools reads it (cp1252)."""
+def _encoding(path: Path) -> str | None:
+    """How to read a file: UTF-8 when it starts with a UTF-8 byte order mark (Windows editors write one;
+    cantools reads DBC and SYM files as cp1252, where the mark is a syntax error at line 1), else
+    cantools' own choice (cp1252 for DBC and SYM, UTF-8 otherwise; XML parsers read a mark themselves)."""
     try:
-        return path.read_text(encoding="cp1252", errors="replace")
+        with open(path, "rb") as fh:
+            return "utf-8-sig" if fh.read(3) == codecs.BOM_UTF8 else None
+    except OSError:
+        return None
+
+
+def _dbc_text(path: Path) -> str:
+    """A DBC file's text as cantools reads it."""
+    try:
+        return path.read_text(encoding=_encoding(path) or "cp1252", errors="replace")
     except OSError:
         return ""
 
@@ -182,7 +194,7 @@ def _load_lenient(path: Path, repairs: list[str]) -> Database | DiagnosticsDatab
     - `VAL_` / `SIG_VALTYPE_` entries of signals no message has are dropped.
     """
     try:
-        return cantools.database.load_file(str(path), database_format=None, strict=False)
+        return cantools.database.load_file(str(path), database_format=None, encoding=_encoding(path), strict=False)
     except Exception as exc:  # noqa: BLE001 - repaired below, or re-raised as it was
         first, reason = exc, _dbc_reason(exc)
         if path.suffix.lower() != ".dbc":
