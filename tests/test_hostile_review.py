@@ -10,7 +10,7 @@ import cantools
 import yaml
 
 from agent.can.logformats import format_candump
-from tests.conftest import run_cli
+from tests.conftest import DATA, run_cli
 
 DBC_HEAD = 'VERSION ""\nNS_ :\nBS_:\nBU_: ECU\n'
 DUPLICATE_NAMES_DBC = DBC_HEAD + """BO_ 2047 Twice: 8 ECU
@@ -216,3 +216,18 @@ def test_a_database_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     res = run_cli("decode", "--dbc", str(sym), input=frame)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout)["signals"] == {"S": 1}
+
+
+def test_the_status_of_an_agent_that_stopped_cleanly_says_nothing_is_wedged(tmp_path: Path) -> None:
+    """The control plane's channel task ends at the stop; its last status then said 'control local: ...,
+    WEDGED (watchdog not fed)' after every clean stop (a replay that ended, SIGTERM)."""
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({"vehicle_id": "done", "state_dir": str(tmp_path / "state"),
+                                   "buses": [{"name": "pt", "databases": [str(DATA / "edge.dbc")],
+                                              "replay": str(DATA / "edge.log")}]}))
+    res = run_cli("run", "--config", str(cfg), "--no-progress", timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = run_cli("status", "--state-dir", str(tmp_path / "state"))
+    assert "control local: local" in text.stdout and "WEDGED" not in text.stdout
+    status = json.loads(run_cli("status", "--state-dir", str(tmp_path / "state"), "--json").stdout)
+    assert status["control"]["healthy"] is True

@@ -88,6 +88,7 @@ class ControlPlane:
         self.last_error: str | None = None
         self._beat = time.monotonic()
         self._task: asyncio.Task | None = None
+        self._stop: asyncio.Event | None = None
 
     # ----------------------------------------------------------------- documents in
     def desired_document(self, doc: Any, *, full: bool, at_connect: bool = False) -> dict[str, Any]:
@@ -141,13 +142,17 @@ class ControlPlane:
         self._beat = time.monotonic()
 
     def healthy(self) -> bool:
-        """False when the channel's task ended or its loop has not turned for HEARTBEAT_STALE_S."""
+        """False when the channel's task ended or its loop has not turned for HEARTBEAT_STALE_S, unless the
+        agent stops (the last status of a stopped agent said its control plane was wedged)."""
+        if self._stop is not None and self._stop.is_set():
+            return True
         if self._task is not None and self._task.done():
             return False
         return time.monotonic() - self._beat < HEARTBEAT_STALE_S
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve the channel and the reporter until stop; a channel that fails is started again."""
+        self._stop = stop
         reporter = asyncio.create_task(self.reporter.run(stop), name="control-reported")
         acks = asyncio.create_task(self._database_acks(stop), name="control-database-acks")
         try:
