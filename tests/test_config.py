@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent.config import ConfigError, build_config, json_schema, load_config
 from agent.config.loading import parse_yaml
-from tests.conftest import CONFIG_DIR, run_cli
+from tests.conftest import CONFIG_DIR, DATA, run_cli
 
 
 def _write(tmp_path: Path, data: dict, edge_dbc: Path) -> Path:
@@ -414,7 +414,7 @@ def test_any_environment_is_a_config_or_a_refusal_that_never_shows_a_value(tmp_p
     folder = tmp_path_factory.mktemp("env")
     path = folder / "agent.yaml"
     path.write_text(yaml.safe_dump({"buses": [{"name": "pt", "interface": "virtual", "channel": "x",
-                                               "databases": [str(CONFIG_DIR / "edge.dbc")]}]}))
+                                               "databases": [str(DATA / "edge.dbc")]}]}))
     try:
         load_config(path, env=env)
     except ConfigError as exc:

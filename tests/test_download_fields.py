@@ -95,3 +95,73 @@ def test_the_documents_words_for_a_bad_url_and_digest() -> None:
     assert refusals(f"https://{USER_SECRET}@/f.bin", GOOD_SHA)["databases"] == [
         "url: must be an https:// URL with a host name"]
     assert refusals(GOOD_URL, GOOD_SHA) == {"databases": [], "software_update": []}
+
+
+DOC = {"version": "2024.06-ecu17", "files": [
+    {"name": "pt/powertrain.dbc", "url": f"https://{USER_SECRET}@blob.example:8443/v/pt.dbc?sig={QUERY_SECRET}",
+     "sha256": "a" * 64, "size": 1234},
+    {"name": "body.kcd", "url": "https://blob.example/v/body.kcd", "sha256": "b" * 64, "size": 99}]}
+
+
+def test_a_databases_document_as_an_ack_repeats_it_and_its_files_as_the_downloader_takes_them() -> None:
+    doc = parse_document(DOC)
+    shown = {"version": "2024.06-ecu17", "files": [
+        {"name": "pt/powertrain.dbc", "url": "https://blob.example:8443/v/pt.dbc", "sha256": "a" * 64, "size": 1234},
+        {"name": "body.kcd", "url": "https://blob.example/v/body.kcd", "sha256": "b" * 64, "size": 99}]}
+    assert doc.redacted() == shown
+    from agent.remotedb.document import redacted_value
+
+    assert redacted_value(DOC) == shown
+    assert redacted_value({**DOC, "version": ""}) is None and redacted_value("v1") is None
+    assert [f.spec() for f in doc.files] == [FileSpec(DOC["files"][0]["url"], "a" * 64, 1234),
+                                              FileSpec("https://blob.example/v/body.kcd", "b" * 64, 99)]
+
+
+def test_a_versions_key_is_its_name_and_what_its_files_are() -> None:
+    key = parse_document(DOC).key
+    assert re.fullmatch(r"2024\.06-ecu17-[0-9a-f]{12}", key)
+    assert parse_document({**DOC, "files": DOC["files"][::-1]}).key == key, "the order files are listed in is no matter"
+    other_url = [{**DOC["files"][0], "url": "https://elsewhere.example/pt.dbc"}, DOC["files"][1]]
+    assert parse_document({**DOC, "files": other_url}).key == key, "where a file comes from is no matter"
+    for change in ({"sha256": "c" * 64}, {"size": 1235}, {"name": "pt/other.dbc"}):
+        files = [{**DOC["files"][0], **change}, DOC["files"][1]]
+        assert parse_document({**DOC, "files": files}).key != key, change
+    assert parse_document({**DOC, "version": "v2"}).key.startswith("v2-")
+
+
+def test_the_edges_of_what_a_file_field_and_a_header_may_be() -> None:
+    from agent.download import (
+        MAX_URL_CHARS,
+        _refuse,
+        header_int,
+        https_url_problem,
+        parse_content_range,
+        parse_retry_after,
+        redact,
+        sha256_problem,
+    )
+
+    longest = "https://h.example/" + "x" * (MAX_URL_CHARS - len("https://h.example/"))
+    assert len(longest) == MAX_URL_CHARS and https_url_problem(longest) is None
+    assert https_url_problem(longest + "x") == f"must be an https:// URL of at most {MAX_URL_CHARS} characters"
+    assert https_url_problem("https://h.example/a b") == "must be an https:// URL without spaces or control characters"
+    assert https_url_problem("ftp://h.example/a") == "must be an https:// URL"
+    assert https_url_problem("http://h.example/a") == "must be an https:// URL, not http://"
+    check = _refuse(sha256_problem)
+    assert check("0" * 64) == "0" * 64
+    with pytest.raises(ValueError, match="^must be 64 lowercase hex digits$"):
+        check("0" * 63)
+
+    spec = FileSpec(GOOD_URL, GOOD_SHA, 10)
+    assert spec.problem(10) is None and FileSpec(GOOD_URL, GOOD_SHA, 1).problem(10) is None
+    assert spec.problem(9) == "size: must be between 1 and 9 bytes"
+    assert FileSpec(GOOD_URL, GOOD_SHA, 0).problem(10) == "size: must be between 1 and 10 bytes"
+
+    assert header_int("9" * 19) == 10**19 - 1 and header_int("1" * 20) is None and header_int(" ") is None
+    assert parse_retry_after(str(10**12 - 1)) == 300.0 and parse_retry_after(str(10**12)) is None
+    for value, why in (("bytes 1-2", "not a byte Content-Range"), ("bytes 5-4/10", "first byte after last byte"),
+                       ("bytes 0-10/10", "last byte beyond the total")):
+        with pytest.raises(ValueError) as err:
+            parse_content_range(value)
+        assert str(err.value) == why, value
+    assert redact("https:///v/f.dbc?sig=S") == "https:///v/f.dbc" and redact("https://[::1/x?sig=S") == "<unparseable url>"

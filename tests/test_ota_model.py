@@ -136,3 +136,39 @@ def test_state_survives_a_restart_and_remembers_finished_ids(tmp_path: Path) -> 
     (tmp_path / "state.json").write_text('{"state": "nonsense"}')
     assert StateFile(tmp_path, 1.0).load().state == "idle"
     assert (tmp_path / "state.damaged").exists()
+
+
+def test_an_install_window_is_two_local_times_or_a_refusal_saying_how() -> None:
+    from datetime import time as dtime
+
+    from agent.ota.model import install_window
+
+    assert install_window("01:30-05:45") == (dtime(1, 30), dtime(5, 45))
+    assert install_window("23:10-00:05") == (dtime(23, 10), dtime(0, 5)), "across midnight"
+    for bad in ("1:30-05:45", "01:30-24:00", "01:60-02:00", "01:30-05:45\n", "01:30 - 05:45"):
+        with pytest.raises(ValueError) as err:
+            install_window(bad)
+        assert str(err.value) == "expected HH:MM-HH:MM in local time, e.g. 01:00-05:00", bad
+    with pytest.raises(ValueError) as err:
+        install_window("02:00-02:00")
+    assert str(err.value) == "start and end are the same time (leave install_window out for any time)"
+
+
+def test_a_signature_is_base64_of_either_alphabet_padded_or_not() -> None:
+    from agent.ota.model import MAX_SIGNATURE_BYTES, signature_bytes
+
+    raw = bytes(range(256)) * 2
+    standard = base64.b64encode(raw).decode()
+    assert "+" in standard and "/" in standard
+    assert signature_bytes(standard) == raw
+    assert signature_bytes(base64.urlsafe_b64encode(raw).decode()) == raw, "URL-safe alphabet (- and _)"
+    assert signature_bytes("-_8") == b"\xfb\xff" and signature_bytes("+/8=") == b"\xfb\xff", "unpadded too"
+    assert signature_bytes("-_-_AQ") == b"\xfb\xff\xbf\x01"
+    assert signature_bytes(base64.b64encode(b"\x01").decode()) == b"\x01", "one byte is a signature's least"
+    assert len(signature_bytes(base64.b64encode(b"s" * MAX_SIGNATURE_BYTES).decode())) == MAX_SIGNATURE_BYTES
+    for text, why in (("c2ln!", "not base64"), ("c2 ln", "not base64"), ("c2ln\n", "not base64"), ("c", "not base64"),
+                      ("", "a signature has 1..1024 bytes"),
+                      (base64.b64encode(b"s" * (MAX_SIGNATURE_BYTES + 1)).decode(), "a signature has 1..1024 bytes")):
+        with pytest.raises(ValueError) as err:
+            signature_bytes(text)
+        assert str(err.value) == why, text

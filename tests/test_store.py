@@ -192,3 +192,123 @@ def test_room_made_by_exactly_the_evictable_batches(tmp_path: Path) -> None:
         s.put(make_batch(2, Priority.low))
         assert [e.id for e in s.put(make_batch(3, Priority.low))] == ["b0002"]
         assert {b.id for b in s.next_batches(10)} == {"b0001", "b0003"}
+
+
+def test_a_campaign_event_and_the_simulated_mark_survive_a_reopen(tmp_path: Path) -> None:
+    """A campaign event's batch carries its description to the cloud; a simulated batch must never read
+    as a vehicle's data: both as they were put, after a restart."""
+    from dataclasses import replace
+
+    path = tmp_path / "s.db"
+    event = {"campaign": "hard-brake", "event_id": "e-1", "trigger_t": 1_750_000_000.5}
+    with Store(path, max_bytes=10**6) as s:
+        s.put(replace(make_batch(1), event=event))
+        s.put(replace(make_batch(2), simulated=True))
+        s.put(make_batch(3))
+    with Store(path, max_bytes=10**6) as s:
+        got = {b.id: b for b in s.next_batches(10)}
+    assert got["b0001"].event == event and got["b0001"].simulated is False
+    assert got["b0002"].simulated is True and got["b0002"].event is None
+    assert got["b0003"].event is None and got["b0003"].simulated is False
+
+
+@pytest.mark.parametrize(("text", "logged"), [("{not json", True), ("{" + "x" * 99, True), ("[1, 2]", False), ("", False)])
+def test_an_unreadable_event_description_reads_as_none_and_the_batch_is_still_sent(
+        tmp_path: Path, text: str, logged: bool) -> None:
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "s.db"
+    with Store(path, max_bytes=10**6) as s:
+        s.put(make_batch(1))
+    db = sqlite3.connect(path)
+    db.execute("UPDATE batches SET event = ?", (text,))
+    db.commit()
+    db.close()
+    with Store(path, max_bytes=10**6) as s, capture_logs() as logs:
+        (got,) = s.next_batches(5)
+    assert got.id == "b0001" and got.event is None and got.payload == make_batch(1).payload
+    said = [e for e in logs if e["event"] == "store_event_unreadable"]
+    assert said == ([{"event": "store_event_unreadable", "log_level": "warning", "text": text[:80]}] if logged else [])
+
+
+def test_a_clock_corrected_while_running_shifts_this_runs_batches(tmp_path: Path) -> None:
+    """NTP corrects a right-looking clock by an hour: what this run stored keeps its real age (no early
+    expiry), counted and logged; nothing is dated as if the clock had been unset."""
+    from structlog.testing import capture_logs
+
+    clock = SettableClock(1_795_700_000.0)
+    with Store(tmp_path / "s.db", max_bytes=10**6, ttl_s={Priority.normal: 1800}, wallclock=clock) as s:
+        s.put(make_batch(1, created=clock()))
+        clock.set(clock() + 3600)
+        with capture_logs() as logs:
+            assert s.expire() == 0, "an hour's step is not an hour of age"
+        (stepped,) = [e for e in logs if e["event"] == "clock_stepped"]
+        assert stepped["batches_shifted"] == 1 and stepped["path"] == str(tmp_path / "s.db")
+        assert abs(stepped["step_s"] - 3600) < 1 and stepped["step_s"] == round(stepped["step_s"], 3)
+        assert not [e for e in logs if e["event"] == "batches_of_unset_clock"]
+        assert clock() - 60 < s.next_batches(1)[0].created <= clock()
+        counters = s.stats().counters
+        assert counters["clock_steps"] == 1 and "batches_dated_after_clock_set" not in counters
+        with capture_logs() as logs:
+            s.put(make_batch(2, created=clock()))
+        assert logs == [] and s.stats().counters["clock_steps"] == 1, "no step: nothing to follow"
+
+
+def test_two_boots_before_the_clock_is_set_keep_every_batch(tmp_path: Path) -> None:
+    """A unit without a real-time clock boots twice before NTP answers: the first boot's batches (an
+    earlier run's, times of an unset clock) are dated when the clock is set, the second boot's shifted
+    by the step; none expires, each counted once."""
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "s.db"
+    with Store(path, max_bytes=10**6, wallclock=SettableClock(946_684_800.0)) as s:
+        s.put(make_batch(1, created=946_684_800.0))
+    clock = SettableClock(946_690_000.0)
+    with Store(path, max_bytes=10**6, ttl_s={Priority.normal: 86400}, wallclock=clock) as s:
+        s.put(make_batch(2, created=clock()))
+        s.put(make_batch(3, created=clock()))
+        assert s.stats().counters.get("batches_dated_after_clock_set", 0) == 0, "nothing is dated while unset"
+        clock.set(1_795_700_000.0)
+        with capture_logs() as logs:
+            assert s.expire() == 0
+        (dated,) = [e for e in logs if e["event"] == "batches_of_unset_clock"]
+        assert dated["batches"] == 1 and dated["path"] == str(path) and dated["action"] == "their age counts from now"
+        assert all(clock() - 60 < b.created <= clock() for b in s.next_batches(10))
+        assert s.stats().counters["batches_dated_after_clock_set"] == 1
+        s.put(make_batch(4, created=clock()))
+        assert s.stats().counters["batches_dated_after_clock_set"] == 1
+
+
+@pytest.mark.parametrize(("asked", "pragma"), [(None, 1), ("NORMAL", 1), ("FULL", 2), ("OFF", 1)])
+def test_the_sync_level_is_full_or_normal(tmp_path: Path, asked: str | None, pragma: int) -> None:
+    """store.synchronous FULL syncs every commit; anything else is NORMAL (never OFF: a power cut
+    must not lose what was acknowledged to the batcher)."""
+    kwargs = {} if asked is None else {"synchronous": asked}
+    with Store(tmp_path / "s.db", max_bytes=10**6, **kwargs) as s:
+        assert s.db.execute("PRAGMA synchronous").fetchone()[0] == pragma
+        assert s.open_error is None
+
+
+def test_the_batch_count_limit_never_evicts_higher_priority(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db", max_bytes=10**6, max_batches=2) as s:
+        s.put(make_batch(1, Priority.high))
+        s.put(make_batch(2, Priority.high))
+        assert [e.id for e in s.put(make_batch(3, Priority.low))] == ["b0003"], "the incoming low batch is evicted"
+        assert [b.id for b in s.next_batches(10)] == ["b0001", "b0002"]
+        assert s.stats().counters["evicted_low_batches"] == 1
+
+
+def test_a_store_in_folders_that_do_not_exist_yet(tmp_path: Path) -> None:
+    """The state folder is made (with its parents) at start, and again when it vanished or could not be
+    made: a file where the folder goes stops the store until it is gone, then the same store opens."""
+    with Store(tmp_path / "a" / "b" / "s.db", max_bytes=10**6) as s:
+        assert s.db is not None and s.open_error is None
+    (tmp_path / "state").write_text("not a folder")
+    s = Store(tmp_path / "state" / "sub" / "s.db", max_bytes=10**6)
+    assert s.db is None and s.open_error is not None
+    with pytest.raises(sqlite3.OperationalError, match="cannot open store"):
+        s.put(make_batch(1))
+    (tmp_path / "state").unlink()
+    s.put(make_batch(1))
+    assert s.open_error is None and [b.id for b in s.next_batches(5)] == ["b0001"]
+    s.close()

@@ -15,6 +15,7 @@ import pytest
 
 from agent.model import Priority
 from agent.store import Store, StoreCorruptError
+from agent.store.sqlite import EXPECTED_COLUMNS
 from tests.conftest import fill_disk
 from tests.test_store import make_batch
 
@@ -44,7 +45,12 @@ def test_corrupt_file_is_moved_aside_and_a_fresh_store_starts(tmp_path: Path, da
         db.commit()
         db.close()
     original = path.read_bytes()
-    with Store(path, max_bytes=10**6) as s:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs, Store(path, max_bytes=10**6) as s:
+        (moved_log,) = [e for e in logs if e["event"] == "store_corrupt_moved_aside"]
+        if damage == "wrong_schema":
+            assert moved_log["reason"] == (f"table batches has columns ('id', 'payload'), expected {EXPECTED_COLUMNS}")
         assert len(s.quarantined) == 1
         moved = s.quarantined[0]
         assert moved.name.startswith("store.db.corrupt-") and moved.read_bytes() == original

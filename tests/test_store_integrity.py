@@ -166,8 +166,12 @@ def test_a_store_written_before_checksums_keeps_working(tmp_path: Path, simulate
     broken = Batch(**{**{f: getattr(broken, f) for f in broken.__dataclass_fields__},
                       "payload": broken.payload[:10] + b"\0" * 16 + broken.payload[26:]})
     _legacy_store(path, [good[0], broken, good[1]], simulated_column=simulated_column)
-    with Store(path, max_bytes=10**6) as s:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs, Store(path, max_bytes=10**6) as s:
         assert s.quarantined == [], "an old store is migrated, not moved aside"
+        assert [(e["path"], e["batches"], e["quarantined"]) for e in logs if e["event"] == "store_checksums_added"] == [
+            (str(path), 2, 1)]
         got = s.next_batches(10)
         assert [b.payload for b in got] == [b.payload for b in good]
         st = s.stats()

@@ -46,7 +46,8 @@ EXACT_K = "(not collector_keeps or extreme or edge.dbc-per-message-labels or edg
 # module -> (files to mutate, the fast tests (and pytest selection) that should catch their mutants):
 # in-process tests of seconds, no broker, no agent process, hypothesis with few examples.
 MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "store": (["agent/store/*"], ["tests/test_store.py", "tests/test_store_faults.py", "tests/test_store_integrity.py"]),
+    "store": (["agent/store/*"], ["tests/test_store.py", "tests/test_store_faults.py", "tests/test_store_integrity.py",
+                                  "tests/test_store_spill.py", "tests/test_store_wal.py", "tests/test_store_status.py"]),
     "codec": (["agent/codec/*"], ["tests/test_codec_batcher.py", "tests/test_pipeline_properties.py",
                                   "-k", "not random_layouts and not previous_wire_version"]),
     "batcher": (["agent/batcher.py"], ["tests/test_codec_batcher.py", "tests/test_window.py"]),
@@ -58,9 +59,31 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     # database takes cantools 10 s to load: the listed cases stand in
     "desired": (["agent/twin/desired.py"], ["tests/test_desired.py", "tests/test_control.py",
                                             "-k", "not hostile and not sloppy"]),
+    # the parsers of what the cloud sends: files it names, the remote databases and software update
+    # documents, the campaign expression language; and the environment's VEHICLE_AGENT_* names
+    "download": (["agent/download.py"], ["tests/test_download_fields.py", *(f"tests/test_download.py::test_{name}" for name in (
+        "content_range_round_trips", "content_range_is_total", "retry_after_is_bounded", "header_numbers_are_ascii_decimals",
+        "redact_never_shows_the_query_or_credentials", "redact_is_total"))]),
+    "databases_doc": (["agent/remotedb/document.py"], ["tests/test_download_fields.py", *(
+        f"tests/test_remote_databases.py::test_{name}" for name in (
+            "any_databases_value_is_a_document_or_a_refusal_that_never_shows_a_secret",
+            "a_name_that_is_the_folder_of_another_is_refused"))]),
+    "ota_model": (["agent/ota/model.py"], ["tests/test_ota_model.py", "tests/test_download_fields.py"]),
+    "environment": (["agent/config/environment.py"], ["tests/test_environment.py",
+                    "tests/test_config.py::test_any_environment_is_a_config_or_a_refusal_that_never_shows_a_value"]),
+}
+# Modules scored on some of their functions only (mutmut name patterns, as `changed_functions` makes them):
+# the parsers of a file whose other functions only slow tests reach (download.py's HTTP client, against
+# the local HTTPS server). Unlisted modules are scored whole.
+FUNCTIONS: dict[str, list[str]] = {
+    "download": [f"agent.download.x_{name}__mutmut_*" for name in ("https_url_problem", "sha256_problem", "_refuse",
+                                                                    "redact", "parse_content_range",
+                                                                    "parse_retry_after", "header_int")]
+    + ["agent.download.xǁFileSpecǁproblem__mutmut_*"],
 }
 # The least score (percent) each module must keep; measured scores are in docs/testing.md.
-FLOORS = {"store": 30, "codec": 50, "batcher": 70, "collect": 85, "decode": 75, "desired": 65}
+FLOORS = {"store": 90, "codec": 50, "batcher": 70, "collect": 85, "decode": 75, "desired": 65,
+          "download": 70, "databases_doc": 20, "ota_model": 60, "environment": 70}
 KILLED = {"killed", "timeout", "segfault", "suspicious"}  # the tests noticed
 
 
@@ -102,6 +125,13 @@ def changed_functions(module: str, base: str) -> list[str]:
                     patterns.append(f"{dotted}.x_{fn.name}__mutmut_*" if cls is None else
                                     f"{dotted}.xǁ{cls}ǁ{fn.name}__mutmut_*")
     return patterns
+
+
+def in_selection(module: str, patterns: list[str]) -> list[str]:
+    """The name patterns of `patterns` that a module scored on some functions only (FUNCTIONS) scores."""
+    if module not in FUNCTIONS:
+        return patterns
+    return [p for p in patterns if any(fnmatch.fnmatch(p.replace("*", "1"), f) for f in FUNCTIONS[module])]
 
 
 def scratch_copy(module: str) -> Path:
@@ -210,7 +240,7 @@ def run_module(module: str, mutmut: list[str], children: int, show: bool, report
     run = None if report else run_mutmut([*mutmut, "run", "--max-children", str(children), *(only or [])],
                                          work, env, cap_s)
     if run is not None and run.returncode != 0 and only and "nothing matches" in run.stdout + run.stderr:
-        line = f"mutation {module} ({len(only)} changed functions): mutmut makes no mutant of them"
+        line = f"mutation {module} ({len(only)} functions): mutmut makes no mutant of them"
         return 100.0, line
     if run is not None and run.returncode != 0:
         sys.stderr.write(run.stdout[-3000:] + run.stderr[-3000:])
@@ -233,7 +263,7 @@ def run_module(module: str, mutmut: list[str], children: int, show: bool, report
     counted = len(status) - len(accepted)
     score = 100.0 * killed / counted if counted else math.nan if unchecked else 100.0
     no_tests = sum(status[n] == "no tests" for n in survivors)
-    scope = f" ({len(only)} changed functions)" if only else ""
+    scope = f" ({len(only)} functions)" if only else ""
     shown = "NOT MEASURED" if math.isnan(score) else f"{score:.1f}%"
     line = (f"mutation {module}{scope}: {shown} ({killed} killed of {counted}; {len(survivors) - no_tests} survived, "
             f"{no_tests} reached by no fast test, {len(accepted)} accepted equivalent"
@@ -272,11 +302,13 @@ def main() -> int:
                         help="start no further module once this many seconds have passed (said loudly)")
     args = parser.parse_args()
     modules = args.modules or list(MODULES)
-    only: dict[str, list[str] | None] = {m: None for m in modules}
+    only: dict[str, list[str] | None] = {m: FUNCTIONS.get(m) for m in modules}
     if args.changed:
-        only = {m: changed_functions(m, args.changed) for m in modules if m in changed_modules(args.changed)}
+        only = {m: in_selection(m, changed_functions(m, args.changed)) for m in modules
+                if m in changed_modules(args.changed)}
         for m in [m for m, patterns in only.items() if not patterns]:
-            print(f"mutation {m}: changed since {args.changed}, but no function of it: nothing to mutate")
+            print(f"mutation {m}: changed since {args.changed}, but no function of it that it is scored on: "
+                  "nothing to mutate")
             del only[m]
         modules = list(only)
         if not modules:
