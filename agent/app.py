@@ -299,9 +299,8 @@ class Agent:
         while not self.stop.is_set():
             beat()
             doc = self.status_document()
-            as_json = doc.to_dict()
-            self._write_status(as_json, "running")
-            self.summary.observe(as_json)
+            self._write_status(doc.to_dict(), "running")
+            self.summary.observe(doc)
             if self.progress:
                 logs.progress.show(progress_line(doc))
             with contextlib.suppress(TimeoutError):

@@ -13,28 +13,30 @@ from typing import Any
 
 import structlog
 
+from agent.status.document import StatusDocument
+
 log = structlog.get_logger()
 
-# Per-bus counters summed over the buses: frames the kernel dropped, and problems of the bus.
-BUS_KEYS = ("kernel_drops", "backlog_drops", "unreadable_frames", "decode_errors", "error_frames")
+# What a bus's source counts as frames it lost (of agent.status.document.SOURCE_KEYS), summed over the buses.
+SOURCE_DROPS = ("kernel_drops", "backlog_drops", "unreadable_frames")
 # batches or frames lost
-DROPS = ("evicted", "expired", "spill_dropped", "kernel_drops", "backlog_drops", "unreadable_frames")
+DROPS = ("evicted", "expired", "spill_dropped", *SOURCE_DROPS)
 ERRORS = ("decode_errors", "error_frames")
 
 
-def _totals(doc: dict[str, Any]) -> dict[str, int]:
+def _totals(doc: StatusDocument) -> dict[str, int]:
     """The status document's monotonic counters this line reports differences of."""
-    buses = doc.get("buses", {}).values()
-    store = doc.get("store", {})
-    counters = store.get("counters", {}) or {}
-    spill = store.get("spill", {}) or {}
-    totals = {"frames": sum(b.get("frames", 0) for b in buses), "kept": sum(b.get("samples", 0) for b in buses),
+    buses = doc.buses.values()
+    counters = doc.store.counters
+    totals = {"frames": sum(b.counts.frames for b in buses), "kept": sum(b.counts.samples for b in buses),
               "stored": counters.get("stored_batches", 0), "sent": counters.get("sent_batches", 0),
               "evicted": sum(v for k, v in counters.items() if k.startswith("evicted_") and k.endswith("_batches")),
               "expired": sum(v for k, v in counters.items() if k.startswith("expired_") and k.endswith("_batches")),
-              "spill_dropped": spill.get("dropped_batches", 0) or 0}
-    for key in BUS_KEYS:
-        totals[key] = sum(b.get(key, 0) or 0 for b in buses)
+              "spill_dropped": doc.store.spill.get("dropped_batches", 0) or 0,
+              "decode_errors": sum(b.counts.decode_errors for b in buses),
+              "error_frames": sum(b.counts.error_frames for b in buses)}
+    for key in SOURCE_DROPS:
+        totals[key] = sum(int(b.source.get(key) or 0) for b in buses)
     return totals
 
 
@@ -47,7 +49,7 @@ class SummaryLog:
         self.last_t = clock()
         self.last: dict[str, int] | None = None
 
-    def observe(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+    def observe(self, doc: StatusDocument) -> dict[str, Any] | None:
         """Take a fresh status document; log and return the summary when one is due."""
         now = self.clock()
         totals = _totals(doc)
@@ -59,22 +61,21 @@ class SummaryLog:
         dt = now - self.last_t
         delta = {k: v - self.last.get(k, 0) for k, v in totals.items()}
         self.last, self.last_t = totals, now
-        store = doc.get("store", {})
-        buses = doc.get("buses", {})
+        store, buses = doc.store, doc.buses
         fields: dict[str, Any] = {
             "interval_s": round(dt, 1),
             "frames_per_s": round(delta["frames"] / dt, 1),
             "samples_kept": delta["kept"], "batches_stored": delta["stored"], "batches_sent": delta["sent"],
-            "store_depth_batches": store.get("batches"), "store_depth_bytes": store.get("bytes"),
+            "store_depth_batches": store.batches, "store_depth_bytes": store.bytes,
             "dropped": {k: delta[k] for k in DROPS if delta[k] > 0},  # a reopened socket restarts kernel_drops
             "errors": {k: delta[k] for k in ERRORS if delta[k] > 0},
-            "sink": doc.get("sink", {}).get("state"),
-            "buses": {name: b.get("state") for name, b in buses.items()},
+            "sink": doc.sink.forwarder.state,
+            "buses": {name: b.state for name, b in buses.items()},
         }
-        simulated = sorted(name for name, b in buses.items() if b.get("simulated"))
+        simulated = sorted(name for name, b in buses.items() if b.simulated)
         if simulated:
             fields["simulated"] = simulated
-        if store.get("error"):
-            fields["store_error"] = store["error"]
+        if store.error:
+            fields["store_error"] = store.error
         log.info("summary", **fields)
         return fields

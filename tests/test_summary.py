@@ -7,18 +7,23 @@ from pathlib import Path
 
 import yaml
 
+from agent.status import document as sd
 from agent.summary import SummaryLog
 from tests.conftest import CONFIG_DIR, run_cli
 
 
 def _doc(frames: int, kept: int, stored: int, sent: int, *, evicted: int = 0, kernel_drops: int = 0,
-         depth: int = 0) -> dict:
-    return {"buses": {"pt": {"frames": frames, "samples": kept, "state": "up", "kernel_drops": kernel_drops,
-                             "decode_errors": 0, "error_frames": 0, "simulated": False}},
-            "store": {"batches": depth, "bytes": depth * 100,
-                      "counters": {"stored_batches": stored, "sent_batches": sent, "evicted_low_batches": evicted},
-                      "spill": {"dropped_batches": 0}},
-            "sink": {"state": "connected"}}
+         depth: int = 0) -> sd.StatusDocument:
+    stats = {"batches": depth, "samples": 0, "bytes": depth * 100, "by_priority": {}, "oldest_pending_age_s": None,
+             "counters": {"stored_batches": stored, "sent_batches": sent, "evicted_low_batches": evicted},
+             "quarantine": []}
+    return sd.StatusDocument(
+        updated=0.0, agent=sd.AgentInfo("1", 1, "h", 0.0, "car", 0), frames_per_s=0.0,
+        buses={"pt": sd.BusStatus(0.0, sd.BusCounts(frames=frames, samples=kept),
+                                  {"state": "up", "kernel_drops": kernel_drops})},
+        pending_samples=0, batches_closed=0,
+        store=sd.StoreStatus.of(stats, path="s.db", error=None, spill={"dropped_batches": 0}, wal={}),
+        sink=sd.SinkStatus("file", sd.ForwarderState("connected", None, None, 0, 0.0, 0)))
 
 
 def test_summary_reports_the_differences_of_its_interval() -> None:
