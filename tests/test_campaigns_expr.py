@@ -213,3 +213,67 @@ def test_random_conditions_compute_the_same_in_both_syntaxes(case) -> None:
     assert evaluate(python) == want
     assert evaluate(fleetwise) == want
     assert not math.isnan(float(want))
+
+
+@pytest.mark.parametrize(("text", "why", "at"), [
+    ("abs(A, B) > 1", "abs() takes 1 arguments", 1),
+    ("1 < min(A)", "min() takes 2 to 16 arguments", 5),
+    ("log(A, 2, 3) > 0", "log() takes 1 to 2 arguments", 1),
+    ("prev(A, B) > 1", "prev() takes one signal", 1),
+    ("A > 1 and last_window_avg(A)", "last_window_avg() takes a signal and a window in ms", 11),
+    ("last_window_avg(A, True) > 1", "expected a number here", 20),
+    ("last_window_avg(A, 0.5) > 1", "window must be 1 ms .. 1 day", 20),
+    ("last_window_avg(A, 86400001) > 1", "window must be 1 ms .. 1 day", 20),
+    ("last_window_avg(A, -1000) > 1", "window must be 1 ms .. 1 day", 20),
+    ("abs(x=1) > 0", "keyword arguments not allowed", 7),
+    ("abs(*B) > 0", "starred arguments not allowed", 1),
+    ("A.b(1) > 0", "only calls of the language's functions are allowed", 1),
+    ("A in B", "comparison not allowed (allowed: == != < <= > >=)", 1),
+    ("(A > 1 and\nB.__class__)", "attribute access not allowed (only Signal, Message.Signal or bus.Message.Signal)", 14),
+    ("foo(A)", "unknown function 'foo' (allowed: prev, delta, changed, isNull, last_window_min, last_window_max, "
+               "last_window_avg, prev_last_window_min, prev_last_window_max, prev_last_window_avg, abs, min, max, "
+               "pow, log, ceil, floor)", 1),
+])
+def test_each_refusal_says_exactly_why_and_where(text: str, why: str, at: int) -> None:
+    with pytest.raises(ExpressionError) as err:
+        parse(text)
+    assert (err.value.why, err.value.position) == (why, at)
+
+
+def test_what_an_expression_reads_windows_per_sample_signals_and_labels() -> None:
+    parsed = parse('last_window_avg(A, 1000) > last_window_max(Msg.C, -(-5)) and last_window_min(A, +1) < 2'
+                   ' and last_window_avg(A, 86400000) > 0 and last_window_avg(A, 2.5) >= 0')
+    assert [(w.signal, w.ms) for w in parsed.windows] == [("A", 1000.0), ("Msg.C", 5.0), ("A", 1.0), ("A", 86_400_000.0),
+                                                           ("A", 2.5)]
+    assert parse("prev(A) > 0 and isNull(B) and delta(Msg.C) > 1 and changed(bus.Msg.D)").per_sample == {
+        "A", "Msg.C", "bus.Msg.D"}, "isNull reads no previous value"
+    assert parse('"Park" == Gear and Mode != "Eco"').labels == [("Gear", "Park", 1), ("Mode", "Eco", 28)]
+
+
+def test_windows_are_bound_to_the_slots_the_engine_gives() -> None:
+    from types import SimpleNamespace
+
+    asked = []
+
+    def window(fn: str, signal: str, ms: float) -> int:
+        asked.append((fn, signal, ms))
+        return len(asked) - 1
+
+    parsed = parse("last_window_avg(A, 1000) > 2 and prev_last_window_max(Msg.C, 50) < 9")
+    fn = compile_condition(parsed, ["A", "Msg.C"].index, lambda s, label: 0.0, window)
+    assert asked == [("last_window_avg", "A", 1000.0), ("prev_last_window_max", "Msg.C", 50.0)]
+    slots = [SimpleNamespace(last_window_avg=3.0), SimpleNamespace(prev_last_window_max=8.0)]
+    assert fn([0.0, 0.0], [None, None], slots) is True
+    slots[1].prev_last_window_max = 9.0
+    assert fn([0.0, 0.0], [None, None], slots) is False
+
+
+def test_one_parsed_expression_compiles_for_any_layout_of_values() -> None:
+    """A config swap compiles the checked expressions again with other slots: the parsed tree is not
+    changed by compiling it."""
+    parsed = parse("A - Msg.C == 7")
+    first = compile_condition(parsed, ["A", "Msg.C"].index, lambda s, label: 0.0, lambda f, s, ms: 0)
+    second = compile_condition(parsed, ["Msg.C", "X", "A"].index, lambda s, label: 0.0, lambda f, s, ms: 0)
+    assert first([10.0, 3.0], [None, None], []) is True
+    assert second([3.0, 0.0, 10.0], [None] * 3, []) is True
+    assert first.__code__.co_filename == "<campaign>", "an error's traceback names the campaign code"
