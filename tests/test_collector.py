@@ -134,7 +134,7 @@ class _ExplodesOnce(Filter):
 
 def test_a_step_that_raises_costs_only_its_frame_and_the_id_goes_on_with_cantools() -> None:
     s = Setup()
-    s.collector._wanted[100][1]["Speed"].filt = _ExplodesOnce()  # the bug, in the compiled step of Plain
+    s.collector._slots_of(100)["Speed"].filt = _ExplodesOnce()  # the bug, in the compiled step of Plain
     with capture_logs() as logs:
         s.collector.process([plain(T0 + 1, 1, 1), Frame(T0 + 1.5, 0x700, bytes(8)), plain(T0 + 2, 2, 0),
                              plain(T0 + 3, 3, 1)])
@@ -158,7 +158,7 @@ class _AlwaysExplodes(Filter):
 
 def test_a_step_that_keeps_raising_on_cantools_too_is_a_counted_decode_error_logged_sparingly() -> None:
     s = Setup()
-    s.collector._wanted[100][1]["Speed"].filt = _AlwaysExplodes()
+    s.collector._slots_of(100)["Speed"].filt = _AlwaysExplodes()
     with capture_logs() as logs:
         s.collector.process([plain(T0 + i / 1000, i % 256) for i in range(1001)] + [Frame(T0 + 2, 0x700, bytes(8))])
     (failed,) = [e for e in logs if e["event"] == "step_failed"]  # the compiled step, once
