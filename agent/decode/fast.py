@@ -189,9 +189,20 @@ class Page:
     """The wanted signals present in frames of one multiplexer value (or of a plain message)."""
 
     signals: tuple[Signal, ...]
-    values: Callable[[bytes], tuple]
     code: ValuesCode
     length: int
+    name: str
+    _values: Callable[[bytes], tuple] | None = None
+
+    @property
+    def values(self) -> Callable[[bytes], tuple]:
+        """A function payload -> tuple of the page's values, compiled at its first use. A plain
+        message's frames go through its collector step, which inlines `code`; only payloads of
+        another length, campaign events and `debug codegen` call this, so a production car (920
+        plain messages of 1,000) no longer compiles and keeps a second function for each (issue 19)."""
+        if self._values is None:
+            self._values = compiler.compile_values(self.code, self.name)
+        return self._values
 
     @property
     def scaling(self) -> list[tuple[float, float]]:
@@ -203,8 +214,7 @@ class Page:
 
 
 def _page(signals: tuple[Signal, ...], nbytes: int, name: str) -> Page:
-    code = values_code(signals, nbytes)
-    return Page(signals, compiler.compile_values(code, name), code, nbytes)
+    return Page(signals, values_code(signals, nbytes), nbytes, name)
 
 
 def _decodable(node: Codec, length: int) -> bool:
@@ -231,6 +241,9 @@ def _duplicate_names(node: Codec, above: tuple[str, ...] = ()) -> bool:
     return any(_duplicate_names(page, names) for pages in node["multiplexers"].values() for page in pages.values())
 
 
+_NO_PAGES: frozenset[int] = frozenset()
+
+
 class FastDecoder:
     """Decoder of one message, for a chosen set of signal names; `decode(data)` -> (page, values).
 
@@ -252,8 +265,8 @@ class FastDecoder:
             raise NotImplementedError("nested multiplexing: decoded with cantools")
         self.mux = next((s for s in message.signals if s.name in muxes), None)
         plain = tuple(s for s in root["signals"] if s.name in wanted_set and s is not self.mux)
-        self.all_pages: set[int] = set()
-        self.broken_pages: set[int] = set()
+        self.all_pages: set[int] | frozenset[int] = _NO_PAGES  # plain messages (most) share one empty set
+        self.broken_pages: set[int] | frozenset[int] = _NO_PAGES
         if self.mux is None:
             self.pages: dict[int | None, Page] = {None: _page(plain, self.length, message.name)} if plain else {}
             self.mux_value: Callable[[bytes], tuple] | None = None
