@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,21 @@ _FILE_PART = re.compile(r"[A-Za-z0-9_-]{1,128}")  # what a batch id and an encod
 BATCH_FILE = re.compile(r"^([0-9a-f]{32})\.")  # <batch id>.jsonl | .columnar | .json | .meta.json
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes | Iterable[bytes]) -> int:
+    """Write `data` (bytes, or chunks written as they come) to `path` atomically; returns its size."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    size = 0
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                size += fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+    return size
 
 
 class FileSink(Sink):
@@ -109,12 +118,12 @@ class FileSink(Sink):
             marker: dict[str, Any] = {"simulated": True} if batch.simulated else {}
             if batch.event:  # each line says which campaign event it belongs to
                 marker = {**marker, "campaign": batch.event.get("campaign"), "event": batch.event.get("event_id")}
-            lines = b"".join(
-                exact_json({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value,
-                            "batch": batch.id, **marker}) + b"\n"
-                for s in sorted(samples, key=lambda s: s.t))
-            _write_atomic(self.outbox / f"{batch.id}.jsonl", lines)
-            size = len(lines)
+            # written line by line: a 20,000-sample batch joined first was ~3 MB more at the peak of
+            # every write, memory the process kept (issue 19)
+            samples.sort(key=lambda s: s.t)
+            lines = (exact_json({"t": s.t, "bus": s.bus, "message": s.message, "signal": s.signal, "value": s.value,
+                                 "batch": batch.id, **marker}) + b"\n" for s in samples)
+            size = _write_atomic(self.outbox / f"{batch.id}.jsonl", lines)
         else:
             meta = {"id": batch.id, "priority": batch.priority.name, "encoding": batch.encoding,
                     "content_type": batch.content_type, "content_encoding": batch.content_encoding,
