@@ -34,7 +34,8 @@ from agent import __version__
 log = structlog.get_logger()
 
 _DIGEST_BYTES = 32
-_VERSIONS = f"agent {__version__} cantools {cantools.__version__} python {platform.python_version()} pickle 5"
+_VERSIONS = (f"agent {__version__} cantools {cantools.__version__} python {platform.python_version()} pickle 5"
+             " prune 2")  # prune 2: labels as strings (database._prune); kept parses before that are parsed again
 
 
 class ParseCache:
