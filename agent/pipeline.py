@@ -10,7 +10,7 @@ raises (a database that does not load) before changing anything.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cantools.database import Database
@@ -46,29 +46,43 @@ def codec_of(cfg: AgentConfig) -> Codec:
                      level=cfg.encoding.compression_level)
 
 
+Tables = tuple[dict, ...]  # the message decoders (FrameDecoder.by_id) a scaling table was made from
+
+
 def collectors_for(cfg: AgentConfig, batcher: Batcher, counters: dict[str, BusCounters],
-                   previous: CampaignEngine | None = None
-                   ) -> tuple[dict[str, Collector], Scaling, CampaignEngine | None]:
+                   previous: CampaignEngine | None = None, kept: tuple[Tables, Scaling] | None = None
+                   ) -> tuple[dict[str, Collector], Scaling, CampaignEngine | None, Tables]:
     """Decoders, the campaign engine and collectors for every bus, and the scaling table the encoder
     needs (the same message and signal scaled differently on two buses is left out); raises
     DatabaseError (or CampaignError) before anything is swapped. `previous`: the running engine,
-    whose unchanged campaigns keep their buffers, counters and open events."""
+    whose unchanged campaigns keep their buffers, counters and open events. `kept`: the running
+    config's table and what it was made from, taken as it is when the databases are the same (the
+    decoders of an unchanged database are shared: agent.decode.decoder)."""
     decoders = {bus.name: FrameDecoder(load_bus_databases(cfg, bus)) for bus in cfg.buses}
+    tables = tuple(decoder.by_id for decoder in decoders.values())
     watches = watches_of(cfg)  # the software update's guard reads live signals through the engine
     engine = CampaignEngine(cfg.campaigns, decoders, event_batches(batcher), previous=previous,
                             budget_bytes=cfg.campaign_buffer_max_bytes,
                             labels=cfg.collection.labels, watches=watches) if cfg.campaigns or watches else None
+    if kept is not None and len(kept[0]) == len(tables) and all(a is b for a, b in zip(kept[0], tables, strict=True)):
+        exact = kept[1]
+    else:
+        exact = scaling_table(decoders.values())
+    collectors = {name: Collector(name, decoder, cfg.collection, batcher, counters.setdefault(name, BusCounters()),
+                                  exact, engine) for name, decoder in decoders.items()}
+    return collectors, exact, engine, tables
+
+
+def scaling_table(decoders: Iterable[FrameDecoder]) -> Scaling:
+    """(message, signal) -> (scale, offset) over every bus, leaving out a signal scaled two ways."""
     scaling: Scaling = {}
     ambiguous: set[tuple[str, str]] = set()
-    for decoder in decoders.values():
+    for decoder in decoders:
         for dec in decoder.messages:
             for sig, sc in dec.scaling.items():
                 if scaling.setdefault((dec.name, sig), sc) != sc:
                     ambiguous.add((dec.name, sig))
-    exact = {key: sc for key, sc in scaling.items() if key not in ambiguous}
-    collectors = {name: Collector(name, decoder, cfg.collection, batcher, counters.setdefault(name, BusCounters()),
-                                  exact, engine) for name, decoder in decoders.items()}
-    return collectors, exact, engine
+    return {key: sc for key, sc in scaling.items() if key not in ambiguous}
 
 
 def event_batches(batcher: Batcher) -> Callable[[Event], None]:
@@ -89,17 +103,20 @@ class Pipeline:
     scaling: Scaling
     counters: dict[str, BusCounters] = field(default_factory=dict)
     campaigns: CampaignEngine | None = None  # None without campaigns: the collectors run as compiled
+    tables: Tables = ()  # the message decoders `scaling` was made from
 
     def reconfigure(self, new: AgentConfig) -> None:
         """Swap `new` in between frames: open filters and batches of the old config are flushed first;
         campaigns removed or changed send their open events with what they have."""
         old = self.campaigns
-        collectors, scaling, campaigns = collectors_for(new, self.batcher, self.counters, old)
+        collectors, scaling, campaigns, tables = collectors_for(new, self.batcher, self.counters, old,
+                                                                (self.tables, self.scaling))
         codec = codec_of(new)
         for collector in self.collectors.values():
             collector.flush()
         self.batcher.reconfigure(new.batching, codec, new.vehicle_id, scaling)
         self.config, self.collectors, self.scaling, self.campaigns = new, collectors, scaling, campaigns
+        self.tables = tables
         if old is not None:
             old.retire(campaigns)
 
@@ -124,6 +141,6 @@ def build(cfg: AgentConfig, *, on_batch: Callable[[Batch], None],
             counters.setdefault(bus, BusCounters()).refused_values += samples
     batcher = Batcher(cfg.batching, codec or codec_of(cfg), vehicle=cfg.vehicle_id, on_batch=on_batch,
                       on_refused=on_refused)
-    collectors, scaling, campaigns = collectors_for(cfg, batcher, counters)
+    collectors, scaling, campaigns, tables = collectors_for(cfg, batcher, counters)
     batcher.scaling = scaling
-    return Pipeline(cfg, batcher, collectors, scaling, counters, campaigns)
+    return Pipeline(cfg, batcher, collectors, scaling, counters, campaigns, tables)

@@ -27,7 +27,7 @@ from agent.codec import Scaling
 from agent.collect.codegen import HeldFrames, Slot, held_frames
 from agent.collect.policy import OnChange, make_filter, policy_resolver
 from agent.compiler import Sampler, Step, StepHook, compile_sampler, compile_step, source_of
-from agent.config import CollectionConfig, SignalPolicy
+from agent.config import CollectionConfig
 from agent.decode.decoder import FrameDecoder, MessageDecoder, ShortFrameError
 from agent.decode.fast import FastDecoder, one_to_one, scaling_of
 from agent.model import TIME_MAX, TIME_MIN, Frame
@@ -102,16 +102,16 @@ class Collector:
         # (monotonic clock, process CPU seconds) when a first frame of an id kept a sample: the
         # agent's start-up figure (first_frame_decoded); set only on a first frame, not per frame
         self.first_sample: tuple[float, float] | None = None
-        # the wanted signals' policies by id; their slots (filters, columns) are made at the id's first
-        # frame with its plan (`_slots_of`): a swap of a production car resolves 6,480 signals' policies
-        # and would make as many filters, most for ids the car may never send
-        self._wanted: dict[int, tuple[MessageDecoder, tuple[tuple[str, SignalPolicy], ...]]] = {}
+        # ids with a wanted signal (the first one found says so); the policies of all their signals,
+        # and their slots (filters, columns), come at the id's first frame with its plan (`_slots_of`):
+        # a swap of a production car resolved 6,480 signals against every rule and made as many
+        # filters, most for ids the car may never send (issue 19)
+        self._wanted: dict[int, MessageDecoder] = {}
         self._slots: dict[int, dict[str, Slot]] = {}
-        resolve = policy_resolver(cfg)
+        self._resolve = resolve = policy_resolver(cfg)
         for fid, dec in decoder.by_id.items():
-            wanted = tuple((sig, policy) for sig in dec.signals if (policy := resolve(dec.name, sig)).policy != "exclude")
-            if wanted:
-                self._wanted[fid] = (dec, wanted)
+            if any(resolve(dec.name, sig).policy != "exclude" for sig in dec.signals):
+                self._wanted[fid] = dec
                 self.steps[fid] = partial(self._first_step, fid)
         self._campaigns = campaigns
         self._campaign_ids = {fid for fid in decoder.by_id
@@ -131,7 +131,7 @@ class Collector:
         try:
             step = self._build(fid)
         except Exception as exc:  # noqa: BLE001 - a message the compiler cannot handle: cantools decodes it
-            log.error("compile_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid][0].name,
+            log.error("compile_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid].name,
                       error=repr(exc), action="decoding this message with cantools")
             step = self._build(fid, compiled=False)
         kept = step(t, data)
@@ -144,19 +144,20 @@ class Collector:
         failed step keeps them: filters hold state)."""
         slots = self._slots.get(fid)
         if slots is None:
-            dec, wanted = self._wanted[fid]
+            dec = self._wanted[fid]
             slots = self._slots[fid] = {}
-            for sig, policy in wanted:
+            for sig in dec.signals:
+                policy = self._resolve(dec.name, sig)
                 factory = make_filter(policy)
-                assert factory is not None, "excluded signals are not wanted"
-                slots[sig] = Slot(factory(), policy.priority_level, (self.bus, dec.name, sig), sig)
+                if factory is not None:
+                    slots[sig] = Slot(factory(), policy.priority_level, (self.bus, dec.name, sig), sig)
         return slots
 
     def _build(self, fid: int, compiled: bool = True) -> Step:
         """Resolve what to do with frames of `fid` (`compiled`: the fast path, else cantools); installs
         the plan and the step (with the campaigns' work, if any) only once both are built, and
         returns the step."""
-        dec = self._wanted[fid][0]
+        dec = self._wanted[fid]
         slots = self._slots_of(fid)
         scaling = self._scaling
         fast: FastDecoder | None = None
@@ -201,7 +202,7 @@ class Collector:
         """(name, source) of each function generated for a message's frames (`vehicle-agent debug
         codegen`); empty if no signal of it is wanted, a note if cantools decodes it."""
         out = []
-        for fid, (dec, _policies) in self._wanted.items():
+        for fid, dec in self._wanted.items():
             if dec.name != message:
                 continue
             plan = self.plans.get(fid)
@@ -287,7 +288,7 @@ class Collector:
         """A frame whose step raised: counted as a decode error; its id falls back to cantools."""
         self.counters.decode_errors += 1
         if self.plans.get(fid) is not None and self.plans[fid].fast is not None:
-            log.error("step_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid][0].name, error=repr(exc),
+            log.error("step_failed", bus=self.bus, frame_id=fid, message=self._wanted[fid].name, error=repr(exc),
                       exc_info=exc, action="decoding this message with cantools")
             self.last_payload.pop(fid, None)
             self._build(fid, compiled=False)
