@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from agent.app import Agent
+from agent.can.source import ReplaySource
 from agent.can.logformats import format_candump
 from agent.config import load_config
 from tests.conftest import DATA, run_cli, until
@@ -128,6 +129,20 @@ def test_json_encoding_and_raw_outbox(tmp_path: Path) -> None:
     assert speeds[0][0] == pytest.approx(1700000000.0, abs=0.001)
     assert sorted(r["value"] for r in rows if r["signal"] == "Torque") == sorted(i % 7 - 3 for i in range(100))
     assert [r["value"] for r in rows if r["signal"] == "TirePressureFR"] == [31.0] * 50
+
+
+async def test_a_paced_replay_behind_its_schedule_hands_over_bounded_chunks(tmp_path: Path) -> None:
+    """A replay at real time of a log busier than the CPU takes (here 5,000 frames in one instant)
+    gives its frames in chunks as they are read: it held them in one list until it caught up, memory
+    growing with the log (the production soak's agent under load)."""
+    lines = [format_candump(1700000000 + i * 1e-6, "vcan0", 0x100 + i % 7, bytes([i % 256] * 8)) for i in range(5000)]
+    log = tmp_path / "busy.log"
+    log.write_text("\n".join(lines) + "\n")
+    got: list[list] = []
+    async for frames in ReplaySource("pt", log, rate=1.0, chunk=500).frames(asyncio.Event()):
+        got.append(frames)
+    assert max(map(len, got)) <= 500 and len(got) >= 10
+    assert [(f.id, f.data[0]) for chunk in got for f in chunk] == [(0x100 + i % 7, i % 256) for i in range(5000)]
 
 
 def test_invalid_config_exit_code(tmp_path: Path) -> None:

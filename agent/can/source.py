@@ -338,7 +338,10 @@ class ReplaySource(FrameSource):
                     yield out
                     out = []
                     await sleep_or_stop(stop, due)
-            elif len(out) >= self.chunk:
+                    continue
+            # as fast as possible, or a paced replay behind its schedule (a busier log than the CPU can
+            # take): chunks, not a list that grew with everything read since the last sleep
+            if len(out) >= self.chunk:
                 yield out
                 out = []
                 await asyncio.sleep(0)
