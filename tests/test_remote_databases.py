@@ -445,6 +445,43 @@ async def test_a_superseded_download_of_a_file_the_newer_version_also_has_resume
     assert state["activations"] == 1 and state["superseded_versions"] == 1 and state["active_version"] == "second"
 
 
+def _slow_broken_dbc(messages: int = 6000) -> bytes:
+    """A DBC that takes cantools seconds to read and is refused at its end (a standard id beyond 11 bits)."""
+    lines = ['VERSION ""', "", "NS_ :", "", "BS_:", "", "BU_: ECU", ""]
+    for m in range(messages):
+        lines += [f"BO_ {m + 1} M{m}: 8 ECU",
+                  *(f' SG_ S{m}_{s} : {s * 8}|8@1+ (1,0) [0|255] "" ECU' for s in range(8)), ""]
+    return "\n".join(lines).encode()
+
+
+async def test_a_version_superseded_while_its_files_are_checked_is_neither_acked_nor_refused(
+        tmp_path: Path, server: HttpsServer) -> None:
+    """v2 is downloaded and being parsed (seconds: a large DBC, broken at its end) when the cloud sends
+    v3: what v2's check finds is not said. The ack stays v3's (it said 'version v2 refused' while v3 was
+    downloading), v2 is not counted refused nor remembered as refused, and v3 becomes active."""
+    agent = make_agent(tmp_path, base_config(tmp_path, server, "rdb-checked"))
+    task, car = await running(agent, "rdb-checked")
+    newest = REVS + b" " * 300_000
+    server.behave("/v3/edge.dbc", bytes_per_s=100_000)   # still downloading when v2's check ends
+    partial = tmp_path / "state" / "databases" / "blobs" / ".partial" / hashlib.sha256(newest).hexdigest()
+    try:
+        agent.desired.handle({"$version": 2, "databases": offer(server, "v2", _slow_broken_dbc())}, full=False)
+        await car.drive_until(lambda: agent.desired.databases.phase == "checking", "v2's files checked", timeout=120)
+        acks = agent.desired.handle({"$version": 3, "databases": offer(server, "v3", newest)}, full=False)
+        assert acks["databases"]["ad"] == "version v3: downloading; version v2 superseded", acks
+        await car.drive_until(lambda: partial.exists(), "v3 downloading after v2's check", timeout=120)
+        assert db_ack(agent)["av"] == 3 and db_ack(agent)["ac"] == 202, db_ack(agent)
+        await car.drive_until(lambda: db_ack(agent).get("ac") == 200, "v3 active", timeout=120)
+        await car.all_counted()
+    finally:
+        await stopped(task, car)
+    assert db_ack(agent)["av"] == 3 and db_ack(agent)["ad"] == "version v3 active"
+    state = agent.status()["databases"]
+    assert state["refused_versions"] == 0 and state["superseded_versions"] == 1 and state["active_version"] == "v3"
+    saved = json.loads((tmp_path / "state" / "databases" / "state.json").read_text())
+    assert saved["refused"] == {}, saved
+
+
 def test_a_kill_mid_download_resumes_after_the_restart(tmp_path: Path, server: HttpsServer) -> None:
     base = base_config(tmp_path, server, "rdb-kill")
     base["buses"][0]["simulate"] = True

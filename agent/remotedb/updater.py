@@ -289,6 +289,10 @@ class DatabaseUpdater:
             before = buses.known_ids()
             activator.activate(folder)
         except Refused as exc:
+            if self.target is not target:   # superseded while it was checked: not this one's news
+                log.info("remote_databases_check_stopped", version=doc.version if doc else None, reason="superseded")
+                self.phase = "idle"
+                return
             self._refuse(doc, av, str(exc))
             return
         self.versions.activated(version)
