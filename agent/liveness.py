@@ -52,5 +52,7 @@ def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random 
     """Capped exponential backoff, initial * 2^(n-1) up to `cap`, with 'equal jitter' (between half and all of
     it) where many clients could retry together (a fleet toward one hub). `jitter=False`: exactly that, for a
     local resource no one else retries (a CAN interface reopened: 1, 2, 4, ... 30 s, as its log says)."""
-    ceiling = min(cap, initial * (2 ** max(0, failures - 1)))
+    # a float power, its exponent bounded: 2 ** 1024 as an int does not fit a float (OverflowError), and a bus
+    # reopened every 30 s fails 1,024 times in 8.5 hours (a sink offline for days, its sends as many)
+    ceiling = min(cap, initial * 2.0 ** min(max(0, failures - 1), 1000))
     return ceiling / 2 + rng.random() * ceiling / 2 if jitter else ceiling

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent.can.rawcan import RawCanSource
@@ -114,6 +116,18 @@ def test_a_bus_reopens_after_1_2_4_s_up_to_its_cap_without_jitter() -> None:
     assert cap == BusSource("pt", "virtual", "x").reopen_max_s == 30.0 and REOPEN_INITIAL_S == 1.0
     delays = [backoff_delay(n, REOPEN_INITIAL_S, cap, random.Random(n), jitter=False) for n in range(1, 10)]
     assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0]
+
+
+@given(failures=st.integers(min_value=0, max_value=10**6), jitter=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_any_number_of_failures_backs_off_at_most_the_cap(failures: int, jitter: bool) -> None:
+    """A bus that cannot open is retried every 30 s: 1,025 failures in 8.5 hours (a sink offline for days
+    fails its sends as often). The delay stays the cap; 2 ** 1024 as an int raised OverflowError out of
+    the source (and of the supervisor, the forwarder), where the old reopen delay had capped its exponent."""
+    for initial, cap in ((REOPEN_INITIAL_S, 30.0), (0.5, 300.0)):
+        delay = backoff_delay(failures, initial, cap, random.Random(failures), jitter=jitter)
+        ceiling = cap if failures > 40 else min(cap, initial * 2 ** max(0, failures - 1))
+        assert (ceiling / 2 <= delay <= ceiling) if jitter else delay == ceiling
 
 
 async def test_both_bus_readers_wait_1_then_2_s_before_reopening() -> None:
