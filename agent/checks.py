@@ -33,6 +33,28 @@ def check_databases(cfg: AgentConfig, source: str = "config") -> list[str]:
     return lenient
 
 
+CANFD_MAX_BYTES = 64
+
+
+def undecodable_messages(cfg: AgentConfig) -> list[str]:
+    """A warning per message none of whose frames can decode, each frame a decode error at run time: one
+    longer than a CAN FD frame, or a plain message whose layout cantools cannot unpack (an IEEE float
+    of 8 bits, a signal beyond the message under `strict: false`). Its other signals are lost with it."""
+    warnings = []
+    for i, bus in enumerate(cfg.buses):
+        for msg in load_databases([cfg.resolve(p) for p in bus.databases], strict=bus.strict).messages:
+            why = f"{msg.length} bytes, more than a CAN FD frame carries" if msg.length > CANFD_MAX_BYTES else None
+            if why is None and not msg.is_multiplexed():  # a page's layout depends on the payload
+                try:
+                    msg.decode(bytes(msg.length), decode_choices=False, scaling=False)
+                except Exception as exc:  # noqa: BLE001 - cantools' own refusal, whatever its kind
+                    why = f"cantools cannot unpack its layout ({exc})"
+            if why:
+                warnings.append(f"buses[{i}] ({bus.name}): message {msg.name} (0x{msg.frame_id:X}): {why}: "
+                                "every frame of it is a decode error")
+    return warnings
+
+
 def signal_names(cfg: AgentConfig) -> set[tuple[str, str]]:
     """(message, signal) of every signal of every bus's databases."""
     names: set[tuple[str, str]] = set()

@@ -231,3 +231,24 @@ def test_the_status_of_an_agent_that_stopped_cleanly_says_nothing_is_wedged(tmp_
     assert "control local: local" in text.stdout and "WEDGED" not in text.stdout
     status = json.loads(run_cli("status", "--state-dir", str(tmp_path / "state"), "--json").stdout)
     assert status["control"]["healthy"] is True
+
+
+def test_check_config_warns_of_messages_whose_frames_never_decode(tmp_path: Path) -> None:
+    """A message longer than a CAN FD frame, or whose layout cantools cannot unpack (an IEEE float of 8
+    bits): check-config said OK, and at run time every frame of it was a decode error, its other
+    signals lost with it."""
+    dbc = tmp_path / "never.dbc"
+    dbc.write_text(DBC_HEAD + 'BO_ 100 Huge: 100 ECU\n SG_ H : 0|8@1+ (1,0) [0|0] "" ECU\n'
+                   'BO_ 101 Tiny: 8 ECU\n SG_ F : 0|8@1- (1,0) [0|0] "" ECU\n SG_ G : 8|8@1+ (1,0) [0|0] "" ECU\n'
+                   'BO_ 102 Fine: 8 ECU\n SG_ K : 0|32@1- (1,0) [0|0] "" ECU\n'
+                   'BO_ 103 Paged: 8 ECU\n SG_ Sel M : 0|8@1+ (1,0) [0|0] "" ECU\n SG_ P m1 : 8|8@1+ (1,0) [0|0] "" ECU\n'
+                   'SIG_VALTYPE_ 101 F : 1;\nSIG_VALTYPE_ 102 K : 1;\n')
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({"vehicle_id": "a", "state_dir": str(tmp_path / "state"),
+                                   "buses": [{"name": "pt", "databases": [str(dbc)]}]}))
+    res = run_cli("check-config", str(cfg))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [line.split(": ", 2)[2] for line in res.stderr.splitlines()] == [
+        "buses[0] (pt): message Huge (0x64): 100 bytes, more than a CAN FD frame carries: every frame of it is a decode error",
+        "buses[0] (pt): message Tiny (0x65): cantools cannot unpack its layout (unpacking failed): every frame of it is a "
+        "decode error"]

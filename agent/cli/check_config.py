@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.checks import check_databases, unmatched_rules
+from agent.checks import check_databases, undecodable_messages, unmatched_rules
 from agent.cli.common import EXIT_OK, EXIT_USAGE, load_config, out, print_config_error
 from agent.config import ConfigError, config_path
 from agent.logs import configure_logging
@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print_config_error(exc)
         return EXIT_USAGE
-    for rule in unmatched_rules(cfg):
-        sys.stderr.write(f"{path}: warning: {rule}\n")
+    for warning in [*undecodable_messages(cfg), *unmatched_rules(cfg)]:
+        sys.stderr.write(f"{path}: warning: {warning}\n")
     for line in lenient:
         out(line)
     out(f"{path}: OK ({len(cfg.buses)} buses, sink {cfg.sink.type}, encoding {cfg.encoding.format})"
