@@ -291,7 +291,10 @@ def test_schema_is_the_config_contract() -> None:
 
 
 _KEYS = st.text(st.characters(categories=("L", "N")) | st.sampled_from("_-. :#"), min_size=1, max_size=8)  # PyYAML itself does not round-trip every code point (U+0085)
-_SCALARS = st.one_of(st.integers(-2**63, 2**63), st.text(max_size=10), st.booleans(), st.none())
+# PyYAML writes U+0085 (NEL) raw inside a string value and reads it back as a space: its own round trip,
+# not the reader's, so values leave that one code point out (every other one up to U+3000 round-trips)
+_SCALARS = st.one_of(st.integers(-2**63, 2**63), st.text(st.characters(blacklist_characters="\x85"), max_size=10),
+                     st.booleans(), st.none())
 
 
 @settings(max_examples=60, deadline=None)

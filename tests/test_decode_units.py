@@ -113,9 +113,9 @@ ATTRIBUTE_VALUES = ["15", "-1.5", "1e3", '"7"', '"abc"', '"NaN"', '"sNaN"', '"In
 def attribute_statements(draw: st.DrawFn) -> list[str]:
     """Definitions and assignments as OEM files hold them, some of attributes nobody defined, some of
     values that are not numbers for numeric attributes."""
-    names = ["GenMsgCycleTime", "GenSigStartValue", "Other"]
+    names = ["GenMsgCycleTime", "GenSigStartValue", "Other", "SPN", "DBName", "GenMsgSendType"]
     lines = [f'BA_DEF_ {kind} "{name}" {draw(st.sampled_from(ATTRIBUTE_TYPES))};'
-             for name, kind in zip(names, ["BO_", "SG_", ""], strict=True) if draw(st.booleans())]
+             for name, kind in zip(names, ["BO_", "SG_", "", "SG_", "", "BO_"], strict=True) if draw(st.booleans())]
     for _ in range(draw(st.integers(0, 4))):
         name, value = draw(st.sampled_from([*names, "Undefined"])), draw(st.sampled_from(ATTRIBUTE_VALUES))
         where = draw(st.sampled_from(["BO_ 256 ", "SG_ 256 Speed ", "BU_ ECU ", "", "BO_ 999 "]))
@@ -142,7 +142,7 @@ def test_attribute_statements_cantools_cannot_read_are_named_or_ignored(tmp_path
     assert bool(ignored) == refused
     kept = "".join(line + "\n" for n, line in enumerate(text.split("\n"), 1) if n not in ignored)
     want = cantools.database.load_string(kept, "dbc", strict=False)
-    assert [m.cycle_time for m in db.messages] == [m.cycle_time for m in want.messages]
+    assert [repr(m.cycle_time) for m in db.messages] == [repr(m.cycle_time) for m in want.messages]  # NaN too
     if refused:
         with pytest.raises(DatabaseError) as info:
             load_database(path)
@@ -150,6 +150,35 @@ def test_attribute_statements_cantools_cannot_read_are_named_or_ignored(tmp_path
         assert info.value.reason.startswith(text.split("\n")[info.value.line - 1].split(" ")[0] + " ")
     else:
         load_database(path)
+
+
+@pytest.mark.parametrize("statements", [
+    ['BA_DEF_ SG_ "GenSigStartValue" STRING;', 'BA_ "GenSigStartValue" SG_ 256 Speed "15";'],
+    ['BA_DEF_ SG_ "SPN" FLOAT 0 1;', 'BA_ "SPN" SG_ 256 Speed 0.5;'],
+    ['BA_DEF_ BO_ "GenMsgSendType" ENUM "Cyclic","OnChange";', 'BA_ "GenMsgSendType" BO_ 256 7;'],
+    ['BA_DEF_ BO_ "VFrameFormat" ENUM "StandardCAN","ExtendedCAN";', 'BA_ "VFrameFormat" BO_ 256 9;'],
+    ['BA_DEF_ BO_ "GenMsgSendType" INT 0 9;', 'BA_DEF_DEF_ "GenMsgSendType" 3;'],
+    ['BA_DEF_ "Baudrate" STRING;', 'BA_ "Baudrate" "fast";'],
+    ['BA_DEF_ SG_ "GenSigStartValue" STRING;', 'BA_ "GenSigStartValue" SG_ 256 Speed "15";',
+     'BA_DEF_ "DBName" INT 0 9;', 'BA_ "DBName" 3;'],
+], ids=["string-start-value", "float-spn", "enum-beyond-choices", "frame-format-beyond-choices",
+        "int-send-type-default", "baudrate-word", "two-at-once"])
+def test_attributes_of_a_type_cantools_cannot_read_are_named_and_ignored(tmp_path: Path, statements: list[str]) -> None:
+    """cantools reads GenSigStartValue, SPN, GenMsgSendType, VFrameFormat, DBName and Baudrate into fields
+    of one type and refuses the whole file, even with strict=False, when the file's BA_DEF_ gives another
+    (a STRING start value, an ENUM index beyond its choices), naming no line. Leniently each statement of
+    such an attribute is ignored with its line and the messages decode; strictly the file is refused at
+    the first such line, with the hint."""
+    path = write(tmp_path, "typed.dbc", ENGINE + "".join(line + "\n" for line in statements))
+    first = ENGINE.count("\n") + 1
+    db = load_databases([path], strict=False)
+    assert FrameDecoder(db).get(256).decode(bytes([40, 0, 0, 0, 0, 0, 0, 0]))["Speed"] is not None
+    warned = [int(w.split(":")[0].removeprefix("line ")) for w in database_warnings(path)]
+    assert warned == list(range(first, first + len(statements)))
+    assert all("cantools cannot read this attribute" in w for w in database_warnings(path))
+    with pytest.raises(DatabaseError) as info:
+        load_database(path)
+    assert info.value.line in warned and NO_STRICT_HINT in info.value.reason
 
 
 def test_parsed_databases_are_reused_until_a_file_changes(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def load_database(path: Path, strict: bool = True) -> Database:
         reason = parts.get(suffix) or text
         m = _LINE_RE.search(reason)
         line = int(m.group(1)) if m else _line_of_message(path, reason)
-        attribute = _attribute_problems(path) if not m and suffix == "dbc" else []
+        attribute = (_attribute_problems(path) or _unreadable_attributes(path)) if not m and suffix == "dbc" else []
         if attribute:  # cantools' own words are a bare KeyError or decimal.ConversionSyntax
             line, reason = attribute[0]
         raise DatabaseError(path, _with_hint(path, reason.strip('"'), strict), line) from None
@@ -143,6 +143,73 @@ def _attribute_problems(source: Path | str) -> list[tuple[int, str]]:
     return problems
 
 
+# Attributes cantools reads into a field of a message, signal or bus, each expecting a type the file's
+# BA_DEF_ may not give it: a STRING GenSigStartValue ("Expected int or float"), a FLOAT SPN, an INT
+# DBName, a Baudrate "fast", an ENUM GenMsgSendType or VFrameFormat whose value is beyond its choices.
+_READ_ATTRIBUTES = ("GenSigStartValue", "SPN", "GenMsgSendType", "VFrameFormat", "DBName", "Baudrate")
+
+
+def _statements_of(text: str, name: str) -> list[int]:
+    """The lines of the BA_DEF_, BA_DEF_DEF_ and BA_ statements (and their _REL_ forms) of one attribute."""
+    pattern = re.compile(r'^[ \t]*BA_(?:DEF_)?(?:DEF_)?(?:REL_)?[ \t]+(?:[A-Z_]+[ \t]+)?"' + re.escape(name) + '"',
+                         re.MULTILINE)
+    return [text.count("\n", 0, m.start()) + 1 for m in pattern.finditer(text)]
+
+
+# What cantools says when an attribute's value is not of the type its field takes (not a syntax error)
+_UNREADABLE_RE = re.compile(r"Expected [\w ]+, got \w+|index out of range|could not convert|invalid literal")
+
+
+def _drop_unreadable(text: str, exc: Exception) -> tuple[str, list[tuple[int, str]]]:
+    """The text without the statements of each attribute cantools cannot read into its field, and (line,
+    why) of each statement dropped. An attribute is found unreadable when dropping it changes what
+    cantools says (it loads, or stops at another problem); cantools stops at the first it meets, so the
+    others are tried again after each one found. Only for a complaint about a value's type: a file with
+    a syntax error costs no load here."""
+    reason, problems = _dbc_reason(exc), []
+    remaining = [name for name in _READ_ATTRIBUTES if _statements_of(text, name)]
+    found = True
+    while found and _UNREADABLE_RE.search(reason):
+        found = False
+        for name in list(remaining):
+            lines = _statements_of(text, name)
+            rows = text.split("\n")
+            keywords = {n: rows[n - 1].split()[0] for n in lines}
+            for n in lines:
+                rows[n - 1] = ""  # the line numbers of what follows stay the file's
+            trial = "\n".join(rows)
+            try:
+                cantools.database.load_string(trial, "dbc", strict=False)
+                now = None
+            except Exception as again:  # noqa: BLE001 - another problem, or the same one
+                now = _dbc_reason(again)
+            if now == reason:
+                continue
+            problems += [(n, f'{keywords[n]} "{name}": cantools cannot read this attribute ({reason.strip(chr(34))})')
+                         for n in lines]
+            text, found = trial, True
+            remaining.remove(name)
+            if now is None:
+                return text, sorted(problems)
+            reason = now
+            break
+    return text, sorted(problems)
+
+
+def _unreadable_attributes(path: Path) -> list[tuple[int, str]]:
+    """(line, why) of the statements of attributes cantools cannot read into their fields (`_drop_unreadable`),
+    once the statements `_attribute_problems` names are left out: for a strict load's error, which names none."""
+    text = _dbc_text(path)
+    rows = text.split("\n")
+    for line, _ in _attribute_problems(text):
+        rows[line - 1] = ""
+    try:
+        cantools.database.load_string("\n".join(rows), "dbc", strict=False)
+    except Exception as exc:  # noqa: BLE001 - what cantools says is what is looked for
+        return _drop_unreadable("\n".join(rows), exc)[1]
+    return []
+
+
 def _converts(value: str, kind: str) -> bool:
     """Whether cantools takes the value for an attribute of this type: int(Decimal(value)) for INT, HEX
     and ENUM, float(Decimal(value)) for FLOAT."""
@@ -191,7 +258,9 @@ def _load_lenient(path: Path, repairs: list[str]) -> Database | DiagnosticsDatab
       the extended id of that number; frames are matched by number, so its frames decode;
     - attribute statements cantools cannot read (`_attribute_problems`) are dropped (attributes give
       cycle times and frame formats; such a statement gives neither);
-    - `VAL_` / `SIG_VALTYPE_` entries of signals no message has are dropped.
+    - `VAL_` / `SIG_VALTYPE_` entries of signals no message has are dropped;
+    - the statements of an attribute cantools reads into a field of the wrong type for it
+      (`_drop_unreadable`: a STRING GenSigStartValue, an ENUM index beyond its choices) are dropped.
     """
     try:
         return cantools.database.load_file(str(path), database_format=None, encoding=_encoding(path), strict=False)
@@ -201,7 +270,8 @@ def _load_lenient(path: Path, repairs: list[str]) -> Database | DiagnosticsDatab
             raise
     text = original = _dbc_text(path)
     attributes = _attribute_problems(text)
-    if not (_STANDARD_ID_RE.search(reason) or _UNUSED_RE.search(reason) or attributes):
+    readable = not any(_statements_of(text, name) for name in _READ_ATTRIBUTES)
+    if not (_STANDARD_ID_RE.search(reason) or _UNUSED_RE.search(reason) or attributes) and readable:
         raise first
     if attributes:
         lines = text.split("\n")
@@ -214,11 +284,18 @@ def _load_lenient(path: Path, repairs: list[str]) -> Database | DiagnosticsDatab
         text = _MESSAGE_REF_RE.sub(lambda m: m.group(1) + str(int(m.group(2)) | 0x80000000)
                                    if int(m.group(2)) in wide else m.group(0), text)
         repairs += [f"standard frame id 0x{i:X} is more than 11 bits: read as extended id 0x{i:X}" for i in sorted(wide)]
-    for _ in range(3):  # unused VAL_ entries, then unused SIG_VALTYPE_ entries
+    dropped = False
+    for _ in range(4):  # unused VAL_ entries, then unused SIG_VALTYPE_ entries, and unreadable attributes
         try:
             return cantools.database.load_string(text, "dbc", strict=False)
         except Exception as exc:  # noqa: BLE001
             m = _UNUSED_RE.search(_dbc_reason(exc))
+            if m is None and not dropped:
+                dropped = True
+                text, unreadable = _drop_unreadable(text, exc)
+                repairs += [f"line {line}: {why}; statement ignored" for line, why in unreadable]
+                if unreadable:
+                    continue
             if m is None:  # what the repairs leave is the file's real problem (lines are kept: same numbers)
                 raise (first if text == original else exc) from None
             for entry in m.group(2).split("\n"):
