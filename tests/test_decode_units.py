@@ -181,6 +181,31 @@ def test_attributes_of_a_type_cantools_cannot_read_are_named_and_ignored(tmp_pat
     assert info.value.line in warned and NO_STRICT_HINT in info.value.reason
 
 
+@pytest.mark.parametrize("statements", [
+    ['BA_DEF_ BO_ "Big" INT 0 1e99999999;', 'BA_ "Big" BO_ 256 3;'],
+    ['BA_DEF_ BO_ "Big" HEX 0 9;', 'BA_ "Big" BO_ 256 9E+0099999999;'],
+    ['BA_DEF_ BO_ "Big" ENUM "a","b";', 'BA_DEF_DEF_ "Big" 1.5e123456;'],
+], ids=["definition", "value", "default"])
+def test_an_attribute_number_of_a_million_digits_is_refused_before_cantools_reads_it(
+        tmp_path: Path, statements: list[str]) -> None:
+    """cantools builds a Python integer of that many digits for an INT, HEX or ENUM attribute, which
+    takes hours: a start that never ends. Leniently the statement is ignored with its line (and any
+    statement of an attribute it defined); strictly the file is refused at that line."""
+    path = write(tmp_path, "huge.dbc", ENGINE + "".join(line + "\n" for line in statements))
+    first = ENGINE.count("\n") + 1
+    db = load_databases([path], strict=False)
+    assert FrameDecoder(db).get(256).decode(bytes([40, 0, 0, 0, 0, 0, 0, 0]))["Speed"] == 10.0
+    warnings = database_warnings(path)
+    huge = [w for w in warnings if "1,000 digits or more" in w]
+    assert len(huge) == 1 and '"Big"' in huge[0]
+    assert int(huge[0].split(":")[0].removeprefix("line ")) in (first, first + 1)
+    with pytest.raises(DatabaseError) as info:
+        load_database(path)
+    assert info.value.line == int(huge[0].split(":")[0].removeprefix("line ")) and NO_STRICT_HINT in info.value.reason
+    write(tmp_path, "fine.dbc", ENGINE + 'BA_DEF_ BO_ "Big" FLOAT 0 1e300;\n')
+    load_database(tmp_path / "fine.dbc")  # a float's exponent is no problem
+
+
 def test_parsed_databases_are_reused_until_a_file_changes(tmp_path: Path) -> None:
     path = write(tmp_path, "engine.dbc", ENGINE)
     first = load_databases([path])

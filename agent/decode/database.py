@@ -61,6 +61,8 @@ def load_database(path: Path, strict: bool = True) -> Database:
     if not path.is_file():
         raise DatabaseError(path, "file not found")
     repairs: list[str] = []
+    if strict and path.suffix.lower() == ".dbc" and (huge := _huge_numbers(_dbc_text(path))):
+        raise DatabaseError(path, _with_hint(path, huge[0][1], strict), huge[0][0])
     try:
         db = _load_lenient(path, repairs) if not strict else \
             cantools.database.load_file(str(path), database_format=None, encoding=_encoding(path), strict=True)
@@ -210,6 +212,26 @@ def _unreadable_attributes(path: Path) -> list[tuple[int, str]]:
     return []
 
 
+_ATTRIBUTE_LINE_RE = re.compile(r"^[ \t]*BA_\w*[ \t].*$", re.MULTILINE)
+_EXPONENT_RE = re.compile(r"\d[eE][-+]?(\d+)")
+_QUOTED_RE = re.compile(r'"[^"]*"')
+
+
+def _huge_numbers(text: str) -> list[tuple[int, str]]:
+    """(line, why) of each attribute statement with a number of 1,000 digits or more written with an
+    exponent (`1e99999999`): cantools turns an INT, HEX or ENUM attribute's numbers into Python integers
+    of that many digits, which takes hours; no attribute needs more than 20 digits. Checked before
+    cantools reads the file."""
+    problems = []
+    for m in _ATTRIBUTE_LINE_RE.finditer(text):
+        if any(len(e.lstrip("0")) > 3 for e in _EXPONENT_RE.findall(m.group(0))):
+            name = _QUOTED_RE.search(m.group(0))
+            what = f"{m.group(0).split()[0]} {name.group(0)}" if name else m.group(0).split()[0]
+            problems.append((text.count("\n", 0, m.start()) + 1,
+                             f"{what}: a number of 1,000 digits or more, beyond any attribute's value"))
+    return problems
+
+
 def _converts(value: str, kind: str) -> bool:
     """Whether cantools takes the value for an attribute of this type: int(Decimal(value)) for INT, HEX
     and ENUM, float(Decimal(value)) for FLOAT."""
@@ -262,16 +284,26 @@ def _load_lenient(path: Path, repairs: list[str]) -> Database | DiagnosticsDatab
     - the statements of an attribute cantools reads into a field of the wrong type for it
       (`_drop_unreadable`: a STRING GenSigStartValue, an ENUM index beyond its choices) are dropped.
     """
-    try:
-        return cantools.database.load_file(str(path), database_format=None, encoding=_encoding(path), strict=False)
-    except Exception as exc:  # noqa: BLE001 - repaired below, or re-raised as it was
-        first, reason = exc, _dbc_reason(exc)
-        if path.suffix.lower() != ".dbc":
-            raise
-    text = original = _dbc_text(path)
+    text = original = _dbc_text(path) if path.suffix.lower() == ".dbc" else ""
+    huge = _huge_numbers(text)
+    if huge:  # never handed to cantools as it is
+        first: Exception = DatabaseError(path, huge[0][1], huge[0][0])
+        reason = ""
+        lines = text.split("\n")
+        for line, why in huge:
+            lines[line - 1] = ""
+            repairs.append(f"line {line}: {why}; statement ignored")
+        text = "\n".join(lines)
+    else:
+        try:
+            return cantools.database.load_file(str(path), database_format=None, encoding=_encoding(path), strict=False)
+        except Exception as exc:  # noqa: BLE001 - repaired below, or re-raised as it was
+            first, reason = exc, _dbc_reason(exc)
+            if path.suffix.lower() != ".dbc":
+                raise
     attributes = _attribute_problems(text)
     readable = not any(_statements_of(text, name) for name in _READ_ATTRIBUTES)
-    if not (_STANDARD_ID_RE.search(reason) or _UNUSED_RE.search(reason) or attributes) and readable:
+    if not (_STANDARD_ID_RE.search(reason) or _UNUSED_RE.search(reason) or attributes or huge) and readable:
         raise first
     if attributes:
         lines = text.split("\n")
