@@ -513,3 +513,32 @@ def test_the_ack_never_repeats_the_image_urls_query(device: Device) -> None:
             assert "sig=secret" not in text
     finally:
         run.stop()
+
+
+@pytest.mark.parametrize(("rotten", "why", "error"), [
+    (b'{"id": "u-rot", "state": "installing", "bytes": {"nested": 1}, "changed": null}', "field 'bytes'",
+     "whether the install ran is unknown"),
+    (b'{"id": "u-rot", "state": "installi', "not JSON", "not installed: the OTA state file was damaged"),
+])
+def test_a_rotten_state_file_at_start_is_set_aside_and_installs_nothing_twice(device: Device, rotten: bytes,
+                                                                              why: str, error: str) -> None:
+    """A state file of the wrong types (or cut short) from while u-rot was installing: the agent runs,
+    status counts it, the file is moved aside, and u-rot (still desired) ends failed instead of
+    installing again (the cloud sends a new id to install it)."""
+    device.image("app.bin", os.urandom(10_000))
+    desire(device, device.update("u-rot", "app.bin"), 1)
+    folder = device.state / "ota"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "state.json").write_bytes(rotten)
+    run = Run(device)
+    try:
+        failed = run.reached("failed")
+        assert failed["update_id"] == "u-rot" and error in failed["error"]
+        event = wait_for(lambda: run.events("ota_state_unreadable"), 20, what="the damaged file logged")[0]
+        assert event["file"] == str(folder / "state.json") and why in event["error"]
+        wait_for(lambda: run.update().get("state_damaged") == 1, 20, what="status counting the damaged file")
+        assert "state file found damaged at start: 1" in run_cli("status", "--config", str(device.config)).stdout
+        assert (folder / "state.damaged").read_bytes() == rotten
+        assert run.states() == ["failed"] and not device.installs.exists()
+    finally:
+        run.stop()

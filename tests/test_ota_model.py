@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -19,7 +23,7 @@ from pydantic import ValidationError
 
 from agent.config import ConfigError, build_config
 from agent.ota.model import SoftwareUpdate
-from agent.ota.state import StateFile
+from agent.ota.state import StateFile, UpdateState
 from agent.ota.updater import in_window
 from agent.ota.verify import VerifyError, check_signature, load_keys, statement, verify_image
 
@@ -112,15 +116,63 @@ def test_a_key_of_another_kind_is_refused_naming_the_file(tmp_path: Path) -> Non
         load_keys([tmp_path / "junk.pem"])
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
-def test_a_damaged_state_file_starts_idle_and_is_set_aside(tmp_path_factory: pytest.TempPathFactory,
-                                                           raw: bytes) -> None:
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=8)
+FIELDS = [f.name for f in dataclasses.fields(UpdateState)]
+SAVED = st.dictionaries(st.sampled_from(FIELDS), JSON | st.sampled_from(["installing", "rebooting", "installed_pending_reboot", "idle", "failed", "u-1", 150])
+                        | st.just({"u-0": "succeeded"}), max_size=6)
+AFTER_INSTALL_BEGAN = ("installing", "installed_pending_reboot", "rebooting")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode) | JSON.map(json.dumps).map(str.encode)
+       | SAVED.map(json.dumps).map(str.encode))   # json: also NaN and numbers beyond 64 bits
+def test_any_state_file_loads_as_a_valid_state_or_is_set_aside(tmp_path_factory: pytest.TempPathFactory,
+                                                               raw: bytes) -> None:
     folder = tmp_path_factory.mktemp("ota")
     (folder / "state.json").write_bytes(raw)
-    state = StateFile(folder, 1.0).load()
-    assert state.state in ("idle", "downloading", "verifying", "waiting_guard", "installing",
-                           "installed_pending_reboot", "rebooting", "succeeded", "failed", "rolled_back")
+    f = StateFile(folder, 1.0)
+    state = f.load()
+    again = StateFile(folder, 1.0)
+    assert again.load() == state and again.damaged == 0     # what is on disk now is a valid state
+    if f.damaged:
+        assert (folder / "state.damaged").read_bytes() == raw
+        assert state.state in ("idle", "failed") and state.progress_percent == 0
+        try:
+            saved = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            saved = None
+        said = saved if isinstance(saved, dict) else {}
+        if said.get("state") not in ("idle", "downloading", "verifying", "waiting_guard"):
+            # it may have been installing: its update never installs again, or the next one is held
+            update_id = said.get("id")
+            assert (isinstance(update_id, str) and update_id in state.done) or f.unknown
+    else:
+        assert not (folder / "state.damaged").exists()
+        assert dataclasses.asdict(state) == {**dataclasses.asdict(UpdateState()), **orjson.loads(raw)}
+    for name in ("id", "version", "backend", "sha256", "error", "waiting_for", "installed_version", "booted_slot"):
+        assert isinstance(getattr(state, name), (str, type(None))), name
+    assert all(type(getattr(state, n)) is int and getattr(state, n) >= 0 for n in ("bytes", "size", "progress_percent"))
+    assert state.progress_percent <= 100 and type(state.changed) in (int, float) and math.isfinite(state.changed)
+    assert all(v in ("succeeded", "failed", "rolled_back") for v in state.done.values())
+
+
+def test_a_state_file_that_is_a_directory_is_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / "state.json").mkdir()
+    f = StateFile(tmp_path, 1.0)
+    assert (f.load().state, f.damaged, f.unknown) == ("idle", 1, True)   # it names no update
+    assert (tmp_path / "state.damaged").is_dir()
+    f.to("downloading")
+    assert (StateFile(tmp_path, 1.0).load().state, f.write_errors) == ("downloading", 0)
+
+
+def test_a_damaged_state_that_was_installing_never_installs_that_id_again(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_bytes(orjson.dumps({"id": "u-9", "state": "installing", "progress_percent": 101}))
+    f = StateFile(tmp_path, 1.0)
+    state = f.load()
+    assert (state.id, state.state, state.done, f.damaged) == ("u-9", "failed", {"u-9": "failed"}, 1)
+    assert "whether the install ran is unknown" in (state.error or "")
 
 
 def test_state_survives_a_restart_and_remembers_finished_ids(tmp_path: Path) -> None:

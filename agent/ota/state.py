@@ -14,6 +14,7 @@ reached an end (succeeded, failed, rolled_back) are remembered, so the same id i
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -23,6 +24,8 @@ from typing import Any, Literal
 import orjson
 import structlog
 
+from agent.twin import guard
+
 log = structlog.get_logger()
 
 State = Literal["idle", "downloading", "verifying", "waiting_guard", "installing", "installed_pending_reboot",
@@ -31,6 +34,11 @@ FINAL: frozenset[str] = frozenset({"succeeded", "failed", "rolled_back"})
 BEFORE_INSTALL: frozenset[str] = frozenset({"downloading", "verifying", "waiting_guard"})
 STATE_FILE = "state.json"
 MAX_DONE = 64   # ids remembered as finished (the cloud uses a new id for a new deployment)
+MAX_STATE_BYTES = 1024 * 1024
+MAX_ID_CHARS = 1024
+TEXT_FIELDS = frozenset({"id", "version", "backend", "sha256", "error", "waiting_for", "installed_version",
+                         "booted_slot", "target_slot", "boot_id"})
+COUNT_FIELDS = frozenset({"progress_percent", "bytes", "size"})
 
 
 @dataclass
@@ -71,26 +79,58 @@ class StateFile:
         self.state = UpdateState()
         self._written = 0.0
         self.write_errors = 0
+        self.damaged = 0        # state files found damaged (and moved aside) at start
+        self.unknown = False    # a damaged file named no update: whether one installed is unknown
 
     def load(self) -> UpdateState:
-        """The saved state; a damaged file is logged and set aside (the cloud sees the update start over,
-        its id kept out of `done`: a half-written state never blocks an update for good)."""
+        """The saved state. A damaged file (not JSON, not UTF-8, a field of the wrong type, a directory)
+        is logged, counted (`damaged`), moved aside and the updater starts idle. What it still tells is
+        kept where it only ever prevents an install: its finished ids stay in `done`, and an update it
+        names as installing (or after) ends `failed`, result unknown. When it names no update and was
+        not plainly idle or before installing, `unknown` is set: the updater then installs nothing
+        until the cloud sends an id it did not desire before (see Updater.step)."""
         try:
-            raw = orjson.loads(self.path.read_bytes())
-            names = {f.name for f in fields(UpdateState)}
-            if not isinstance(raw, dict) or not set(raw) <= names or raw.get("state") not in State.__args__:  # type: ignore[attr-defined]
-                raise ValueError("not an update state")
-            self.state = UpdateState(**raw)
-            if not isinstance(self.state.done, dict) or not isinstance(self.state.installer, dict):
-                raise ValueError("not an update state")
+            raw = guard.parse(self.path.read_bytes(), guard.Limits(MAX_STATE_BYTES))
         except FileNotFoundError:
             self.state = UpdateState()
-        except (OSError, ValueError, TypeError) as exc:
-            log.error("ota_state_unreadable", file=str(self.path), error=str(exc), action="moved aside; starting idle")
-            with contextlib.suppress(OSError):
-                os.replace(self.path, self.path.with_suffix(".damaged"))
-            self.state = UpdateState()
+            return self.state
+        except (OSError, ValueError) as exc:
+            return self._damaged(str(exc) or type(exc).__name__, None)
+        try:
+            self.state = _checked(raw)
+        except ValueError as exc:
+            return self._damaged(str(exc), raw)
         return self.state
+
+    def _damaged(self, why: str, raw: Any) -> UpdateState:
+        """Count, log and set aside a damaged file; start idle with what it tells that prevents an install."""
+        self.damaged += 1
+        aside = self._set_aside()
+        parts = raw if isinstance(raw, dict) else {}
+        update_id, was = parts.get("id"), parts.get("state")
+        was = was if isinstance(was, str) else None   # a list or object here is no state (nor hashable)
+        self.state = UpdateState(done=_finished(parts.get("done")))
+        if isinstance(update_id, str) and 0 < len(update_id) <= MAX_ID_CHARS and update_id not in self.state.done:
+            if was in FINAL:
+                self.state.done[update_id] = was
+            elif was != "idle" and was not in BEFORE_INSTALL:   # it may have installed: never again
+                self.state.id = update_id
+                self.to("failed", error=f"state file damaged ({why}); whether the install ran is unknown")
+        elif was != "idle" and was not in BEFORE_INSTALL:
+            self.unknown = True
+        if self.state.state == "idle":
+            self.save()   # what was salvaged (finished ids) is kept on disk
+        log.error("ota_state_unreadable", file=str(self.path), error=why, moved_to=aside,
+                  action="starting idle" + ("; the next desired update is not installed" if self.unknown else ""))
+        return self.state
+
+    def _set_aside(self) -> str | None:
+        """Move the damaged file (or directory) out of the way, as `state.damaged` or a unique name."""
+        for name in (f"{self.path.stem}.damaged", f"{self.path.stem}.{time.time_ns()}.damaged"):
+            with contextlib.suppress(OSError):
+                os.replace(self.path, self.path.with_name(name))
+                return name
+        return None
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,3 +188,40 @@ class StateFile:
         self.save()
         if "waiting_for" in changes:
             log.info("ota_waiting", update_id=st.id, waiting_for=st.waiting_for)
+
+
+def _checked(raw: Any) -> UpdateState:
+    """The saved state if every field has its type; else ValueError naming the first field that does not."""
+    if not isinstance(raw, dict):
+        raise ValueError("not an object")
+    names = {f.name for f in fields(UpdateState)}
+    for key, value in raw.items():
+        if key not in names:
+            raise ValueError(f"unknown field {guard.short(key)}")
+        if not _field_ok(key, value):
+            raise ValueError(f"field {key!r}: {type(value).__name__} {guard.short(value)} is not valid here")
+    return UpdateState(**raw)
+
+
+def _field_ok(key: str, value: Any) -> bool:
+    if key in TEXT_FIELDS:
+        return value is None or isinstance(value, str)
+    if key in COUNT_FIELDS:
+        top = 100 if key == "progress_percent" else 2**63 - 1
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
+    if key == "state":
+        return value in State.__args__  # type: ignore[attr-defined]
+    if key == "changed":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if key == "installer":
+        return isinstance(value, dict) and all(v is None or isinstance(v, (str, int, float)) for v in value.values())
+    if key == "done":
+        return isinstance(value, dict) and _finished(value) == value
+    return False
+
+
+def _finished(raw: Any) -> dict[str, str]:
+    """The well-formed entries of a saved `done` (id -> final state), in their order."""
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(v, str) and v in FINAL and 0 < len(k) <= MAX_ID_CHARS}

@@ -91,7 +91,8 @@ class Updater:
         self.wake.set()
 
     def report(self) -> dict[str, Any]:
-        return {**self.st.report(), "state_write_errors": self.file.write_errors, "errors": self.errors}
+        return {**self.st.report(), "state_write_errors": self.file.write_errors,
+                "state_damaged": self.file.damaged, "errors": self.errors}
 
     def backend(self, name: str | None) -> Backend:
         if name == "rauc":
@@ -180,6 +181,9 @@ class Updater:
             await self.wait_guard(stop)
             return
         # idle or final: start the desired update if it is new
+        if self.file.unknown and d is not None and not d.cancel and d.id not in st.done:
+            self.decline_unknown(d)
+            return
         if d is not None and not d.cancel and d.id != st.id and d.id not in st.done:
             self.start(d)
             return
@@ -187,6 +191,15 @@ class Updater:
             self._declined = d.id   # said once: an id is installed at most once, the cloud must use a new one
             log.warning("ota_update_declined", update_id=d.id, reason=f"this id already ended: {st.done[d.id]}")
         await self._sleep(stop, 5.0)
+
+    def decline_unknown(self, d: SoftwareUpdate) -> None:
+        """The state file was damaged and named no update: `d` may be the one it was installing. It ends
+        `failed` instead of installing (perhaps twice); the cloud installs it by sending a new id."""
+        self.file.unknown = False
+        self.file.state = UpdateState(done=self.st.done, id=d.id, version=d.version, backend=d.backend,
+                                      size=d.size, sha256=d.sha256)
+        self.fail("not installed: the OTA state file was damaged, so whether this update already ran is "
+                  "unknown; send it with a new id to install it")
 
     def start(self, d: SoftwareUpdate) -> None:
         self._drop_image()

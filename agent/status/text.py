@@ -95,8 +95,10 @@ def _render(view: StatusView) -> str:
 
 def _update_lines(up: dict[str, Any]) -> list[str]:
     """The software update (docs/ota.md): its state, progress, what it waits for, its error."""
+    damaged = ([f"software update state file found damaged at start: {up['state_damaged']} (moved aside)"]
+               if up.get("state_damaged") else [])
     if not up.get("id"):
-        return []
+        return damaged
     line = f"software update {up['id']} ({up.get('version')}, {up.get('backend')}): {up['state']}"
     if up["state"] in ("downloading", "installing"):
         line += f" {up.get('progress_percent', 0)} %"
@@ -104,7 +106,7 @@ def _update_lines(up: dict[str, Any]) -> list[str]:
         line += f", waiting for {up['waiting_for']}"
     if up.get("error"):
         line += f", error: {up['error']}"
-    return [line]
+    return [line, *damaged]
 
 
 def _campaign_lines(camp: dict[str, Any]) -> list[str]:
