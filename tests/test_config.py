@@ -392,7 +392,13 @@ def test_every_variable_the_agent_reads_is_accepted(tmp_path: Path, edge_dbc: Pa
            "VEHICLE_AGENT_IOTHUB_CONNECTION_STRING": SECRET_VALUE, "VEHICLE_AGENT_IOTHUB_CONNECTION_STRING_FILE": str(secret),
            "VEHICLE_AGENT_MQTT_PASSWORD": "pw", "VEHICLE_AGENT_MQTT_PASSWORD_FILE": str(secret),
            "VEHICLE_AGENT_HUB_CS": SECRET_VALUE, "VEHICLE_AGENT_KEY_PASS": "pp",     # the names the config gives
-           "VEHICLE_AGENT_ALLOW_SKIPS": "", "VEHICLE_AGENT_VCAN_VM": "1", "VEHICLE_AGENT_SOAK_S": "5"}  # test tools'
+           "VEHICLE_AGENT_ALLOW_SKIPS": "", "VEHICLE_AGENT_VCAN_VM": "1", "VEHICLE_AGENT_SOAK_S": "5",  # test tools'
+           # what Kubernetes sets in every pod beside a Service named vehicle-agent, and Docker's legacy links
+           "VEHICLE_AGENT_SERVICE_HOST": "10.43.0.7", "VEHICLE_AGENT_SERVICE_PORT": "8080",
+           "VEHICLE_AGENT_SERVICE_PORT_METRICS": "8080", "VEHICLE_AGENT_PORT": "tcp://10.43.0.7:8080",
+           "VEHICLE_AGENT_PORT_8080_TCP": "tcp://10.43.0.7:8080", "VEHICLE_AGENT_PORT_8080_TCP_PROTO": "tcp",
+           "VEHICLE_AGENT_PORT_8080_TCP_PORT": "8080", "VEHICLE_AGENT_PORT_8080_TCP_ADDR": "10.43.0.7",
+           "VEHICLE_AGENT_NAME": "/web/vehicle-agent", "VEHICLE_AGENT_ENV_TZ": "UTC"}
     res = run_cli("check-config", env=env, timeout=60)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"{path}: OK" in res.stdout and "sink iothub" in res.stdout
@@ -423,5 +429,6 @@ def test_any_environment_is_a_config_or_a_refusal_that_never_shows_a_value(tmp_p
     except ConfigError as exc:
         assert "S3CRETKEY" not in str(exc) and "v4lue" not in str(exc)
         return
-    from agent.config.environment import KNOWN, nested_path
-    assert all(name in KNOWN or nested_path(name) for name in env), "an unknown name was accepted"
+    from agent.config.environment import KNOWN, PLATFORM, nested_path
+    assert all(name in KNOWN or nested_path(name) or PLATFORM.fullmatch(name) for name in env), \
+        "an unknown name was accepted"

@@ -10,12 +10,15 @@ the agent knows. Only names are ever shown: a value may be a secret.
     key, whose path the schema checks like a key of the file;
   * `VEHICLE_AGENT_CONFIG` and `VEHICLE_AGENT_LOG_FORMAT`, read before there is a config;
   * where secrets are (`*_env` settings: their defaults, and the names the config gives them);
-  * the project's test tools' own variables, which a developer's shell passes to every agent a test starts.
+  * the project's test tools' own variables, which a developer's shell passes to every agent a test starts;
+  * what Kubernetes and Docker links set beside a service named vehicle-agent (`PLATFORM`), which a
+    refusal would turn into a pod that never starts.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -32,6 +35,11 @@ OVERRIDES: dict[str, tuple[str, ...]] = {"VEHICLE_ID": ("vehicle_id",), "STATE_D
                                          "LOG_LEVEL": ("log_level",), "SINK": ("sink", "type")}
 READ_BEFORE_CONFIG = ("CONFIG", "LOG_FORMAT")   # agent/config/loading.config_path, agent/logs.py
 TEST_TOOLS = ("ALLOW_SKIPS", "VCAN_VM", "SOAK_S")  # tests/conftest.py, tools/vcan-tests.sh, tests/test_vcan.py
+# What container platforms set in every container beside a service or link named vehicle-agent, never
+# meant for the agent: Kubernetes' service variables (VEHICLE_AGENT_SERVICE_HOST, VEHICLE_AGENT_PORT_8080_TCP_ADDR)
+# in every pod of the namespace, Docker's legacy links (VEHICLE_AGENT_NAME, VEHICLE_AGENT_ENV_<var>).
+PLATFORM = re.compile(r"VEHICLE_AGENT_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?"
+                      r"|NAME|ENV_\w+)")
 
 
 def nested_path(name: str) -> tuple[str, ...]:
@@ -146,7 +154,7 @@ def unknown_variables(env: Mapping[str, str], data: Any) -> list[str]:
     known = KNOWN | set(_configured_names(data))
     lines = []
     for name in sorted(env):
-        if not name.upper().startswith(PREFIX) or name in known or nested_path(name):
+        if not name.upper().startswith(PREFIX) or name in known or nested_path(name) or PLATFORM.fullmatch(name):
             continue
         hint = closest(name)
         lines.append(f"{name}: not a variable vehicle-agent reads"
