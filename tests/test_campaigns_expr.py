@@ -220,6 +220,13 @@ def test_random_conditions_compute_the_same_in_both_syntaxes(case) -> None:
     ("1 < min(A)", "min() takes 2 to 16 arguments", 5),
     ("log(A, 2, 3) > 0", "log() takes 1 to 2 arguments", 1),
     ("prev(A, B) > 1", "prev() takes one signal", 1),
+    ("prev(A + 1) > 1", "expected a signal name here (Signal, Message.Signal or bus.Message.Signal)", 6),
+    ("~A > 1", "operator not allowed (allowed: not, -, +)", 1),
+    ("A << 2 > 1", "operator not allowed (allowed: + - * / % // **)", 1),
+    ('A > "s" * 3', "a string is allowed only compared with a signal (an enum label)", 5),
+    ("__A > 1", "this name not allowed (only Signal, Message.Signal or bus.Message.Signal)", 1),
+    ("A > 1 && $variable.`B > 2", "unterminated $variable.`...` reference", 10),
+    ("A > 1 && $variable.`  ` > 2", "empty $variable.`` reference", 10),
     ("A > 1 and last_window_avg(A)", "last_window_avg() takes a signal and a window in ms", 11),
     ("last_window_avg(A, True) > 1", "expected a number here", 20),
     ("last_window_avg(A, 0.5) > 1", "window must be 1 ms .. 1 day", 20),
@@ -230,6 +237,8 @@ def test_random_conditions_compute_the_same_in_both_syntaxes(case) -> None:
     ("A.b(1) > 0", "only calls of the language's functions are allowed", 1),
     ("A in B", "comparison not allowed (allowed: == != < <= > >=)", 1),
     ("(A > 1 and\nB.__class__)", "attribute access not allowed (only Signal, Message.Signal or bus.Message.Signal)", 14),
+    ("(A > 1 and\n  B > 2 and\nC.__class__ > 0 and\nD)", "attribute access not allowed (only Signal, Message.Signal or "
+                                                     "bus.Message.Signal)", 26),
     ("foo(A)", "unknown function 'foo' (allowed: prev, delta, changed, isNull, last_window_min, last_window_max, "
                "last_window_avg, prev_last_window_min, prev_last_window_max, prev_last_window_avg, abs, min, max, "
                "pow, log, ceil, floor)", 1),
@@ -277,3 +286,10 @@ def test_one_parsed_expression_compiles_for_any_layout_of_values() -> None:
     assert first([10.0, 3.0], [None, None], []) is True
     assert second([3.0, 0.0, 10.0], [None] * 3, []) is True
     assert first.__code__.co_filename == "<campaign>", "an error's traceback names the campaign code"
+
+
+def test_fleetwise_operators_inside_string_labels_stay_text() -> None:
+    """FleetWise's && || ! are translated outside strings only: a label may hold them, and escaped quotes."""
+    parsed = parse('Gear == "P&&R" && Mode != \'a||!b\' || Note == "say \\"hi\\" && bye"')
+    assert [(s, label) for s, label, _ in parsed.labels] == [("Gear", "P&&R"), ("Mode", "a||!b"), ("Note", 'say "hi" && bye')]
+    assert evaluate("A>1&&B<0") is True and evaluate("A<1||!(B<0)") is False

@@ -60,7 +60,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "desired": (["agent/twin/desired.py"], ["tests/test_desired.py", "tests/test_control.py",
                                             "-k", "not hostile and not sloppy"]),
     # the parsers of what the cloud sends: files it names, the remote databases and software update
-    # documents; and the environment's VEHICLE_AGENT_* names
+    # documents, the campaign expression language; and the environment's VEHICLE_AGENT_* names
     "download": (["agent/download.py"], ["tests/test_download_fields.py", *(f"tests/test_download.py::test_{name}" for name in (
         "content_range_round_trips", "content_range_is_total", "retry_after_is_bounded", "header_numbers_are_ascii_decimals",
         "redact_never_shows_the_query_or_credentials", "redact_is_total"))]),
@@ -71,6 +71,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "ota_model": (["agent/ota/model.py"], ["tests/test_ota_model.py", "tests/test_download_fields.py"]),
     "environment": (["agent/config/environment.py"], ["tests/test_environment.py",
                     "tests/test_config.py::test_any_environment_is_a_config_or_a_refusal_that_never_shows_a_value"]),
+    # (under mutmut's trampolines a 600-term sum nests too deeply before it counts as too large: that test
+    # is left out, and the one that reads docs/, which the scratch copy has not)
+    "expr": (["agent/campaigns/expr.py"], ["tests/test_campaigns_expr.py", "tests/test_campaigns_engine.py",
+                                        "-k", "not random_braking and not too_many_parts and not documented_fleetwise"]),
 }
 # Modules scored on some of their functions only (mutmut name patterns, as `changed_functions` makes them):
 # the parsers of a file whose other functions only slow tests reach (download.py's HTTP client, against
@@ -83,7 +87,7 @@ FUNCTIONS: dict[str, list[str]] = {
 }
 # The least score (percent) each module must keep; measured scores are in docs/testing.md.
 FLOORS = {"store": 90, "codec": 50, "batcher": 70, "collect": 85, "decode": 75, "desired": 65,
-          "download": 90, "databases_doc": 90, "ota_model": 90, "environment": 90}
+          "download": 90, "databases_doc": 90, "ota_model": 90, "environment": 90, "expr": 85}
 KILLED = {"killed", "timeout", "segfault", "suspicious"}  # the tests noticed
 
 
