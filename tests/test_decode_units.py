@@ -202,8 +202,50 @@ def test_an_attribute_number_of_a_million_digits_is_refused_before_cantools_read
     with pytest.raises(DatabaseError) as info:
         load_database(path)
     assert info.value.line == int(huge[0].split(":")[0].removeprefix("line ")) and NO_STRICT_HINT in info.value.reason
-    write(tmp_path, "fine.dbc", ENGINE + 'BA_DEF_ BO_ "Big" FLOAT 0 1e300;\n')
-    load_database(tmp_path / "fine.dbc")  # a float's exponent is no problem
+    assert info.value.path == path
+    write(tmp_path, "fine.dbc", ENGINE + 'BA_DEF_ BO_ "Big" FLOAT 0 1e300;\nBA_DEF_ BO_ "Near" INT 0 1e999;\n')
+    load_database(tmp_path / "fine.dbc")  # a float's exponent, an integer of 1,000 digits: no problem
+    write(tmp_path, "edge.dbc", ENGINE + 'BA_DEF_ BO_ "Edge" INT 0 1e1000;\n')
+    assert [w.split(": ", 1)[1] for w in (load_databases([tmp_path / "edge.dbc"], strict=False) and
+                                          database_warnings(tmp_path / "edge.dbc"))] == [
+        'BA_DEF_ "Edge": a number of 1,000 digits or more, beyond any attribute\'s value; statement ignored']
+
+
+def test_refusals_name_the_file_the_line_and_the_formats_own_words(tmp_path: Path) -> None:
+    """What a user reads when a database cannot be used, word for word: the file, the line where one is
+    known, and the complaint of the file's own format (cantools tries every format and joins theirs)."""
+    cdd = write(tmp_path, "diag.cdd", '<?xml version="1.0"?>\n<CANDELA><ECUDOC><DATATYPES></DATATYPES>'
+                                      '<ECU><VAR><DIAGINST></DIAGINST></VAR></ECU></ECUDOC></CANDELA>\n')
+    with pytest.raises(DatabaseError) as info:
+        load_database(cdd)
+    assert (info.value.path, info.value.line) == (cdd, 0)
+    assert info.value.reason == ("a diagnostics database (CDD) has no CAN messages to decode; "
+                                 "give a DBC, KCD, SYM or ARXML file")
+    kcd = write(tmp_path, "neg.kcd", '<NetworkDefinition xmlns="http://kayak.2codeornot2code.org/1.0"><Document/>'
+                                     '<Bus name="pt">\n<Message id="-5" format="extended" name="Minus" length="8">'
+                                     '<Signal name="S" offset="0" length="8"/></Message></Bus></NetworkDefinition>')
+    with pytest.raises(DatabaseError) as info:
+        load_databases([kcd], strict=False)
+    assert (info.value.path, info.value.line) == (kcd, 0)  # a line is found in DBC files only
+    assert info.value.reason == "frame id -5 of message Minus is not a CAN id"
+    for name, text in [("bad.kcd", "<NetworkDefinition><Bus"), ("bad.sym", "FormatVersion=6.0\n{SEND}\n[X\n")]:
+        broken = write(tmp_path, name, text)
+        try:
+            cantools.database.load_file(str(broken), strict=True)
+        except cantools.database.UnsupportedDatabaseFormatError as exc:
+            own = str(getattr(exc, "e_" + name.split(".")[1])).strip('"')
+        with pytest.raises(DatabaseError) as info:
+            load_database(broken)
+        assert info.value.path == broken and info.value.reason == own
+    overlap = write(tmp_path, "overlap.dbc", ENGINE.replace(' SG_ Speed : 0|16@1+', ' SG_ Speed : 4|16@1+'))
+    try:
+        cantools.database.load_file(str(overlap), strict=True)
+    except cantools.database.UnsupportedDatabaseFormatError as exc:  # cantools' own words are the reference
+        said = str(exc.e_dbc).strip('"')
+    with pytest.raises(DatabaseError) as info:
+        load_database(overlap)
+    assert info.value.path == overlap and info.value.reason == f"{said} ({NO_STRICT_HINT})"
+    assert info.value.line == ENGINE.split("\n").index("BO_ 256 Engine: 8 ECU") + 1
 
 
 def test_parsed_databases_are_reused_until_a_file_changes(tmp_path: Path) -> None:
