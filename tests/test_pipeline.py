@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from agent.app import Agent
-from agent.can.source import ReplaySource
 from agent.can.logformats import format_candump
+from agent.can.source import ReplaySource
 from agent.config import load_config
 from tests.conftest import DATA, run_cli, until
 
